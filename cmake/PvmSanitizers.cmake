@@ -1,0 +1,12 @@
+# Sanitizer options: -DPVM_ASAN=ON / -DPVM_UBSAN=ON apply to host code.
+set(PVM_SANITIZE_FLAGS "")
+if(PVM_ASAN)
+  list(APPEND PVM_SANITIZE_FLAGS -fsanitize=address -fno-omit-frame-pointer)
+endif()
+if(PVM_UBSAN)
+  list(APPEND PVM_SANITIZE_FLAGS -fsanitize=undefined -fno-sanitize-recover=undefined)
+endif()
+if(PVM_SANITIZE_FLAGS)
+  add_compile_options("$<$<COMPILE_LANGUAGE:C>:${PVM_SANITIZE_FLAGS}>")
+  add_link_options(${PVM_SANITIZE_FLAGS})
+endif()

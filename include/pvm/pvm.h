@@ -1,0 +1,499 @@
+/*
+ * pvm/pvm.h - the libpvm host API.
+ *
+ * libpvm creates lightweight PVM guests, maps memory into them, injects events
+ * and runs their vCPUs.  The PVM Gen A event-delivery ABI (see pvm/abi.h) is
+ * handled by the library; the application sees only the exits listed in
+ * enum pvm_exit_reason.
+ *
+ * Conventions
+ *  - Every function that can fail returns 0 or a negative PVM_E* code.  After a
+ *    failure pvm_last_error() holds a message for the calling thread that says
+ *    which argument or operation failed and why.  A failed call leaves no
+ *    half-made object behind.
+ *  - Handles are opaque and allocated by the library; *_destroy() accepts NULL.
+ *    Using a handle after it was destroyed is undefined behaviour.
+ *  - Option structs are versioned: initialise them with their *_INIT macro.
+ *  - Guest-physical addresses are pvm_gpa_t, guest-virtual ones pvm_gva_t.
+ *  - Thread safety is stated per function.  "Any thread" means the function
+ *    may be called concurrently with any other function on the same object
+ *    except that object's destroy.
+ *
+ * Nothing here installs process-wide state behind the caller's back, except
+ * what pvm_vm_options documents (the native backend's kick signal).
+ */
+#ifndef PVM_PVM_H
+#define PVM_PVM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(PVM_BUILDING_LIBRARY)
+#define PVM_EXPORT __attribute__((visibility("default")))
+#else
+#define PVM_EXPORT
+#endif
+
+/* ---- version ---------------------------------------------------------- */
+
+#define PVM_VERSION_MAJOR 0
+#define PVM_VERSION_MINOR 1
+#define PVM_VERSION_PATCH 0
+/** The version this header describes, as one number: 0x00MMmmpp. */
+#define PVM_VERSION                                                           \
+    ((PVM_VERSION_MAJOR << 16) | (PVM_VERSION_MINOR << 8) | PVM_VERSION_PATCH)
+
+/**
+ * The version of the library actually loaded, encoded like PVM_VERSION.
+ * Thread safety: any thread.
+ */
+PVM_EXPORT unsigned pvm_version(void);
+/** The loaded library's version as "MAJOR.MINOR.PATCH"; static storage. Any thread. */
+PVM_EXPORT const char *pvm_version_string(void);
+
+/* ---- errors ----------------------------------------------------------- */
+
+/*
+ * X-macro list of error codes: (NAME, value, description).  Values that have a
+ * POSIX meaning use the negative errno; library-specific ones start at -1000.
+ */
+#define PVM_ERRNO_MAP(X)                                                       \
+    X(EPERM, -1, "operation not permitted")                                   \
+    X(ENOENT, -2, "no such file or object")                                   \
+    X(EIO, -5, "input/output error")                                          \
+    X(EBADF, -9, "bad file descriptor")                                       \
+    X(EAGAIN, -11, "resource temporarily unavailable")                        \
+    X(ENOMEM, -12, "out of memory")                                           \
+    X(EFAULT, -14, "bad address")                                             \
+    X(EBUSY, -16, "resource busy")                                            \
+    X(EEXIST, -17, "overlaps an existing object")                             \
+    X(ENODEV, -19, "backend not available")                                   \
+    X(EINVAL, -22, "invalid argument")                                        \
+    X(ERANGE, -34, "value out of range")                                      \
+    X(ENOSYS, -38, "function not implemented")                                \
+    X(ENOTSUP, -95, "operation not supported by this backend")                \
+    X(EVERSION, -1001, "unsupported option-struct version")                   \
+    X(EBADELF, -1002, "invalid or unsupported ELF file")                      \
+    X(ESTATE, -1003, "object is in the wrong state for this call")            \
+    X(EINTERNAL, -1004, "internal error")
+
+/** Error codes returned (negated) by libpvm functions. */
+enum pvm_error {
+    PVM_OK = 0,
+#define PVM__ERR_ENUM(name, val, desc) PVM_##name = (val),
+    PVM_ERRNO_MAP(PVM__ERR_ENUM)
+#undef PVM__ERR_ENUM
+};
+
+/**
+ * A static description of error code @err (0 gives "success"; unknown codes
+ * give "unknown error").  Never NULL.  Thread safety: any thread.
+ */
+PVM_EXPORT const char *pvm_strerror(int err);
+/** The symbolic name of @err, e.g. "PVM_EINVAL"; never NULL.  Any thread. */
+PVM_EXPORT const char *pvm_err_name(int err);
+/**
+ * Detail message of the last failed libpvm call made by the calling thread,
+ * e.g. "pvm_vm_map_memory: gpa 0x1000 size 0x2000 overlaps the region at
+ * 0x0".  Never NULL ("" before any failure); valid until the thread's next
+ * libpvm call.  Thread safety: per thread.
+ */
+PVM_EXPORT const char *pvm_last_error(void);
+
+/* ---- logging ---------------------------------------------------------- */
+
+enum pvm_log_level {
+    PVM_LOG_ERROR = 0,
+    PVM_LOG_WARN = 1,
+    PVM_LOG_INFO = 2,
+    PVM_LOG_DEBUG = 3,
+};
+
+/** Log sink: @msg is one line without trailing newline, valid only during the call. */
+typedef void (*pvm_log_fn)(void *opaque, enum pvm_log_level level, const char *msg);
+
+/**
+ * Install a process-wide log sink; messages with level <= @max_level are
+ * passed to @fn.  @fn == NULL (the default) discards all messages, except
+ * that the environment variable PVM_LOG=error|warn|info|debug sends them to
+ * stderr.  @fn may be called from any thread that calls into libpvm.
+ * Thread safety: any thread; takes effect for messages issued afterwards.
+ */
+PVM_EXPORT void pvm_set_log_callback(pvm_log_fn fn, void *opaque, enum pvm_log_level max_level);
+
+/* ---- basic types ------------------------------------------------------ */
+
+typedef uint64_t pvm_gpa_t; /**< guest-physical address */
+typedef uint64_t pvm_gva_t; /**< guest-virtual (linear) address */
+
+typedef struct pvm_vm pvm_vm;     /**< a virtual machine (opaque) */
+typedef struct pvm_vcpu pvm_vcpu; /**< one virtual CPU (opaque) */
+
+/* ---- backends --------------------------------------------------------- */
+
+enum pvm_backend {
+    PVM_BACKEND_AUTO = 0,   /**< kvm if /dev/kvm is a usable PVM host, else native */
+    PVM_BACKEND_NATIVE = 1, /**< library-as-hypervisor; guest runs at host ring 3 */
+    PVM_BACKEND_KVM = 2,    /**< /dev/kvm with the kvm-pvm module */
+};
+
+/**
+ * Whether @backend can be used on this machine.  Returns 0 if usable, else a
+ * negative code (PVM_ENODEV) with pvm_last_error() saying why, e.g. "kvm:
+ * /dev/kvm is not a PVM host (no CPUID leaf 0x40000002)".
+ * Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_backend_probe(enum pvm_backend backend);
+/** Name of @backend ("auto", "native", "kvm"), or NULL if out of range.  Any thread. */
+PVM_EXPORT const char *pvm_backend_name(enum pvm_backend backend);
+/** Parse a backend name; returns 0 and sets *out, or PVM_EINVAL.  Any thread. */
+PVM_EXPORT int pvm_backend_from_name(const char *name, enum pvm_backend *out);
+
+/* ---- VM --------------------------------------------------------------- */
+
+#define PVM_VM_OPTIONS_VERSION 1
+
+/** Options for pvm_vm_create().  Initialise with PVM_VM_OPTIONS_INIT. */
+struct pvm_vm_options {
+    uint32_t version;         /**< PVM_VM_OPTIONS_VERSION */
+    enum pvm_backend backend; /**< PVM_BACKEND_AUTO: option, then $PVM_BACKEND, then probing */
+    uint32_t max_vcpus;       /**< 1..PVM_MAX_VCPUS; 0 means 64 */
+    uint64_t max_memory;      /**< total guest RAM limit in bytes; 0 means 64 GiB */
+    /**
+     * Signal the native backend uses to interrupt a running vCPU inside its
+     * stub process.  It is sent only to the stub processes, never to this
+     * process; 0 means SIGUSR2.
+     */
+    int kick_signal;
+};
+#define PVM_MAX_VCPUS 256
+#define PVM_VM_OPTIONS_INIT                                                   \
+    { PVM_VM_OPTIONS_VERSION, PVM_BACKEND_AUTO, 0, 0, 0 }
+
+/**
+ * Create a VM.  @opts may be NULL for defaults.  On success *@out is a new
+ * VM and 0 is returned.  Errors: PVM_EINVAL (NULL @out, bad field),
+ * PVM_EVERSION (unknown opts->version), PVM_ENODEV (the chosen backend is not
+ * usable here; pvm_last_error() says why), PVM_ENOMEM.
+ * Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_vm_create(pvm_vm **out, const struct pvm_vm_options *opts);
+/**
+ * Destroy @vm, its vCPUs and its memory.  NULL is ignored.  No vCPU of @vm
+ * may be inside pvm_vcpu_run() (kick them and wait for their threads first).
+ * Thread safety: not concurrent with any other call on @vm or its vCPUs.
+ */
+PVM_EXPORT void pvm_vm_destroy(pvm_vm *vm);
+/** The backend @vm runs on (never PVM_BACKEND_AUTO).  Any thread. */
+PVM_EXPORT enum pvm_backend pvm_vm_backend(const pvm_vm *vm);
+
+/** Default value of MSR_PVM_LINEAR_ADDRESS_RANGE for guests of @vm. Any thread. */
+PVM_EXPORT uint64_t pvm_vm_linear_address_range(const pvm_vm *vm);
+
+/*
+ * Lower-half guest-virtual addresses usable on @vm's backend: [*lo, *hi).
+ * The native backend reserves the top of the lower half for its stub.
+ * Upper-half addresses are governed by MSR_PVM_LINEAR_ADDRESS_RANGE.
+ * Any thread.
+ */
+PVM_EXPORT void pvm_vm_lower_half(const pvm_vm *vm, pvm_gva_t *lo, pvm_gva_t *hi);
+
+/* ---- guest memory ----------------------------------------------------- */
+
+#define PVM_MEM_READONLY (1u << 0) /**< guest writes fault (#PF W) */
+#define PVM_MEM_NOEXEC   (1u << 1) /**< guest instruction fetches fault */
+
+/**
+ * Allocate @size bytes (a multiple of 4096) of memfd-backed memory that can
+ * be mapped into @vm on every backend.  *@host_out receives the host address
+ * (zero-filled, read-write for the host).  Freed by pvm_vm_free_memory() or
+ * pvm_vm_destroy().  Errors: PVM_EINVAL, PVM_ENOMEM (beyond max_memory).
+ * Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_vm_alloc_memory(pvm_vm *vm, size_t size, void **host_out);
+/**
+ * Free memory from pvm_vm_alloc_memory().  Fails with PVM_EBUSY while any
+ * part of it is mapped into the guest, PVM_EINVAL if @host is not the start
+ * of an allocation.  Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_vm_free_memory(pvm_vm *vm, void *host);
+
+/**
+ * Map host memory [@host, @host + @size) at guest-physical @gpa.  @gpa,
+ * @host and @size must be 4 KiB aligned and @size non-zero; the region must
+ * not overlap an existing one (PVM_EEXIST).  @flags: PVM_MEM_*.  Backends
+ * that run guest code outside this process (native) require @host to lie
+ * inside an allocation from pvm_vm_alloc_memory() (else PVM_ENOTSUP).
+ * The memory must stay valid until unmapped.
+ * Thread safety: any thread; vCPUs see the new region on their next exit.
+ */
+PVM_EXPORT int pvm_vm_map_memory(pvm_vm *vm, pvm_gpa_t gpa, void *host, size_t size, uint32_t flags);
+/**
+ * Remove the region that starts at @gpa and has exactly @size bytes
+ * (PVM_ENOENT if there is none).  Guest TLB entries for it are dropped.
+ * Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_vm_unmap_memory(pvm_vm *vm, pvm_gpa_t gpa, size_t size);
+/**
+ * Host pointer for guest-physical [@gpa, @gpa + @size), which must lie inside
+ * one region; NULL otherwise (pvm_last_error() says why).  Any thread.
+ */
+PVM_EXPORT void *pvm_vm_gpa_to_host(pvm_vm *vm, pvm_gpa_t gpa, size_t size);
+
+/* ---- vCPU state ------------------------------------------------------- */
+
+/** General registers, guest view (RFLAGS.IF in smod is the virtual IF). */
+struct pvm_regs {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip, rflags;
+};
+
+enum pvm_mode {
+    PVM_MODE_SUPERVISOR = 0, /**< smod: the guest kernel (CPL 0 as the guest sees it) */
+    PVM_MODE_USER = 1,       /**< umod: guest user mode (CPL 3) */
+};
+
+/** Segment and control state. */
+struct pvm_sregs {
+    uint32_t mode;      /**< enum pvm_mode */
+    uint16_t cs, ss;    /**< guest-visible selectors (smod: from STAR; umod: hardware) */
+    uint16_t ds, es, fs, gs;
+    uint64_t fs_base, gs_base;
+    uint64_t cr0, cr2, cr3, cr4, efer;
+};
+
+/** One CPUID leaf of the table the VMM provides. */
+struct pvm_cpuid_entry {
+    uint32_t function, index; /**< leaf (EAX) and subleaf (ECX) */
+    uint32_t flags;           /**< PVM_CPUID_FLAG_* */
+    uint32_t eax, ebx, ecx, edx;
+};
+#define PVM_CPUID_FLAG_SIGNIFICANT_INDEX (1u << 0) /**< match @index too */
+
+#define PVM_VCPU_OPTIONS_VERSION 1
+/** Options for pvm_vcpu_create(); initialise with PVM_VCPU_OPTIONS_INIT. */
+struct pvm_vcpu_options {
+    uint32_t version; /**< PVM_VCPU_OPTIONS_VERSION */
+    uint32_t id;      /**< vCPU id (< max_vcpus), unique within the VM */
+};
+#define PVM_VCPU_OPTIONS_INIT { PVM_VCPU_OPTIONS_VERSION, 0 }
+
+/**
+ * Create a vCPU of @vm in the PVM reset state (§9.3 of pvm-abi.md, already
+ * in 64-bit smod: libpvm guests start in long mode).  Errors: PVM_EINVAL,
+ * PVM_EVERSION, PVM_EEXIST (id in use), PVM_ERANGE (id >= max_vcpus),
+ * PVM_ENOMEM.  Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_vcpu_create(pvm_vcpu **out, pvm_vm *vm, const struct pvm_vcpu_options *opts);
+/** Destroy @vcpu (NULL ignored); it must not be running.  Not concurrent with calls on @vcpu. */
+PVM_EXPORT void pvm_vcpu_destroy(pvm_vcpu *vcpu);
+/** The id given at creation.  Any thread. */
+PVM_EXPORT uint32_t pvm_vcpu_id(const pvm_vcpu *vcpu);
+/** The VM @vcpu belongs to.  Any thread. */
+PVM_EXPORT pvm_vm *pvm_vcpu_vm(const pvm_vcpu *vcpu);
+
+/*
+ * State accessors.  Thread safety: only from the thread that runs @vcpu (or
+ * any thread while no thread runs it); PVM_EBUSY if called while it runs.
+ */
+PVM_EXPORT int pvm_vcpu_get_regs(pvm_vcpu *vcpu, struct pvm_regs *regs);
+PVM_EXPORT int pvm_vcpu_set_regs(pvm_vcpu *vcpu, const struct pvm_regs *regs);
+PVM_EXPORT int pvm_vcpu_get_sregs(pvm_vcpu *vcpu, struct pvm_sregs *sregs);
+/** Set segment/control state; a mode or CR3 change takes effect as on kvm-pvm KVM_SET_SREGS. */
+PVM_EXPORT int pvm_vcpu_set_sregs(pvm_vcpu *vcpu, const struct pvm_sregs *sregs);
+/**
+ * Read or write an MSR as the host (host-initiated: the PVM write checks that
+ * apply only to guest writes are skipped, §2).  Covers all eight PVM MSRs,
+ * STAR/LSTAR/CSTAR/SYSCALL_MASK, FS/GS/KERNEL_GS base, TSC_AUX, EFER and
+ * SYSENTER_*.  PVM_ENOENT for an MSR the backend does not know, PVM_EINVAL
+ * for a value the MSR cannot hold.
+ */
+PVM_EXPORT int pvm_vcpu_get_msr(pvm_vcpu *vcpu, uint32_t index, uint64_t *value);
+PVM_EXPORT int pvm_vcpu_set_msr(pvm_vcpu *vcpu, uint32_t index, uint64_t value);
+/**
+ * Install the CPUID table the guest's synthetic CPUID reads (replaces the
+ * previous one).  Leaves 0x40000000 (EAX = 0x40000002, "KVMKVMKVM") and
+ * 0x40000002 (EBX = 0x4d5650) are present by default and may be overridden.
+ * At most 256 entries.  The table is copied.
+ */
+PVM_EXPORT int pvm_vcpu_set_cpuid(pvm_vcpu *vcpu, const struct pvm_cpuid_entry *entries, size_t n);
+
+/* ---- running ---------------------------------------------------------- */
+
+enum pvm_exit_reason {
+    PVM_EXIT_NONE = 0,
+    PVM_EXIT_HYPERCALL = 1,  /**< a host call (hypercall the library does not own) */
+    PVM_EXIT_IO = 2,         /**< port I/O (emulated IN/OUT) */
+    PVM_EXIT_MMIO = 3,       /**< access to guest-physical memory with no region */
+    PVM_EXIT_HALT = 4,       /**< HLT with nothing that can wake the vCPU */
+    PVM_EXIT_SHUTDOWN = 5,   /**< triple fault; see exit.shutdown.reason */
+    PVM_EXIT_KICKED = 6,     /**< pvm_vcpu_kick() was called */
+    PVM_EXIT_INTERNAL_ERROR = 7, /**< the backend failed; see exit.internal */
+};
+
+#define PVM_EXIT_MSG_MAX 160
+
+/**
+ * Why pvm_vcpu_run() returned.  For HYPERCALL, IO (in) and MMIO (read) exits
+ * the application writes the result into the struct (hypercall.ret,
+ * io.data, mmio.data) and passes the same struct to the next
+ * pvm_vcpu_run(), which completes the instruction with it.
+ */
+struct pvm_exit {
+    uint32_t reason; /**< enum pvm_exit_reason */
+    uint32_t pad;
+    union {
+        struct {
+            uint64_t nr;      /**< RAX */
+            uint64_t args[6]; /**< RBX, R10, RDX, RSI, RDI, R8 */
+            uint64_t ret;     /**< in: value for RAX (initialised to nr, i.e. RAX unchanged) */
+        } hypercall;
+        struct {
+            uint16_t port;
+            uint8_t size;     /**< 1, 2 or 4 */
+            uint8_t is_write; /**< 1 = OUT */
+            uint32_t data;    /**< OUT: value written; IN: value to return */
+        } io;
+        struct {
+            uint64_t gpa;
+            uint8_t size;     /**< 1, 2, 4 or 8 */
+            uint8_t is_write;
+            uint8_t pad[6];
+            uint64_t data;    /**< write: value; read: value to return */
+        } mmio;
+        struct {
+            uint64_t rip;     /**< guest RIP when the vCPU stopped */
+            char reason[PVM_EXIT_MSG_MAX];
+        } shutdown;
+        struct {
+            int code;         /**< negative PVM_E* */
+            char msg[PVM_EXIT_MSG_MAX];
+        } internal;
+    } u;
+};
+
+/**
+ * Run @vcpu until an exit the application must see; fills *@exit and returns
+ * 0, or returns a negative code if the call itself was invalid (NULL args,
+ * PVM_EBUSY when another thread is running @vcpu).  A backend failure is an
+ * exit (PVM_EXIT_INTERNAL_ERROR), not a return code.  After a SHUTDOWN or
+ * INTERNAL_ERROR exit, further runs return the same exit.
+ * Thread safety: one thread runs a given vCPU at a time; different vCPUs may
+ * run concurrently on different threads.
+ */
+PVM_EXPORT int pvm_vcpu_run(pvm_vcpu *vcpu, struct pvm_exit *exit);
+
+/**
+ * Make the current or next pvm_vcpu_run() of @vcpu return PVM_EXIT_KICKED
+ * promptly.  Thread safety: any thread, and async-signal-safe.
+ */
+PVM_EXPORT int pvm_vcpu_kick(pvm_vcpu *vcpu);
+
+enum pvm_event_type {
+    PVM_EVENT_EXCEPTION = 0, /**< vector 0..31 */
+    PVM_EVENT_INTERRUPT = 1, /**< external interrupt, vector 32..255 */
+    PVM_EVENT_NMI = 2,       /**< vector 2, masked until ERETU/ERETS */
+};
+
+/** An event to inject; see pvm_vcpu_inject(). */
+struct pvm_event {
+    uint32_t type;           /**< enum pvm_event_type */
+    uint8_t vector;
+    uint8_t has_error_code;
+    uint16_t pad;
+    uint32_t error_code;
+    uint32_t pad2;
+    uint64_t cr2;            /**< for #PF (vector 14) */
+};
+
+/**
+ * Queue @event for @vcpu.  It is delivered per the PVM rules: exceptions at
+ * the next entry; interrupts when deliverable (umod, or smod with the virtual
+ * IF set; otherwise PVCS.event_flags.IP is set and delivery waits for
+ * IRQ_WIN/ERETU/ERETS/IRQ_HALT); NMIs when the NMI mask is clear.  A running
+ * or halted vCPU is interrupted promptly.  Errors: PVM_EINVAL (bad type or
+ * vector: exceptions 0..31 except 2, interrupts 32..255), PVM_EBUSY (an
+ * exception is already queued).  Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_vcpu_inject(pvm_vcpu *vcpu, const struct pvm_event *event);
+
+/* ---- guest-virtual access --------------------------------------------- */
+
+/**
+ * Copy @len bytes between @buf and guest-virtual @gva, translated through
+ * the vCPU's current page tables with supervisor privilege.  PVM_EFAULT if
+ * any byte is not mapped (nothing is copied then for reads; writes may be
+ * partial).  For host-call arguments.  Thread safety: as the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_read_guest(pvm_vcpu *vcpu, pvm_gva_t gva, void *buf, size_t len);
+PVM_EXPORT int pvm_vcpu_write_guest(pvm_vcpu *vcpu, pvm_gva_t gva, const void *buf, size_t len);
+/** Translate @gva to a guest-physical address (supervisor walk, no A/D update). */
+PVM_EXPORT int pvm_vcpu_translate(pvm_vcpu *vcpu, pvm_gva_t gva, pvm_gpa_t *gpa);
+
+/* ---- host calls ------------------------------------------------------- */
+
+/**
+ * Host-call handler: called on the vCPU's thread for a hypercall in the
+ * host-call range (pvm/abi.h PVM_HOSTCALL_BASE).  @nr is the host-call
+ * number (RAX - PVM_HOSTCALL_BASE), @args the six arguments.  Return 0 and
+ * set *@ret (written to RAX), or return non-zero to make pvm_vcpu_run()
+ * return PVM_EXIT_HYPERCALL instead.
+ */
+typedef int (*pvm_hostcall_fn)(void *opaque, pvm_vcpu *vcpu, uint32_t nr,
+                               const uint64_t args[6], uint64_t *ret);
+/** Install (or with NULL remove) the VM's host-call handler.  Not concurrent with running vCPUs. */
+PVM_EXPORT int pvm_vm_set_hostcall_handler(pvm_vm *vm, pvm_hostcall_fn fn, void *opaque);
+
+/* ---- ELF loading ------------------------------------------------------ */
+
+#define PVM_LOAD_OPTIONS_VERSION 1
+/** Options for pvm_vm_load_elf(); initialise with PVM_LOAD_OPTIONS_INIT. */
+struct pvm_load_options {
+    uint32_t version;        /**< PVM_LOAD_OPTIONS_VERSION */
+    uint32_t pad;
+    uint64_t ram_size;       /**< guest RAM to allocate and map at GPA 0; 0 = 64 MiB */
+    const char *cmdline;     /**< copied into the boot-info block; may be NULL */
+    uint64_t stack_size;     /**< boot stack per vCPU; 0 = 64 KiB */
+};
+#define PVM_LOAD_OPTIONS_INIT { PVM_LOAD_OPTIONS_VERSION, 0, 0, NULL, 0 }
+
+/** What pvm_vm_load_elf() produced. */
+struct pvm_load_info {
+    pvm_gva_t entry;         /**< ELF entry point */
+    pvm_gpa_t boot_info_gpa; /**< struct pvm_boot_info of vCPU 0 */
+    pvm_gpa_t pt_root;       /**< initial page-table root (CR3) */
+    void *ram;               /**< host address of guest RAM (GPA 0) */
+    uint64_t ram_size;
+};
+
+/**
+ * Load the ELF64 x86-64 executable @path (or the image [@image, +@size) with
+ * pvm_vm_load_elf_image) into a fresh @vm: allocates RAM at GPA 0, copies the
+ * segments with their permissions (W^X enforced), builds initial page tables
+ * (the image at its link addresses plus a direct map of all RAM), and writes a
+ * boot-info block.  Errors: PVM_ENOENT/PVM_EIO (file), PVM_EBADELF (with the
+ * reason in pvm_last_error()), PVM_ERANGE (segments outside RAM or the allowed
+ * address range), PVM_ESTATE (@vm already has memory).  Thread safety: not
+ * concurrent with other calls on @vm.
+ */
+PVM_EXPORT int pvm_vm_load_elf(pvm_vm *vm, const char *path, const struct pvm_load_options *opts,
+                               struct pvm_load_info *info);
+PVM_EXPORT int pvm_vm_load_elf_image(pvm_vm *vm, const void *image, size_t size,
+                                     const struct pvm_load_options *opts, struct pvm_load_info *info);
+/**
+ * Put @vcpu in the boot state for a VM prepared by pvm_vm_load_elf(): smod,
+ * CR3 = the initial root, RIP = entry (or @entry if non-zero), RSP = top of
+ * its own boot stack, RDI = GVA of its boot-info block, RSI = vCPU id.
+ * Thread safety: as the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_setup_boot(pvm_vcpu *vcpu, pvm_gva_t entry);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PVM_PVM_H */

@@ -1,0 +1,110 @@
+/*
+ * lib/backends/native/stub.h - stub processes: one host address space that
+ * runs guest code natively at ring 3 and reports every trap.
+ *
+ * A stub is a tiny static, freestanding executable (stub/ in this folder),
+ * embedded in libpvm and started with execveat() from a memfd.  It owns only
+ * its own pages in [NSTUB_REGION_START, NSTUB_REGION_END) (code, stack,
+ * signal stack, the shared control page); everything else in its address
+ * space is unmapped (vDSO and vvar included) and is filled only with guest
+ * RAM pages (MAP_SHARED|MAP_FIXED of the VM's memfd) that the shadow MMU
+ * installs.  A seccomp filter (hand-written BPF) sends every syscall to
+ * SIGSYS except the few the stub needs, and those only from the stub's own
+ * code.  Every trap (SIGSYS, SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGFPE, the
+ * kick signal) is caught on the stub's signal stack, the register file is
+ * written to the control page, the library is woken, and the stub resumes
+ * with whatever registers the library wrote back (sigreturn).  FPU/SSE/AVX
+ * state stays in the stub's signal frame and is preserved across traps.
+ *
+ * Nothing the stub writes into the control page is trusted by the library:
+ * a guest can scribble on every stub page and only harm itself.
+ */
+#ifndef PVM_NATIVE_STUB_H
+#define PVM_NATIVE_STUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Host-virtual region the stub keeps for itself; guests get [NSTUB_GUEST_LO, NSTUB_GUEST_HI). */
+#define NSTUB_REGION_START 0x7f0000000000ull
+#define NSTUB_REGION_END   0x800000000000ull
+#define NSTUB_GUEST_LO     0x10000ull           /* below: vm.mmap_min_addr */
+#define NSTUB_GUEST_HI     NSTUB_REGION_START
+
+struct nstub;
+
+struct nstub_config {
+    int memfd;          /* the VM's guest-RAM memfd (mapped by offset) */
+    int kick_signal;    /* signal used by nstub_kick() */
+};
+
+/* Guest register file as the stub transfers it. */
+struct nstub_regs {
+    uint64_t gpr[16];   /* x86 encoding order: rax rcx rdx rbx rsp rbp rsi rdi r8..r15 */
+    uint64_t rip, rflags;
+    uint64_t fs_base, gs_base;
+    uint16_t cs, ss;    /* hardware selectors (0x33/0x2b, or 0x23 for 32-bit user) */
+};
+
+enum nstub_trap_kind {
+    NSTUB_TRAP_SYSCALL = 1, /* guest executed SYSCALL; rip is after it, rax = number */
+    NSTUB_TRAP_FAULT = 2,   /* hardware exception: vector/error_code/cr2 */
+    NSTUB_TRAP_KICK = 3,    /* interrupted by nstub_kick() */
+    NSTUB_TRAP_DIED = 4,    /* the stub process died or misbehaved; msg says how */
+};
+
+struct nstub_trap {
+    uint32_t kind;        /* enum nstub_trap_kind */
+    uint32_t vector;      /* FAULT: x86 vector (trapno; SIGSYS-less #UD etc. mapped) */
+    uint32_t error_code;  /* FAULT: hardware error code (err) */
+    int signo, si_code;   /* raw signal info, for diagnostics */
+    uint64_t cr2;         /* FAULT #PF: faulting address */
+    char msg[128];        /* DIED: reason */
+};
+
+/*
+ * Start a stub.  Returns 0, or a negative PVM_E* code with a reason in
+ * err[errlen].  No fd other than cfg->memfd and the control memfd is
+ * inherited by the stub.
+ */
+int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen);
+/* Kill and reap the stub; frees everything.  NULL ignored. */
+void nstub_destroy(struct nstub *s);
+
+/*
+ * Queue mapping changes; applied before the guest runs again (nstub_run) or
+ * by nstub_sync().  @off is the offset in cfg->memfd; @prot is PROT_* bits.
+ * Addresses must lie in [NSTUB_GUEST_LO, NSTUB_GUEST_HI), page aligned.
+ */
+int nstub_map(struct nstub *s, uint64_t gva, uint64_t len, uint64_t off, int prot);
+int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len);
+/* Remove every guest mapping. */
+int nstub_unmap_all(struct nstub *s);
+/* Apply queued mapping changes now (the stub must not be running guest code). */
+int nstub_sync(struct nstub *s);
+
+/*
+ * Resume the guest with *regs until the next trap; *regs receives the
+ * register file at the trap and *trap what happened.  Returns 0 (trap
+ * filled, including NSTUB_TRAP_DIED) or a negative code for misuse.
+ */
+int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap);
+
+/* Interrupt nstub_run() promptly (NSTUB_TRAP_KICK).  Any thread, async-signal-safe. */
+int nstub_kick(struct nstub *s);
+
+/*
+ * The guest's FPU/SSE/AVX state (XSAVE image of the last trap's signal
+ * frame), to move it between stubs when the active address space changes.
+ * nstub_fpu_size() is the image size; get copies out, set replaces it for the
+ * next resume.  Only while the stub is stopped at a trap.
+ */
+size_t nstub_fpu_size(const struct nstub *s);
+int nstub_get_fpu(struct nstub *s, void *buf, size_t len);
+int nstub_set_fpu(struct nstub *s, const void *buf, size_t len);
+
+/* Host pid of the stub (diagnostics, tests). */
+int nstub_pid(const struct nstub *s);
+
+#endif /* PVM_NATIVE_STUB_H */

@@ -1,0 +1,52 @@
+/*
+ * lib/core/backend.h - the backend ops table.
+ *
+ * A backend is one folder under lib/backends/ and one const ops table, listed
+ * in lib/core/registry.c.  The core never names a backend: everything a
+ * backend needs is an op here or a capability bit.  Required ops are checked
+ * once (pvm__backend_check); a missing optional op makes the core return
+ * PVM_ENOTSUP.
+ */
+#ifndef PVM_BACKEND_H
+#define PVM_BACKEND_H
+
+#include "core.h"
+
+/* Capabilities. */
+#define PVM_CAP_ANY_HOST_MEMORY (1u << 0) /* regions may use any host memory, not only the arena */
+
+struct pvm_backend_ops {
+    const char *name;
+    enum pvm_backend id;
+    uint32_t caps;
+
+    /* Required. */
+    int (*probe)(void);                 /* 0 if usable, else pvm__error(PVM_ENODEV, why) */
+    int (*vm_init)(pvm_vm *vm);
+    void (*vm_fini)(pvm_vm *vm);
+    int (*vcpu_init)(pvm_vcpu *vcpu);
+    void (*vcpu_fini)(pvm_vcpu *vcpu);
+    int (*run)(pvm_vcpu *vcpu, struct pvm_exit *exit);
+    int (*get_regs)(pvm_vcpu *vcpu, struct pvm_regs *regs);
+    int (*set_regs)(pvm_vcpu *vcpu, const struct pvm_regs *regs);
+    int (*get_sregs)(pvm_vcpu *vcpu, struct pvm_sregs *sregs);
+    int (*set_sregs)(pvm_vcpu *vcpu, const struct pvm_sregs *sregs);
+    int (*get_msr)(pvm_vcpu *vcpu, uint32_t index, uint64_t *value);
+    int (*set_msr)(pvm_vcpu *vcpu, uint32_t index, uint64_t value);
+    int (*inject)(pvm_vcpu *vcpu, const struct pvm_event *ev);
+    int (*kick)(pvm_vcpu *vcpu);        /* async-signal-safe */
+
+    /* Optional. */
+    int (*region_add)(pvm_vm *vm, const struct pvm_region *r);
+    void (*region_del)(pvm_vm *vm, const struct pvm_region *r);
+    int (*set_cpuid)(pvm_vcpu *vcpu, const struct pvm_cpuid_entry *e, size_t n);
+    int (*translate)(pvm_vcpu *vcpu, uint64_t gva, uint64_t *gpa);
+    uint64_t (*linear_range)(const pvm_vm *vm);               /* default MSR value */
+    void (*lower_half)(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
+};
+
+/* Registry (registry.c). */
+const struct pvm_backend_ops *pvm__backend_lookup(enum pvm_backend id, const char **why);
+int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **out);
+
+#endif /* PVM_BACKEND_H */

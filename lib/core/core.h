@@ -1,0 +1,100 @@
+/*
+ * lib/core/core.h - library-internal objects shared by core and backends.
+ */
+#ifndef PVM_CORE_H
+#define PVM_CORE_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pvm/pvm.h"
+
+#define PVM_PAGE_SIZE 4096ull
+#define PVM_PAGE_MASK (PVM_PAGE_SIZE - 1)
+
+struct pvm_backend_ops;
+
+/* ---- errors and logging (error.c, log.c) ---------------------------------- */
+
+/* Record a detail message for pvm_last_error() and return @code (negative). */
+int pvm__error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int pvm__verror(int code, const char *fmt, va_list ap);
+/* Reset the calling thread's detail message to "". */
+void pvm__clear_error(void);
+void pvm__log(enum pvm_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- memory (memory.c) ---------------------------------------------------- */
+
+/* A chunk of the VM's memfd arena handed out by pvm_vm_alloc_memory(). */
+struct pvm_alloc {
+    void *host;
+    uint64_t off;   /* offset in vm->memfd */
+    uint64_t size;
+};
+
+/* A guest-physical region. */
+struct pvm_region {
+    uint64_t gpa;
+    uint64_t size;
+    uint8_t *host;
+    uint32_t flags;    /* PVM_MEM_* */
+    uint64_t memfd_off;/* offset of gpa in vm->memfd, or PVM_NO_MEMFD */
+};
+#define PVM_NO_MEMFD UINT64_MAX
+
+/* ---- VM and vCPU ---------------------------------------------------------- */
+
+struct pvm_vm {
+    const struct pvm_backend_ops *ops;
+    void *bdata;                   /* backend private */
+    struct pvm_vm_options opts;
+
+    int memfd;                     /* arena backing all pvm_vm_alloc_memory() chunks */
+    uint64_t arena_used;           /* bump pointer into memfd */
+    pthread_mutex_t lock;          /* allocs, vcpus, hostcall handler */
+    struct pvm_alloc *allocs;
+    size_t nr_allocs;
+
+    pthread_rwlock_t regions_lock;
+    struct pvm_region *regions;    /* sorted by gpa, non-overlapping */
+    size_t nr_regions;
+    uint64_t regions_gen;          /* bumped on every unmap */
+
+    struct pvm_vcpu **vcpus;       /* indexed by id, max_vcpus entries */
+
+    pvm_hostcall_fn hostcall;
+    void *hostcall_opaque;
+
+    void *loader;                  /* loader private (boot layout), freed with the VM */
+    void (*loader_free)(void *);
+};
+
+struct pvm_vcpu {
+    pvm_vm *vm;
+    uint32_t id;
+    void *bdata;                   /* backend private */
+    int running;                   /* atomic: inside pvm_vcpu_run */
+};
+
+/*
+ * Guest-physical lookup for backends.  Returns the host pointer of @gpa if
+ * [gpa, gpa+len) lies in one region (and @write is allowed), else NULL.
+ * *region_out (optional) receives a copy of the region.
+ */
+void *pvm__gpa_lookup(pvm_vm *vm, uint64_t gpa, uint64_t len, struct pvm_region *region_out);
+/* memfd offset of host address @host if it lies in an arena allocation of @len bytes. */
+uint64_t pvm__arena_offset(pvm_vm *vm, const void *host, uint64_t len);
+void pvm__memory_fini(pvm_vm *vm);
+
+/* ---- utilities ------------------------------------------------------------ */
+
+/* Is [a, a+alen) overlapping [b, b+blen)? (no overflow) */
+static inline bool pvm__overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+#endif /* PVM_CORE_H */

@@ -1,0 +1,134 @@
+/*
+ * lib/machine/mmu.h - guest page walk and the shadow MMU (backend neutral).
+ *
+ * PVM is "pagetable-based": the hypervisor walks the guest's own 4-level page
+ * tables and installs shadow mappings in the address space the hardware (for
+ * the native provider: a stub process) actually uses.  This header is the one
+ * interface between the rules (walker, allowed range, TLB semantics) and the
+ * providers that carry the mappings out (install / remove / switch root).
+ *
+ * No OS calls: guest-physical memory is reached through a callback.
+ */
+#ifndef PVM_MMU_H
+#define PVM_MMU_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pvm/abi.h"
+
+/* Access kinds, as #PF error-code bits: PVM_PFEC_W, PVM_PFEC_U, PVM_PFEC_I. */
+
+/* Environment of one walk. */
+struct pvm_walk_env {
+    void *opaque;
+    /*
+     * Host pointer to the 8-byte page-table entry at guest-physical @gpa, or
+     * NULL if @gpa is not RAM.  Must stay valid while the walk runs.
+     */
+    uint64_t *(*pte_ptr)(void *opaque, uint64_t gpa);
+    uint64_t la_range; /* MSR_PVM_LINEAR_ADDRESS_RANGE */
+    bool nxe;          /* EFER.NXE: NX bit honoured, else reserved */
+    uint64_t maxphyaddr_mask; /* e.g. 0x000ffffffffff000 for 52 bits */
+};
+
+/* Outcome of a walk. */
+enum pvm_walk_status {
+    PVM_WALK_OK = 0,      /* translated; see result */
+    PVM_WALK_FAULT = 1,   /* guest #PF: result.pfec holds the error code */
+    PVM_WALK_BAD_PT = 2,  /* a page-table page is not RAM (delivered as #PF, pfec per decision) */
+};
+
+struct pvm_walk_result {
+    uint64_t gpa;         /* translated address of the byte at gva */
+    uint64_t page_gva;    /* gva of the start of the guest page */
+    uint64_t page_gpa;    /* gpa of the start of the guest page */
+    uint64_t page_size;   /* 4 KiB, 2 MiB or 1 GiB */
+    bool writable;        /* effective R/W over all levels */
+    bool user;            /* effective U/S over all levels */
+    bool executable;      /* no NX at any level (or NXE clear) */
+    bool dirty;           /* leaf D bit after the walk */
+    uint32_t pfec;        /* #PF error code when status != OK */
+};
+
+/*
+ * Walk the guest page tables rooted at guest-physical @root (CR3 bits
+ * 51:12) for @gva with @access (PVM_PFEC_W/U/I).  @set_ad: update A (and D
+ * for writes) like hardware.  Checks present, R/W, U/S, NX, reserved bits and
+ * the allowed-range rule (§8.2).  Never reads outside what pte_ptr returns.
+ */
+enum pvm_walk_status pvm_mmu_walk(const struct pvm_walk_env *env, uint64_t root, uint64_t gva,
+                                  uint32_t access, bool set_ad, struct pvm_walk_result *res);
+
+/* ---- shadow cache -------------------------------------------------------- */
+
+#define PVM_PROT_READ  1u
+#define PVM_PROT_WRITE 2u
+#define PVM_PROT_EXEC  4u
+
+/* What the shadow MMU asks of a provider (one address space per root slot). */
+struct pvm_shadow_ops {
+    /* Map [gva, gva+len) to guest-physical [gpa, gpa+len) with PVM_PROT_*. */
+    int (*install)(void *opaque, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa, unsigned prot);
+    /* Remove whatever is mapped in [gva, gva+len). */
+    int (*remove)(void *opaque, unsigned slot, uint64_t gva, uint64_t len);
+    /* The root in @slot is being evicted or reset: drop its whole address space. */
+    void (*reset_slot)(void *opaque, unsigned slot);
+    /*
+     * Guest RAM backing @gpa: the number of bytes from @gpa that lie in one
+     * region and are contiguous in the backing (0 = not RAM, i.e. MMIO), and
+     * that region's PVM_MEM_* flags in *flags.  A write to a READONLY region
+     * is reported as MMIO; a fetch from a NOEXEC region is a guest #PF (I).
+     */
+    uint64_t (*ram_extent)(void *opaque, uint64_t gpa, uint32_t *flags);
+};
+
+#define PVM_SHADOW_MAX_ROOTS 4
+
+struct pvm_shadow; /* opaque: per-vCPU cache of shadowed roots */
+
+/*
+ * Create a shadow cache with up to @max_roots address spaces and at most
+ * @max_mappings installed mappings per root (0 = default).  Returns NULL on
+ * allocation failure.
+ */
+struct pvm_shadow *pvm_shadow_create(const struct pvm_shadow_ops *ops, void *opaque,
+                                     unsigned max_roots, size_t max_mappings);
+void pvm_shadow_destroy(struct pvm_shadow *s);
+
+/*
+ * Select the address space for (root, user): returns the slot number the
+ * provider must run in, evicting the least recently used root if needed.
+ * @root is the raw CR3 value (only bits 51:12 identify the root).
+ */
+unsigned pvm_shadow_activate(struct pvm_shadow *s, uint64_t root, bool user);
+
+/* Result of pvm_shadow_fault(). */
+enum pvm_shadow_fault_result {
+    PVM_SHADOW_FIXED = 0,     /* mapping installed: retry the access */
+    PVM_SHADOW_GUEST_PF = 1,  /* deliver #PF(pfec) with CR2 = gva to the guest */
+    PVM_SHADOW_MMIO = 2,      /* the translation points at non-RAM gpa (*gpa_out) */
+    PVM_SHADOW_ERROR = 3,     /* provider failure */
+};
+
+/*
+ * Handle a hardware fault at @gva with @access in the active slot: walk the
+ * guest tables (user walk when the slot is a user root) and, if allowed,
+ * install a mapping (a whole large page or a contiguous run where the guest
+ * mapping and the backing allow) and return FIXED.  Writable mappings are
+ * installed only when the D bit is set (write access sets it), so guest
+ * dirty tracking stays exact.
+ */
+enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct pvm_walk_env *env,
+                                              uint64_t gva, uint32_t access, uint32_t *pfec,
+                                              uint64_t *gpa_out);
+
+/* TLB semantics: drop mappings. */
+void pvm_shadow_flush_all(struct pvm_shadow *s);
+void pvm_shadow_flush_root(struct pvm_shadow *s, uint64_t root);
+void pvm_shadow_invlpg(struct pvm_shadow *s, uint64_t gva);
+/* Drop every mapping of guest-physical [gpa, gpa+len) (memory unmapped by the VMM). */
+void pvm_shadow_flush_gpa(struct pvm_shadow *s, uint64_t gpa, uint64_t len);
+
+#endif /* PVM_MMU_H */
