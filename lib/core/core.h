@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pvm/abi.h"
 #include "pvm/pvm.h"
 
 #define PVM_PAGE_SIZE 4096ull

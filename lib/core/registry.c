@@ -1,0 +1,122 @@
+/*
+ * lib/core/registry.c - the one list of backends and how one is chosen:
+ * option, then $PVM_BACKEND, then probing (kvm only if it is a usable PVM
+ * host, else native).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+
+/* Backends built into this library.  Adding one touches its folder and this list. */
+extern const struct pvm_backend_ops pvm_native_backend;
+
+static const struct pvm_backend_ops *const backends[] = {
+    &pvm_native_backend,
+};
+
+/* Backends the API names but this build does not contain, and why. */
+static const struct {
+    enum pvm_backend id;
+    const char *why;
+} missing[] = {
+    { PVM_BACKEND_KVM, "kvm: this build of libpvm has no /dev/kvm backend yet "
+                       "(it lands with the /dev/kvm backend issue); use native" },
+};
+
+static const char *const names[] = { "auto", "native", "kvm" };
+
+const char *pvm_backend_name(enum pvm_backend b)
+{
+    return (unsigned)b < sizeof(names) / sizeof(names[0]) ? names[b] : NULL;
+}
+
+int pvm_backend_from_name(const char *name, enum pvm_backend *out)
+{
+    pvm__clear_error();
+    if (!name || !out)
+        return pvm__error(PVM_EINVAL, "pvm_backend_from_name: NULL argument");
+    for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(name, names[i])) {
+            *out = (enum pvm_backend)i;
+            return 0;
+        }
+    return pvm__error(PVM_EINVAL, "unknown backend \"%s\" (expected auto, native or kvm)", name);
+}
+
+/* Required ops are checked here once, so the core can call them unguarded. */
+static bool ops_complete(const struct pvm_backend_ops *o)
+{
+    return o->name && o->probe && o->vm_init && o->vm_fini && o->vcpu_init && o->vcpu_fini &&
+           o->run && o->get_regs && o->set_regs && o->get_sregs && o->set_sregs && o->get_msr &&
+           o->set_msr && o->inject && o->kick;
+}
+
+const struct pvm_backend_ops *pvm__backend_lookup(enum pvm_backend id, const char **why)
+{
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+        if (backends[i]->id == id) {
+            if (!ops_complete(backends[i])) {
+                *why = "backend ops table is incomplete (library bug)";
+                return NULL;
+            }
+            return backends[i];
+        }
+    *why = "unknown backend";
+    for (size_t i = 0; i < sizeof(missing) / sizeof(missing[0]); i++)
+        if (missing[i].id == id)
+            *why = missing[i].why;
+    return NULL;
+}
+
+int pvm_backend_probe(enum pvm_backend id)
+{
+    pvm__clear_error();
+    const struct pvm_backend_ops *o;
+    if (id == PVM_BACKEND_AUTO)
+        return pvm__backend_select(PVM_BACKEND_AUTO, &o);
+    const char *why;
+    o = pvm__backend_lookup(id, &why);
+    if (!o)
+        return pvm__error(PVM_ENODEV, "%s", why);
+    return o->probe();
+}
+
+int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **out)
+{
+    const char *why;
+    if (want == PVM_BACKEND_AUTO) {
+        const char *env = getenv("PVM_BACKEND");
+        if (env && *env && strcmp(env, "auto")) {
+            if (pvm_backend_from_name(env, &want) < 0)
+                return pvm__error(PVM_EINVAL, "$PVM_BACKEND: unknown backend \"%s\" "
+                                  "(expected auto, native or kvm)", env);
+        }
+    }
+    if (want != PVM_BACKEND_AUTO) {
+        const struct pvm_backend_ops *o = pvm__backend_lookup(want, &why);
+        if (!o)
+            return pvm__error(PVM_ENODEV, "%s", why);
+        int rc = o->probe();
+        if (rc < 0)
+            return rc;
+        *out = o;
+        return 0;
+    }
+    /* auto: a real kvm-pvm host first (it is the hardware path), else native. */
+    static const enum pvm_backend order[] = { PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
+    char reasons[512] = "";
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        const struct pvm_backend_ops *o = pvm__backend_lookup(order[i], &why);
+        if (o && o->probe() == 0) {
+            *out = o;
+            pvm__clear_error();
+            return 0;
+        }
+        size_t l = strlen(reasons);
+        snprintf(reasons + l, sizeof(reasons) - l, "%s%s", l ? "; " : "",
+                 o ? pvm_last_error() : why);
+    }
+    return pvm__error(PVM_ENODEV, "no usable backend: %s", reasons);
+}
