@@ -1,0 +1,86 @@
+/*
+ * bench/bench.h - measurement helpers shared by the benchmark programs.
+ *
+ * A measurement runs `batches` batches of `iters` operations after a warm-up,
+ * and reports the per-operation time of each batch as median / p10 / p90 (ns).
+ */
+#ifndef PVM_BENCH_H
+#define PVM_BENCH_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct bench_result {
+    const char *name;
+    double p10, p50, p90; /* ns per operation */
+    unsigned batches, iters;
+};
+
+static inline uint64_t bench_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Percentiles of @n samples (sorted in place). */
+static inline void bench_stats(double *s, unsigned n, struct bench_result *r)
+{
+    qsort(s, n, sizeof(*s), bench_cmp_double);
+    r->p10 = s[n / 10];
+    r->p50 = s[n / 2];
+    r->p90 = s[(n * 9) / 10];
+}
+
+/*
+ * Run @op(@ctx, iters) @batches times after one warm-up batch; @op performs
+ * @iters operations and returns 0 (non-zero aborts the measurement).
+ */
+static inline int bench_measure(struct bench_result *r, const char *name, unsigned batches, unsigned iters,
+                                int (*op)(void *ctx, unsigned iters), void *ctx)
+{
+    double *s = calloc(batches, sizeof(*s));
+    if (!s || op(ctx, iters)) {
+        free(s);
+        return -1;
+    }
+    for (unsigned b = 0; b < batches; b++) {
+        uint64_t t0 = bench_now_ns();
+        if (op(ctx, iters)) {
+            free(s);
+            return -1;
+        }
+        s[b] = (double)(bench_now_ns() - t0) / iters;
+    }
+    r->name = name;
+    r->batches = batches;
+    r->iters = iters;
+    bench_stats(s, batches, r);
+    free(s);
+    return 0;
+}
+
+static inline void bench_print(const struct bench_result *r)
+{
+    printf("%-40s p50 %10.1f ns   p10 %10.1f   p90 %10.1f\n", r->name, r->p50, r->p10, r->p90);
+    fflush(stdout);
+}
+
+/* One JSON object per line: {"name": ..., "p50_ns": ...}. */
+static inline void bench_json(FILE *f, const struct bench_result *r)
+{
+    if (f)
+        fprintf(f, "{\"name\": \"%s\", \"p10_ns\": %.1f, \"p50_ns\": %.1f, \"p90_ns\": %.1f, \"batches\": %u, "
+                   "\"iters\": %u}\n", r->name, r->p10, r->p50, r->p90, r->batches, r->iters);
+}
+
+#endif
