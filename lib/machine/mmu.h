@@ -20,6 +20,8 @@
 
 /* Access kinds, as #PF error-code bits: PVM_PFEC_W, PVM_PFEC_U, PVM_PFEC_I. */
 
+/* Page-table entry bits: PVM_PTE_* in pvm/abi.h. */
+
 /* Environment of one walk. */
 struct pvm_walk_env {
     void *opaque;
@@ -28,6 +30,11 @@ struct pvm_walk_env {
      * NULL if @gpa is not RAM.  Must stay valid while the walk runs.
      */
     uint64_t *(*pte_ptr)(void *opaque, uint64_t gpa);
+    /*
+     * (pte_ptr is called with 8-byte aligned @gpa.  The shadow cache assumes
+     * the 512 entries of one 4 KiB page-table page are contiguous in host
+     * memory, which holds because RAM regions are 4 KiB aligned.)
+     */
     uint64_t la_range; /* MSR_PVM_LINEAR_ADDRESS_RANGE */
     bool nxe;          /* EFER.NXE: NX bit honoured, else reserved */
     uint64_t maxphyaddr_mask; /* e.g. 0x000ffffffffff000 for 52 bits */
@@ -50,13 +57,37 @@ struct pvm_walk_result {
     bool executable;      /* no NX at any level (or NXE clear) */
     bool dirty;           /* leaf D bit after the walk */
     uint32_t pfec;        /* #PF error code when status != OK */
+    /* Additions (used by the shadow cache to extend 4 KiB runs). */
+    uint64_t leaf_pte_gpa; /* gpa of the leaf entry (valid when OK) */
+    uint64_t leaf_pte;     /* leaf entry value after A/D updates (valid when OK) */
 };
+
+/* gva is canonical for 4-level paging (bits 63:47 equal). */
+static inline bool pvm_mmu_canonical(uint64_t gva)
+{
+    return (uint64_t)((int64_t)(gva << 16) >> 16) == gva;
+}
+
+/*
+ * The PVM allowed-linear-address rule (§8.2) for MSR value @la_range: the
+ * lower half except address 0 (§10.13: follow the RFC's `va > 0`), plus the
+ * 4-level range [(0x1fffe00|START)<<39, (0x1fffe00|END)<<39) and the 5-level
+ * range [(0xfe00|START5)<<48, (0xfe00|END5)<<48), all mod 2^64.  An inverted
+ * range (START >= END) is empty.  Canonicality is not checked here.
+ */
+bool pvm_mmu_la_allowed(uint64_t la_range, uint64_t gva);
 
 /*
  * Walk the guest page tables rooted at guest-physical @root (CR3 bits
  * 51:12) for @gva with @access (PVM_PFEC_W/U/I).  @set_ad: update A (and D
  * for writes) like hardware.  Checks present, R/W, U/S, NX, reserved bits and
  * the allowed-range rule (§8.2).  Never reads outside what pte_ptr returns.
+ *
+ * Decisions (see mmu_walk.c): a non-canonical or not-allowed @gva, and a
+ * page-table page outside RAM (BAD_PT), fault like a not-present entry
+ * (pfec = W/U/I access bits, P = 0).  I is reported for fetches only when
+ * env->nxe.  A/D bits are written only when the whole walk succeeds (as
+ * KVM's software walker does); a faulting walk leaves guest memory untouched.
  */
 enum pvm_walk_status pvm_mmu_walk(const struct pvm_walk_env *env, uint64_t root, uint64_t gva,
                                   uint32_t access, bool set_ad, struct pvm_walk_result *res);
@@ -84,14 +115,28 @@ struct pvm_shadow_ops {
     uint64_t (*ram_extent)(void *opaque, uint64_t gpa, uint32_t *flags);
 };
 
-#define PVM_SHADOW_MAX_ROOTS 4
+#define PVM_SHADOW_MAX_ROOTS 4           /* default for max_roots = 0 */
+#define PVM_SHADOW_DEFAULT_MAPPINGS 4096 /* default for max_mappings = 0 */
 
 struct pvm_shadow; /* opaque: per-vCPU cache of shadowed roots */
 
 /*
+ * (Addition) Threading: a pvm_shadow belongs to one vCPU; calls must not run
+ * concurrently.  The callbacks run on the calling thread.  Dropping more than
+ * asked is always legal under TLB semantics, so: a slot whose mapping set is
+ * full is reset (ops->reset_slot) before the next install, and a failed
+ * ops->remove also resets its slot.  Flushes remove gva-adjacent mappings of
+ * a slot with one ops->remove call; a page inside a large mapping or run
+ * drops the whole mapping.  A fault ending in a guest #PF drops the mapping
+ * at that gva, as hardware drops the TLB entry of a faulting address.
+ */
+
+/*
  * Create a shadow cache with up to @max_roots address spaces and at most
  * @max_mappings installed mappings per root (0 = default).  Returns NULL on
- * allocation failure.
+ * allocation failure or if an op is missing.  All memory is allocated here;
+ * faults never allocate.  @ops and @opaque must outlive the cache.
+ * pvm_shadow_destroy() accepts NULL and calls no op.
  */
 struct pvm_shadow *pvm_shadow_create(const struct pvm_shadow_ops *ops, void *opaque,
                                      unsigned max_roots, size_t max_mappings);
@@ -119,12 +164,23 @@ enum pvm_shadow_fault_result {
  * mapping and the backing allow) and return FIXED.  Writable mappings are
  * installed only when the D bit is set (write access sets it), so guest
  * dirty tracking stays exact.
+ *
+ * (Addition) Only PVM_PFEC_W and PVM_PFEC_I of @access are used: U comes
+ * from the slot, since everything runs at ring 3 underneath (§5.12).  A
+ * 4 KiB run extends only over entries of the same page table that already
+ * have A set (and D, for a writable run), so no A/D bit is left stale.  A
+ * large page over address 0 is installed without page 0 (§10.13).  *pfec is
+ * written for GUEST_PF, *gpa_out for MMIO; ERROR also when no slot is active.
  */
 enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct pvm_walk_env *env,
                                               uint64_t gva, uint32_t access, uint32_t *pfec,
                                               uint64_t *gpa_out);
 
-/* TLB semantics: drop mappings. */
+/*
+ * TLB semantics: drop mappings (via ops->remove).  flush_all: every slot;
+ * flush_root: the slots of that root (user and supervisor, CR3 bits 51:12);
+ * invlpg: the mapping containing @gva in every slot.
+ */
 void pvm_shadow_flush_all(struct pvm_shadow *s);
 void pvm_shadow_flush_root(struct pvm_shadow *s, uint64_t root);
 void pvm_shadow_invlpg(struct pvm_shadow *s, uint64_t gva);
