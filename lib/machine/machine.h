@@ -33,7 +33,7 @@ enum {
 #define PVM_RFLAGS_TF   (1ull << 8)
 #define PVM_RFLAGS_FIXED 0x2ull
 /* §1.1: RFLAGS bits a guest can hold (SWITCH_ENTER_EFLAGS_ALLOWED). */
-#define PVM_RFLAGS_ALLOWED 0x257fd5ull /* CF PF AF ZF SF TF IF DF OF NT RF AC ID + bit1 */
+#define PVM_RFLAGS_ALLOWED 0x254fd7ull /* CF PF AF ZF SF TF IF DF OF NT RF AC ID + bit1 (no IOPL, §10.8) */
 
 #define PVM_MAX_CPUID_ENTRIES 256
 
@@ -112,16 +112,32 @@ struct pvm_cpu {
     uint8_t pending_io_size;   /* IN: bytes to write into RAX */
     uint8_t pending_mmio_reg;  /* MMIO read: destination GPR */
     uint8_t pending_mmio_size;
+    /* Added by the machine model: completion details for pvm_m_complete(). */
+    uint8_t pending_insn_len;  /* IO/MMIO: RIP advance applied on completion */
+    uint8_t pending_mmio_ext;  /* PVM_M_MMIO_* : how a read lands in the register */
+    uint8_t pending_mmio_dst_size; /* destination register width in bytes */
+    bool pending_mmio_high8;   /* destination is AH/CH/DH/BH */
     struct pvm_exit exit;      /* filled when a call returns PVM_M_EXIT/SHUTDOWN */
 
-    /* The VMM's CPUID table (§6.1, §9.2). */
+    /* The VMM's CPUID table (§6.1, §9.2).  This field and all after it survive
+     * pvm_m_reset() (KVM keeps CPUID and the vCPU id across INIT). */
     uint32_t nr_cpuid;
     struct pvm_cpuid_entry cpuid[PVM_MAX_CPUID_ENTRIES];
 
     uint32_t vcpu_id;
 };
 
-/* Reset to the libpvm boot state: §9.3 values, but already in 64-bit smod. */
+/* pending_mmio_ext values. */
+#define PVM_M_MMIO_NONE 0   /* a write: nothing to store */
+#define PVM_M_MMIO_MOV  1   /* plain MOV: 8/16-bit keep the rest, 32-bit zero-extends */
+#define PVM_M_MMIO_ZX   2   /* MOVZX */
+#define PVM_M_MMIO_SX   3   /* MOVSX / MOVSXD */
+
+/*
+ * Reset to the libpvm boot state: §9.3 values, but already in 64-bit smod.
+ * @cpu must be zero-filled before its first reset: MSR_PVM_SUPERVISOR_REDZONE
+ * keeps its value across resets (§10.11), as do the CPUID table and vcpu_id.
+ */
 void pvm_m_reset(struct pvm_cpu *cpu, uint64_t default_linear_range);
 
 /* Install the VMM CPUID table (§9.2); the PVM leaves are added if missing. */
@@ -176,6 +192,7 @@ bool pvm_m_event_ready(const struct pvm_cpu *cpu, const struct pvm_mem *mem);
  * Deliver what can be delivered now (exception first, then NMI, then the
  * highest pending IRQ); if an IRQ is pending but IF=0 in smod, set PVCS IP.
  * Clears cpu->halted when something was delivered.
+ * Returns PVM_M_RESUME (even if still halted: see cpu->halted) or SHUTDOWN.
  */
 enum pvm_m_result pvm_m_check_events(struct pvm_cpu *cpu, const struct pvm_mem *mem);
 
