@@ -493,6 +493,27 @@ PVM_EXPORT int pvm_vm_load_elf_image(pvm_vm *vm, const void *image, size_t size,
  */
 PVM_EXPORT int pvm_vcpu_setup_boot(pvm_vcpu *vcpu, pvm_gva_t entry);
 
+/**
+ * Address of symbol @name (a function or object with a value) in the ELF
+ * loaded into @vm.  Returns 0 and sets *@gva, PVM_ENOENT if there is no such
+ * symbol (or the ELF was stripped), PVM_ESTATE if nothing was loaded.
+ * Thread safety: any thread once pvm_vm_load_elf() has returned.
+ */
+PVM_EXPORT int pvm_vm_elf_symbol(pvm_vm *vm, const char *name, pvm_gva_t *gva);
+/**
+ * Put @vcpu in the boot state (as pvm_vcpu_setup_boot) to call the guest
+ * function at @fn with @nargs (at most 6) integer arguments in RDI, RSI,
+ * RDX, RCX, R8, R9.  Its return address is the SDK's pvm_return_to_host, so
+ * the function's return value reaches the host as a PVM_HOSTCALL_EXIT host
+ * call (PVM_EXIT_HYPERCALL with u.hypercall.args[0] = RAX, unless a host-call
+ * handler takes it).  The function runs without the SDK's boot-time setup
+ * (no PVCS, no event handlers): it should compute and may use host calls.
+ * Errors: PVM_EINVAL, PVM_ESTATE (nothing loaded), PVM_ENOENT (the guest has
+ * no pvm_return_to_host), PVM_ERANGE (no boot area for this vCPU id).
+ * Thread safety: as the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_setup_call(pvm_vcpu *vcpu, pvm_gva_t fn, const uint64_t *args, size_t nargs);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,477 @@
+/*
+ * pvm-run - run a libpvm guest (unikernel) ELF.
+ *
+ *   pvm-run [options] guest.elf [guest args...]
+ *
+ * One host thread per vCPU, the guest console on stdout, and the guest's
+ * exit status (PVM_HOSTCALL_EXIT) as pvm-run's own.  Launcher failures exit
+ * with 125, a guest that crashes (triple fault, backend error, halt without
+ * an exit status) with 124, bad usage with 2.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pvm/abi.h>
+#include <pvm/pvm.h>
+
+#define EXIT_USAGE 2
+#define EXIT_CRASH 124
+#define EXIT_LAUNCH 125
+#define NR_REASONS 8
+
+static const char *const reason_names[NR_REASONS] = {
+    "none", "hypercall", "io", "mmio", "halt", "shutdown", "kicked", "internal-error",
+};
+
+struct opts {
+    enum pvm_backend backend;
+    uint64_t mem;
+    unsigned vcpus;
+    unsigned timer_hz;
+    bool trace, stats;
+};
+
+struct runner {
+    struct opts o;
+    pvm_vm *vm;
+    pvm_vcpu **vcpus;
+    pthread_mutex_t lock;     /* stdout/stderr lines, stats */
+    atomic_bool stop;
+    int status;               /* guest exit status, or EXIT_CRASH */
+    bool have_status;
+    uint64_t exits[NR_REASONS];
+};
+
+static const char *prog = "pvm-run";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "Usage: %s [options] guest.elf [guest args...]\n"
+        "Run a libpvm guest (an ELF built with the libpvm guest SDK).\n"
+        "\n"
+        "Options:\n"
+        "  -b, --backend=NAME   backend: auto (default), native or kvm; the environment\n"
+        "                       variable PVM_BACKEND is used when this is not given\n"
+        "  -m, --mem=SIZE       guest RAM, e.g. 64M (default), 1G, 512K; a multiple of 4 KiB\n"
+        "  -c, --vcpus=N        number of vCPUs, 1..%d (default 1); all start at the ELF entry\n"
+        "  -t, --timer-hz=HZ    inject timer interrupt vector 32 into vCPU 0 HZ times a second\n"
+        "                       from a host thread (default 0: no timer)\n"
+        "      --trace          print every exit to stderr\n"
+        "      --stats          print exits by kind and the run time to stderr at the end\n"
+        "  -h, --help           show this help and exit\n"
+        "  -V, --version        show the pvm-run and libpvm versions and exit\n"
+        "\n"
+        "The guest's console goes to stdout; the guest args become its command line.\n"
+        "Exit status: the guest's exit status; %d if the guest crashed (triple fault,\n"
+        "backend error, halt without exit), %d if it could not be started, %d for bad usage.\n",
+        prog, PVM_MAX_VCPUS, EXIT_CRASH, EXIT_LAUNCH, EXIT_USAGE);
+}
+
+static void die_usage(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (try --help)\n");
+    exit(EXIT_USAGE);
+}
+
+static bool parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || end == s || *s == '-')
+        return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 0: break;
+    default: return false;
+    }
+    if (*end == 'i' && shift) /* accept KiB/MiB/GiB spellings */
+        end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end || v > (UINT64_MAX >> shift))
+        return false;
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+static bool parse_uint(const char *s, unsigned max, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || *s == '-' || v > max)
+        return false;
+    *out = (unsigned)v;
+    return true;
+}
+
+static void msg(struct runner *r, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&r->lock);
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Record the outcome (first one wins) and stop every vCPU. */
+static void finish(struct runner *r, int status)
+{
+    pthread_mutex_lock(&r->lock);
+    if (!r->have_status) {
+        r->status = status;
+        r->have_status = true;
+    }
+    pthread_mutex_unlock(&r->lock);
+    atomic_store(&r->stop, true);
+    for (unsigned i = 0; i < r->o.vcpus; i++)
+        pvm_vcpu_kick(r->vcpus[i]);
+}
+
+static void trace_exit(struct runner *r, unsigned id, const struct pvm_exit *e)
+{
+    const char *name = e->reason < NR_REASONS ? reason_names[e->reason] : "?";
+    pthread_mutex_lock(&r->lock);
+    fprintf(stderr, "[vcpu %u] exit %s", id, name);
+    switch (e->reason) {
+    case PVM_EXIT_HYPERCALL:
+        fprintf(stderr, " nr=0x%" PRIx64 " args=0x%" PRIx64 ",0x%" PRIx64 ",0x%" PRIx64,
+                e->u.hypercall.nr, e->u.hypercall.args[0], e->u.hypercall.args[1],
+                e->u.hypercall.args[2]);
+        break;
+    case PVM_EXIT_IO:
+        fprintf(stderr, " port=0x%x size=%u %s data=0x%x", e->u.io.port, e->u.io.size,
+                e->u.io.is_write ? "out" : "in", e->u.io.data);
+        break;
+    case PVM_EXIT_MMIO:
+        fprintf(stderr, " gpa=0x%" PRIx64 " size=%u %s", e->u.mmio.gpa, e->u.mmio.size,
+                e->u.mmio.is_write ? "write" : "read");
+        break;
+    case PVM_EXIT_SHUTDOWN:
+        fprintf(stderr, " rip=0x%" PRIx64 " reason=%s", e->u.shutdown.rip, e->u.shutdown.reason);
+        break;
+    case PVM_EXIT_INTERNAL_ERROR:
+        fprintf(stderr, " %s: %s", pvm_err_name(e->u.internal.code), e->u.internal.msg);
+        break;
+    default:
+        break;
+    }
+    fputc('\n', stderr);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static uint64_t guest_rip(pvm_vcpu *vcpu)
+{
+    struct pvm_regs regs;
+    return pvm_vcpu_get_regs(vcpu, &regs) == 0 ? regs.rip : 0;
+}
+
+/* PVM_HOSTCALL_CONSOLE_WRITE: copy the guest's bytes (bounds-checked by the library). */
+static uint64_t console_write(struct runner *r, pvm_vcpu *vcpu, uint64_t gva, uint64_t len)
+{
+    char buf[4096];
+    uint64_t done = 0;
+    while (done < len) {
+        size_t n = len - done < sizeof(buf) ? (size_t)(len - done) : sizeof(buf);
+        if (pvm_vcpu_read_guest(vcpu, gva + done, buf, n) < 0)
+            break;
+        pthread_mutex_lock(&r->lock);
+        fwrite(buf, 1, n, stdout);
+        pthread_mutex_unlock(&r->lock);
+        done += n;
+    }
+    fflush(stdout);
+    return done == len ? len : (uint64_t)-14; /* -EFAULT */
+}
+
+/* Handle one exit; returns false when this vCPU's thread should end. */
+static bool handle_exit(struct runner *r, pvm_vcpu *vcpu, struct pvm_exit *e)
+{
+    unsigned id = pvm_vcpu_id(vcpu);
+    switch (e->reason) {
+    case PVM_EXIT_HYPERCALL: {
+        uint64_t nr = e->u.hypercall.nr;
+        if (nr == PVM_HOSTCALL(PVM_HOSTCALL_CONSOLE_WRITE)) {
+            e->u.hypercall.ret = console_write(r, vcpu, e->u.hypercall.args[0], e->u.hypercall.args[1]);
+            return true;
+        }
+        if (nr == PVM_HOSTCALL(PVM_HOSTCALL_EXIT)) {
+            finish(r, (int)(e->u.hypercall.args[0] & 0xff));
+            return false;
+        }
+        if (r->o.trace)
+            msg(r, "vCPU %u: unknown host call 0x%" PRIx64 " returns -ENOSYS", id, nr);
+        e->u.hypercall.ret = (uint64_t)-38;
+        return true;
+    }
+    case PVM_EXIT_KICKED:
+        return !atomic_load(&r->stop);
+    case PVM_EXIT_HALT:
+        if (id == 0) {
+            msg(r, "guest halted on vCPU 0 without an exit status (rip 0x%" PRIx64 ")", guest_rip(vcpu));
+            finish(r, EXIT_CRASH);
+        }
+        return false; /* a secondary vCPU that stopped for good */
+    case PVM_EXIT_SHUTDOWN:
+        msg(r, "guest triple fault on vCPU %u: %s (rip 0x%" PRIx64 ")", id, e->u.shutdown.reason,
+            e->u.shutdown.rip);
+        finish(r, EXIT_CRASH);
+        return false;
+    case PVM_EXIT_INTERNAL_ERROR:
+        msg(r, "backend error on vCPU %u: %s (%s) (rip 0x%" PRIx64 ")", id, e->u.internal.msg,
+            pvm_err_name(e->u.internal.code), guest_rip(vcpu));
+        finish(r, EXIT_CRASH);
+        return false;
+    case PVM_EXIT_IO:
+        msg(r, "guest on vCPU %u did port I/O (port 0x%x), which pvm-run does not emulate (rip 0x%" PRIx64 ")",
+            id, e->u.io.port, guest_rip(vcpu));
+        finish(r, EXIT_CRASH);
+        return false;
+    case PVM_EXIT_MMIO:
+        msg(r, "guest on vCPU %u accessed guest-physical 0x%" PRIx64 ", which is not RAM (rip 0x%" PRIx64 ")",
+            id, e->u.mmio.gpa, guest_rip(vcpu));
+        finish(r, EXIT_CRASH);
+        return false;
+    default:
+        msg(r, "unexpected exit %u on vCPU %u", e->reason, id);
+        finish(r, EXIT_CRASH);
+        return false;
+    }
+}
+
+struct vcpu_arg {
+    struct runner *r;
+    pvm_vcpu *vcpu;
+};
+
+static void *vcpu_thread(void *p)
+{
+    struct vcpu_arg *a = p;
+    struct runner *r = a->r;
+    struct pvm_exit e;
+    memset(&e, 0, sizeof(e));
+    while (!atomic_load(&r->stop)) {
+        int rc = pvm_vcpu_run(a->vcpu, &e);
+        if (rc < 0) {
+            msg(r, "pvm_vcpu_run: %s", pvm_last_error());
+            finish(r, EXIT_CRASH);
+            break;
+        }
+        if (e.reason < NR_REASONS) {
+            pthread_mutex_lock(&r->lock);
+            r->exits[e.reason]++;
+            pthread_mutex_unlock(&r->lock);
+        }
+        if (r->o.trace)
+            trace_exit(r, pvm_vcpu_id(a->vcpu), &e);
+        if (!handle_exit(r, a->vcpu, &e))
+            break;
+    }
+    return NULL;
+}
+
+static void *timer_thread(void *p)
+{
+    struct runner *r = p;
+    struct timespec period = { 0, 0 }, next;
+    uint64_t ns = 1000000000ull / r->o.timer_hz;
+    period.tv_sec = (time_t)(ns / 1000000000ull);
+    period.tv_nsec = (long)(ns % 1000000000ull);
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = 32 };
+    while (!atomic_load(&r->stop)) {
+        next.tv_sec += period.tv_sec;
+        next.tv_nsec += period.tv_nsec;
+        if (next.tv_nsec >= 1000000000L) {
+            next.tv_sec++;
+            next.tv_nsec -= 1000000000L;
+        }
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+        if (!atomic_load(&r->stop))
+            pvm_vcpu_inject(r->vcpus[0], &ev); /* a tick still pending is simply merged */
+    }
+    return NULL;
+}
+
+/* Join the guest args into one command line (the boot-info cmdline). */
+static char *join_args(int argc, char **argv)
+{
+    size_t len = 1;
+    for (int i = 0; i < argc; i++)
+        len += strlen(argv[i]) + 1;
+    char *s = calloc(1, len);
+    if (!s)
+        return NULL;
+    for (int i = 0; i < argc; i++) {
+        if (i)
+            strcat(s, " ");
+        strcat(s, argv[i]);
+    }
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "backend", required_argument, NULL, 'b' },
+        { "mem", required_argument, NULL, 'm' },
+        { "vcpus", required_argument, NULL, 'c' },
+        { "timer-hz", required_argument, NULL, 't' },
+        { "trace", no_argument, NULL, 'T' },
+        { "stats", no_argument, NULL, 'S' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct runner r;
+    memset(&r, 0, sizeof(r));
+    r.o = (struct opts){ PVM_BACKEND_AUTO, 64ull << 20, 1, 0, false, false };
+    pthread_mutex_init(&r.lock, NULL);
+
+    int c;
+    /* '+': options end at the guest ELF; what follows belongs to the guest. */
+    while ((c = getopt_long(argc, argv, "+b:m:c:t:hV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'b':
+            if (pvm_backend_from_name(optarg, &r.o.backend) < 0)
+                die_usage("unknown backend '%s' (auto, native or kvm)", optarg);
+            break;
+        case 'm':
+            if (!parse_size(optarg, &r.o.mem) || r.o.mem == 0 || (r.o.mem & 4095))
+                die_usage("--mem '%s' is not a size that is a multiple of 4 KiB", optarg);
+            break;
+        case 'c':
+            if (!parse_uint(optarg, PVM_MAX_VCPUS, &r.o.vcpus) || r.o.vcpus == 0)
+                die_usage("--vcpus '%s' is not a number in 1..%d", optarg, PVM_MAX_VCPUS);
+            break;
+        case 't':
+            if (!parse_uint(optarg, 100000, &r.o.timer_hz))
+                die_usage("--timer-hz '%s' is not a number in 0..100000", optarg);
+            break;
+        case 'T': r.o.trace = true; break;
+        case 'S': r.o.stats = true; break;
+        case 'h': usage(stdout); return 0;
+        case 'V':
+            printf("pvm-run %d.%d.%d (libpvm %s, PVM ABI generation A)\n", PVM_VERSION_MAJOR,
+                   PVM_VERSION_MINOR, PVM_VERSION_PATCH, pvm_version_string());
+            return 0;
+        default:
+            fprintf(stderr, "(try %s --help)\n", prog);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc)
+        die_usage("no guest ELF given");
+    const char *path = argv[optind];
+    if (access(path, R_OK) < 0) {
+        fprintf(stderr, "%s: %s: %s\n", prog, path, strerror(errno));
+        return EXIT_LAUNCH;
+    }
+    char *cmdline = join_args(argc - optind - 1, argv + optind + 1);
+    if (!cmdline) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return EXIT_LAUNCH;
+    }
+
+    struct pvm_vm_options vo = PVM_VM_OPTIONS_INIT;
+    vo.backend = r.o.backend;
+    vo.max_vcpus = r.o.vcpus;
+    if (pvm_vm_create(&r.vm, &vo) < 0) {
+        fprintf(stderr, "%s: cannot create a VM: %s\n", prog, pvm_last_error());
+        free(cmdline);
+        return EXIT_LAUNCH;
+    }
+    struct pvm_load_options lo = PVM_LOAD_OPTIONS_INIT;
+    lo.ram_size = r.o.mem;
+    lo.cmdline = cmdline;
+    int rc = pvm_vm_load_elf(r.vm, path, &lo, NULL);
+    free(cmdline);
+    if (rc < 0) {
+        fprintf(stderr, "%s: %s\n", prog, pvm_last_error());
+        pvm_vm_destroy(r.vm);
+        return EXIT_LAUNCH;
+    }
+    r.vcpus = calloc(r.o.vcpus, sizeof(*r.vcpus));
+    struct vcpu_arg *args = calloc(r.o.vcpus, sizeof(*args));
+    pthread_t *threads = calloc(r.o.vcpus, sizeof(*threads));
+    if (!r.vcpus || !args || !threads) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return EXIT_LAUNCH;
+    }
+    for (unsigned i = 0; i < r.o.vcpus; i++) {
+        struct pvm_vcpu_options co = PVM_VCPU_OPTIONS_INIT;
+        co.id = i;
+        if (pvm_vcpu_create(&r.vcpus[i], r.vm, &co) < 0 || pvm_vcpu_setup_boot(r.vcpus[i], 0) < 0) {
+            fprintf(stderr, "%s: vCPU %u: %s\n", prog, i, pvm_last_error());
+            pvm_vm_destroy(r.vm);
+            return EXIT_LAUNCH;
+        }
+    }
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unsigned started = 0;
+    for (; started < r.o.vcpus; started++) {
+        args[started] = (struct vcpu_arg){ &r, r.vcpus[started] };
+        if (pthread_create(&threads[started], NULL, vcpu_thread, &args[started]) != 0) {
+            msg(&r, "cannot start a thread for vCPU %u", started);
+            finish(&r, EXIT_LAUNCH);
+            break;
+        }
+    }
+    pthread_t timer;
+    bool have_timer = r.o.timer_hz && pthread_create(&timer, NULL, timer_thread, &r) == 0;
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    if (!r.have_status) {
+        msg(&r, "every vCPU stopped without an exit status");
+        finish(&r, EXIT_CRASH);
+    }
+    atomic_store(&r.stop, true);
+    if (have_timer)
+        pthread_join(timer, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+
+    if (r.o.stats) {
+        double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        uint64_t total = 0;
+        fprintf(stderr, "%s: stats: run time %.6f s, backend %s, %u vCPU(s)\n", prog, secs,
+                pvm_backend_name(pvm_vm_backend(r.vm)), r.o.vcpus);
+        for (int i = 1; i < NR_REASONS; i++) {
+            total += r.exits[i];
+            if (r.exits[i])
+                fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, reason_names[i], r.exits[i]);
+        }
+        fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, "total exits", total);
+    }
+    pvm_vm_destroy(r.vm);
+    free(r.vcpus);
+    free(args);
+    free(threads);
+    fflush(stdout);
+    return r.status;
+}
