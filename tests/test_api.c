@@ -1,5 +1,6 @@
 /* tests/test_api.c - argument checks and error model of the public API (lib/core). */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>

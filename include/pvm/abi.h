@@ -12,8 +12,10 @@
 #ifndef PVM_ABI_H
 #define PVM_ABI_H
 
+#ifndef __ASSEMBLER__
 #include <stddef.h>
 #include <stdint.h>
+#endif
 
 /* ---- §2 PVM virtual MSRs (Gen A numbering) ---------------------------- */
 #define PVM_VIRTUAL_MSR_BASE             0x4b564df0u
@@ -63,6 +65,7 @@
 #define PVM_EVENT_FLAGS_IP               (1ull << PVM_EVENT_FLAGS_IP_BIT)
 #define PVM_EVENT_FLAGS_IF               (1ull << PVM_EVENT_FLAGS_IF_BIT)
 
+#ifndef __ASSEMBLER__
 struct pvm_vcpu_struct {
     uint64_t event_flags;   /*   0 */
     uint32_t event_errcode; /*   8 */
@@ -99,6 +102,7 @@ _Static_assert(offsetof(struct pvm_vcpu_struct, rip) == 96, "PVCS.rip");
 _Static_assert(offsetof(struct pvm_vcpu_struct, rsp) == 104, "PVCS.rsp");
 _Static_assert(offsetof(struct pvm_vcpu_struct, rcx) == 112, "PVCS.rcx");
 _Static_assert(offsetof(struct pvm_vcpu_struct, r11) == 120, "PVCS.r11");
+#endif /* !__ASSEMBLER__ */
 
 /* Same offsets as plain numbers, for assembly (.S files include this header). */
 #define PVCS_event_flags    0
@@ -116,6 +120,7 @@ _Static_assert(offsetof(struct pvm_vcpu_struct, r11) == 120, "PVCS.r11");
 #define PVCS_r11            120
 
 /* ---- §4 supervisor event frame, 64 bytes (lowest address first) -------- */
+#ifndef __ASSEMBLER__
 struct pvm_supervisor_event {
     uint64_t errcode; /*  0: (vector << 32) | error code */
     uint64_t rip;     /*  8 */
@@ -136,6 +141,7 @@ _Static_assert(offsetof(struct pvm_supervisor_event, rsp) == 32, "frame.rsp");
 _Static_assert(offsetof(struct pvm_supervisor_event, ss) == 40, "frame.ss");
 _Static_assert(offsetof(struct pvm_supervisor_event, rcx) == 48, "frame.rcx");
 _Static_assert(offsetof(struct pvm_supervisor_event, r11) == 56, "frame.r11");
+#endif /* !__ASSEMBLER__ */
 
 #define PVM_FRAME_errcode 0
 #define PVM_FRAME_rip     8
@@ -271,6 +277,7 @@ _Static_assert(offsetof(struct pvm_supervisor_event, r11) == 56, "frame.r11");
 #define PVM_BOOT_MAX_REGIONS             16
 #define PVM_BOOT_CMDLINE_MAX             1024
 
+#ifndef __ASSEMBLER__
 struct pvm_boot_region {
     uint64_t gpa;
     uint64_t size;
@@ -295,6 +302,7 @@ struct pvm_boot_info {
 };
 _Static_assert(offsetof(struct pvm_boot_info, regions) == 64, "boot regions");
 _Static_assert(sizeof(struct pvm_boot_info) == 64 + 24 * 16 + 1024, "boot info");
+#endif /* !__ASSEMBLER__ */
 
 /* ELF note stamped into every SDK guest; the loader checks it. */
 #define PVM_ELF_NOTE_NAME                "libpvm"

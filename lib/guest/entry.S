@@ -1,24 +1,12 @@
 /*
  * lib/guest/entry.S - boot entry, PVM event entry stubs, ERETU/ERETS sites.
  *
- * Section numbers (§) refer to shared/docs/pvm-abi.md.  pvm/abi.h declares C
- * structs, so the few ABI numbers needed here are repeated below (percpu.c
- * checks them against abi.h at compile time).
+ * Section numbers (§) refer to shared/docs/pvm-abi.md.  The PVCS offsets
+ * (PVCS_*) come from pvm/abi.h, whose C parts are hidden from the assembler.
  */
+#include "pvm/abi.h"
 #include "percpu.h"
 
-#define PVCS_event_flags   0
-#define PVCS_event_errcode 8
-#define PVCS_event_vector  12
-#define PVCS_cr2           16
-#define PVCS_user_cs       64
-#define PVCS_user_ss       66
-#define PVCS_user_gsbase   80
-#define PVCS_eflags        88
-#define PVCS_rip           96
-#define PVCS_rsp           104
-#define PVCS_rcx           112
-#define PVCS_r11           120
 #define HW_errcode 0   /* struct pvm_supervisor_event (§4) */
 #define HW_rip     8
 #define HW_cs      16

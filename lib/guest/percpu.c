@@ -28,7 +28,7 @@ _Static_assert(KIND_USER == PVM_FRAME_USER && KIND_SYSCALL == PVM_FRAME_SYSCALL 
 _Static_assert(PVCS_rip == 96 && PVCS_rsp == 104 && PVCS_rcx == 112 && PVCS_r11 == 120 &&
                PVCS_eflags == 88 && PVCS_user_cs == 64 && PVCS_user_ss == 66 &&
                PVCS_user_gsbase == 80 && PVCS_cr2 == 16 && PVCS_event_vector == 12 &&
-               PVCS_event_errcode == 8, "entry.S repeats these PVCS offsets");
+               PVCS_event_errcode == 8, "PVCS_* offsets (used by entry.S)");
 _Static_assert(PVM_FRAME_rip == 8 && PVM_FRAME_rflags == 24 && PVM_FRAME_rsp == 32 &&
                PVM_FRAME_rcx == 48 && PVM_FRAME_r11 == 56 && PVM_FRAME_cs == 16 &&
                PVM_FRAME_ss == 40, "entry.S repeats the §4 frame offsets");

@@ -1,0 +1,572 @@
+/*
+ * tests/test_native.c - end-to-end tests of the native backend: tiny guests
+ * (assembled into this binary, copied into guest RAM) run for real in stub
+ * processes; every PVM path is checked register by register and byte by byte.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "guestvm.h"
+#include "testutil.h"
+
+#define HC(n) GVM_HC(n)
+
+static uint64_t gaddr(const uint8_t *block_start, const uint8_t *label)
+{
+    return GVM_CODE + (uint64_t)(label - block_start);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* ---- hypercalls -------------------------------------------------------- */
+
+GVM_CODE_BLOCK(g_hc,
+    "mov $11, %rbx\n mov $22, %r10\n mov $33, %rdx\n" HC(7)
+    "mov %rax, %rbx\n" HC(8)
+    /* A PVM hypercall handled inside: RDMSR(EVENT_ENTRY) returns its value in RAX. */
+    "mov $0x4b564df4, %ebx\n mov $0x17088207, %eax\n syscall\n mov %rax, %rbx\n" HC(9)
+    /* An unknown KVM hypercall: -KVM_ENOSYS. */
+    "mov $0x999, %eax\n syscall\n mov %rax, %rbx\n" HC(10)
+    "ud2\n");
+
+START_TEST(hypercall_round_trip)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 7);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 11);
+    ck_assert_uint_eq(e.u.hypercall.args[1], 22);
+    ck_assert_uint_eq(e.u.hypercall.args[2], 33);
+    e.u.hypercall.ret = 0xabcdef;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 8);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 0xabcdef);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 9);
+    ck_assert_uint_eq(e.u.hypercall.args[0], GVM_ENTRY);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 10);
+    ck_assert_uint_eq(e.u.hypercall.args[0], (uint64_t)-1000);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- user mode: ERETU, syscall to LSTAR --------------------------------- */
+
+GVM_CODE_BLOCK(g_k_eretu, "movabs $0x104300, %rax\n jmp *%rax\n");
+extern const uint8_t g_u_ret1[], g_u_ret2[];
+GVM_CODE_BLOCK(g_user,
+    "mov $42, %rbx\n mov $0x77, %rax\n syscall\n.globl g_u_ret1\ng_u_ret1:\n"
+    "mov $43, %rbx\n syscall\n.globl g_u_ret2\ng_u_ret2:\n ud2\n");
+
+START_TEST(user_syscall_and_eretu)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    struct pvm_sregs s;
+    uint64_t v;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_k_eretu_start, g_k_eretu_end);
+    gvm_load(&g, GVM_USER_CODE, g_user_start, g_user_end);
+    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
+    p->user_cs = PVM_USER_CS;
+    p->user_ss = PVM_USER_DS;
+    p->rip = GVM_USER_CODE;
+    p->rsp = GVM_USER_STACK_TOP;
+    p->eflags = 0x202;
+    p->user_gsbase = 0x5000;
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP - 0x100;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
+    gvm_regs(&g, &r);
+    ck_assert_uint_eq(r.rbx, 42);
+    ck_assert_uint_eq(r.r12, GVM_LSTAR);     /* RCX = entry */
+    ck_assert_uint_eq(r.r13, 0x202);         /* R11 */
+    ck_assert_uint_eq(r.r14, GVM_STACK_TOP - 0x100); /* RSP = SUPERVISOR_RSP, saved by ERETU */
+    uint64_t ret1 = GVM_USER_CODE + (uint64_t)(g_u_ret1 - g_user_start);
+    ck_assert_uint_eq(p->user_cs, PVM_USER_CS);
+    ck_assert_uint_eq(p->user_ss, PVM_USER_DS);
+    ck_assert_uint_eq(p->rip, ret1);
+    ck_assert_uint_eq(p->rcx, ret1);
+    ck_assert_uint_eq(p->rsp, GVM_USER_STACK_TOP);
+    ck_assert_uint_eq(p->eflags & 0xffff, 0x202);
+    ck_assert_uint_eq(p->r11 & 0xffff, 0x202);
+    ck_assert_uint_eq(p->user_gsbase, 0x5000);
+    ck_assert_uint_eq(p->event_flags & PVM_EVENT_FLAGS_IF, 0);
+    ck_assert_int_eq(pvm_vcpu_get_sregs(g.cpu, &s), 0);
+    ck_assert_uint_eq(s.mode, PVM_MODE_SUPERVISOR);
+    ck_assert_uint_eq(s.cr3, g.kroot);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_SWITCH_CR3, &v), 0);
+    ck_assert_uint_eq(v, g.uroot);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_SUPERVISOR_RSP, &v), 0);
+    ck_assert_uint_eq(v, GVM_STACK_TOP - 0x100);
+
+    e.u.hypercall.ret = GVM_RETU_SITE; /* back to user mode */
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
+    gvm_regs(&g, &r);
+    ck_assert_uint_eq(r.rbx, 43);
+    ck_assert_uint_eq(p->rip, GVM_USER_CODE + (uint64_t)(g_u_ret2 - g_user_start));
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- supervisor #PF: frame at +256, ERETS ------------------------------ */
+
+extern const uint8_t g_pf_insn[], g_pf_resume[];
+GVM_CODE_BLOCK(g_pf,
+    "mov $0x1111, %rcx\n mov $0x2222, %r11\n"
+    ".globl g_pf_insn\ng_pf_insn:\n mov 0x50000000, %rax\n"
+    ".globl g_pf_resume\ng_pf_resume:\n mov %rsp, %rbx\n" HC(0x20) "ud2\n");
+
+START_TEST(supervisor_pf_frame_and_erets)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_pf_start, g_pf_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    gvm_regs(&g, &r);
+    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    ck_assert_uint_eq(r.r14, frame_addr);
+    ck_assert_uint_eq(r.r12, GVM_ENTRY + 256);
+    ck_assert_uint_eq(r.r13, 0x202);
+    struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
+    ck_assert_uint_eq(f->errcode, 14ull << 32); /* supervisor read, not present */
+    ck_assert_uint_eq(f->rip, gaddr(g_pf_start, g_pf_insn));
+    ck_assert_uint_eq(f->cs, 0x10);
+    ck_assert_uint_eq(f->rflags & ~0x108d5ull, 0x2); /* IF clear; arithmetic flags and RF free */
+    ck_assert_uint_eq(f->rsp, GVM_STACK_TOP);
+    ck_assert_uint_eq(f->ss, 0x18);
+    ck_assert_uint_eq(f->rcx, 0x1111);
+    ck_assert_uint_eq(f->r11, 0x2222);
+    ck_assert_uint_eq(gvm_pvcs(&g)->cr2, 0x50000000);
+
+    f->rip = gaddr(g_pf_start, g_pf_resume);
+    e.u.hypercall.ret = GVM_RETS_SITE;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x20);
+    ck_assert_uint_eq(e.u.hypercall.args[0], GVM_STACK_TOP); /* RSP restored by ERETS */
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- exceptions: #UD, #BP, #DE ---------------------------------------- */
+
+extern const uint8_t g_ud_insn[], g_bp_after[], g_de_insn[];
+GVM_CODE_BLOCK(g_exc,
+    ".globl g_ud_insn\ng_ud_insn:\n ud2\n"
+    "int3\n.globl g_bp_after\ng_bp_after:\n"
+    "xor %ecx, %ecx\n mov $1, %eax\n xor %edx, %edx\n.globl g_de_insn\ng_de_insn:\n div %ecx\n ud2\n");
+
+START_TEST(exceptions_delivered)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_exc_start, g_exc_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 6ull << 32);
+    ck_assert_uint_eq(f->rip, gaddr(g_exc_start, g_ud_insn));
+    f->rip += 2; /* skip the ud2 */
+    e.u.hypercall.ret = GVM_RETS_SITE;
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 3ull << 32);
+    ck_assert_uint_eq(f->rip, gaddr(g_exc_start, g_bp_after)); /* #BP is a trap */
+    e.u.hypercall.ret = GVM_RETS_SITE;
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 0);
+    ck_assert_uint_eq(f->rip, gaddr(g_exc_start, g_de_insn));
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- interrupts: +512 with IF=1, IP while IF=0, IRQ_WIN ------------------- */
+
+extern const uint8_t g_irq_after_win[];
+GVM_CODE_BLOCK(g_irq,
+    HC(0x21)
+    "orq $0x200, 0x101000\n"                    /* PVCS.event_flags |= IF */
+    "mov $0x17088201, %eax\n syscall\n"         /* PVM_HC_IRQ_WIN */
+    ".globl g_irq_after_win\ng_irq_after_win:\n ud2\n");
+
+START_TEST(interrupt_pending_until_irq_win)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_irq_start, g_irq_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
+    struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = 0x40 };
+    ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &ev), 0);
+
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x21);   /* IF=0: not delivered ... */
+    ck_assert_uint_eq(p->event_flags, PVM_EVENT_FLAGS_IP); /* ... but IP set */
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_IRQ);
+    gvm_regs(&g, &r);
+    ck_assert_uint_eq(p->event_vector, 0x40);
+    ck_assert_uint_eq(p->rip, gaddr(g_irq_start, g_irq_after_win));
+    ck_assert_uint_eq(p->rsp, GVM_STACK_TOP);
+    ck_assert_uint_eq(p->eflags & 0x200, 0x200);
+    ck_assert_uint_eq(p->event_flags, 0);     /* IF cleared on entry, IP cleared */
+    ck_assert_uint_eq(r.r12, GVM_ENTRY + 512);
+    ck_assert_uint_eq(r.r13, 0x202);
+    ck_assert_uint_eq(r.r14, (GVM_STACK_TOP - GVM_REDZONE) & ~15ull);
+    gvm_fini(&g);
+}
+END_TEST
+
+GVM_CODE_BLOCK(g_spin, "1: pause\n jmp 1b\n");
+
+struct async_arg {
+    pvm_vcpu *cpu;
+    int what; /* 0 kick, 1 inject */
+};
+
+static void *async_thread(void *p)
+{
+    struct async_arg *a = p;
+    sleep_ms(30);
+    if (a->what == 0) {
+        pvm_vcpu_kick(a->cpu);
+    } else {
+        struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = 0x41 };
+        pvm_vcpu_inject(a->cpu, &ev);
+    }
+    return NULL;
+}
+
+START_TEST(kick_and_async_inject)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    pthread_t t;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_spin_start, g_spin_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    struct async_arg a = { g.cpu, 0 };
+    for (int i = 0; i < 3; i++) {
+        pthread_create(&t, NULL, async_thread, &a);
+        ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_KICKED);
+        pthread_join(t, NULL);
+    }
+    gvm_pvcs(&g)->event_flags = PVM_EVENT_FLAGS_IF;
+    a.what = 1;
+    pthread_create(&t, NULL, async_thread, &a);
+    gvm_run(&g, &e);
+    pthread_join(t, NULL);
+    gvm_expect_hc(&e, GVM_HC_REPORT_IRQ);
+    ck_assert_uint_eq(gvm_pvcs(&g)->event_vector, 0x41);
+    ck_assert_uint_lt(gvm_pvcs(&g)->rip - GVM_CODE, 4); /* interrupted inside the spin loop */
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- NMI masked until ERETS --------------------------------------------- */
+
+GVM_CODE_BLOCK(g_nmi_cont, HC(0x22) "movabs $0x104310, %rax\n jmp *%rax\n");
+
+START_TEST(nmi_masked_until_erets)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_spin_start, g_spin_end);
+    /* The continuation lives in the code page, after the spin loop. */
+    gvm_load(&g, GVM_CODE + 0x100, g_nmi_cont_start, g_nmi_cont_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
+    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
+
+    ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &nmi), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 2ull << 32);
+    ck_assert_uint_eq(f->rip, GVM_CODE);
+    ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &nmi), 0); /* second NMI: masked */
+    e.u.hypercall.ret = GVM_CODE + 0x100;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x22); /* still in the handler: the NMI waits */
+    gvm_run(&g, &e);         /* ERETS unmasks: delivered at once */
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 2ull << 32);
+    ck_assert_uint_eq(f->rip, GVM_CODE);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- synthetic CPUID ---------------------------------------------------- */
+
+GVM_CODE_BLOCK(g_cpuid,
+    "mov $0x40000000, %eax\n xor %ecx, %ecx\n"
+    ".byte 0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2\n"
+    "mov %rcx, %r10\n mov %rax, %rsi\n" HC(0x23)
+    "mov $0x40000002, %eax\n xor %ecx, %ecx\n"
+    ".byte 0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2\n"
+    "mov %rcx, %r10\n mov %rax, %rsi\n" HC(0x24) "ud2\n");
+
+START_TEST(synthetic_cpuid)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_cpuid_start, g_cpuid_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x23);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 0x4b4d564b); /* "KVMK" */
+    ck_assert_uint_eq(e.u.hypercall.args[1], 0x564b4d56); /* "VMKV" */
+    ck_assert_uint_eq(e.u.hypercall.args[2], 0x4d);       /* "M" */
+    ck_assert_uint_ge(e.u.hypercall.args[3], 0x40000002);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x24);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 0x4d5650);
+    ck_assert_uint_eq(e.u.hypercall.args[1], 0);
+    ck_assert_uint_eq(e.u.hypercall.args[2], 0);
+    ck_assert_uint_eq(e.u.hypercall.args[3], 0);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- containment ---------------------------------------------------------- */
+
+/* Every raw syscall number from smod is a hypercall: KVM range -> handled inside. */
+GVM_CODE_BLOCK(g_raw_smod,
+    "xor %r15d, %r15d\n xor %ebx, %ebx\n"
+    "1: mov %r15, %rax\n syscall\n add %rax, %rbx\n inc %r15\n cmp $451, %r15\n jne 1b\n"
+    "mov %r15, %r10\n" HC(0x25) "jmp *%rax\n");
+/* From umod every number is a user syscall event to LSTAR. */
+GVM_CODE_BLOCK(g_raw_umod,
+    "xor %r15d, %r15d\n"
+    "1: mov %r15, %rax\n mov %r15, %rbx\n syscall\n inc %r15\n cmp $451, %r15\n jne 1b\n ud2\n");
+
+START_TEST(raw_syscalls_contained)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    pid_t self = getpid();
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_raw_smod_start, g_raw_smod_end);
+    gvm_load(&g, GVM_USER_CODE, g_raw_umod_start, g_raw_umod_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x25);
+    if (e.u.hypercall.nr == PVM_HOSTCALL(GVM_HC_REPORT_EXC)) {
+        gvm_regs(&g, &r);
+        struct pvm_supervisor_event *f = (void *)(g.ram + r.r14);
+        ck_abort_msg("exception 0x%llx at rip 0x%llx, r15 %llu", (unsigned long long)f->errcode,
+                     (unsigned long long)f->rip, (unsigned long long)r.r15);
+    }
+    ck_assert_uint_eq(e.u.hypercall.args[1], 451);
+    ck_assert_int_eq(getpid(), self);
+
+    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
+    p->user_cs = PVM_USER_CS;
+    p->user_ss = PVM_USER_DS;
+    p->rip = GVM_USER_CODE;
+    p->rsp = GVM_USER_STACK_TOP;
+    p->eflags = 0x202;
+    e.u.hypercall.ret = GVM_RETU_SITE;
+    for (uint64_t n = 0; n < 451; n++) {
+        gvm_run(&g, &e);
+        if (e.u.hypercall.nr == PVM_HOSTCALL(GVM_HC_REPORT_EXC)) {
+            gvm_regs(&g, &r);
+            struct pvm_supervisor_event *f = (void *)(g.ram + r.r14);
+            ck_abort_msg("n=%llu: exception 0x%llx at rip 0x%llx", (unsigned long long)n,
+                         (unsigned long long)f->errcode, (unsigned long long)f->rip);
+        }
+        gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
+        gvm_regs(&g, &r);
+        ck_assert_uint_eq(r.rbx, n);
+        e.u.hypercall.ret = GVM_RETU_SITE;
+    }
+    gvm_fini(&g);
+}
+END_TEST
+
+/* Jumping into the stub's own code or writing its pages harms only that guest. */
+GVM_CODE_BLOCK(g_jump_stub, "movabs $0x7f0000000000, %rax\n mov $9, %edi\n jmp *%rax\n");
+GVM_CODE_BLOCK(g_scribble,
+    "movabs $0x7f0000000000, %rdi\n mov $0x100000, %ecx\n"
+    "1: movq $-1, (%rdi)\n add $8, %rdi\n dec %ecx\n jnz 1b\n" HC(0x26) "ud2\n");
+
+static void run_hc_guest_ok(void)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 7);
+    gvm_fini(&g);
+}
+
+static uint32_t run_hostile(const uint8_t *start, const uint8_t *end, struct pvm_exit *e)
+{
+    struct gvm g;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, start, end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    int rc = pvm_vcpu_run(g.cpu, e);
+    ck_assert_int_eq(rc, 0);
+    /* A second run after a fatal exit returns the same exit. */
+    if (e->reason == PVM_EXIT_INTERNAL_ERROR || e->reason == PVM_EXIT_SHUTDOWN) {
+        struct pvm_exit again;
+        ck_assert_int_eq(pvm_vcpu_run(g.cpu, &again), 0);
+        ck_assert_uint_eq(again.reason, e->reason);
+    }
+    gvm_fini(&g);
+    return e->reason;
+}
+
+START_TEST(stub_attacks_contained)
+{
+    run_hc_guest_ok(); /* the stub image memfd is created once per process */
+    int fds = pvm_test_count_fds();
+    struct pvm_exit e;
+    uint32_t why = run_hostile(g_jump_stub_start, g_jump_stub_end, &e);
+    ck_assert_msg(why == PVM_EXIT_INTERNAL_ERROR || why == PVM_EXIT_HYPERCALL || why == PVM_EXIT_SHUTDOWN,
+                  "jump into stub: exit %u", why);
+    why = run_hostile(g_scribble_start, g_scribble_end, &e);
+    ck_assert_msg(why == PVM_EXIT_INTERNAL_ERROR || why == PVM_EXIT_HYPERCALL || why == PVM_EXIT_SHUTDOWN,
+                  "scribble: exit %u", why);
+    run_hc_guest_ok(); /* other VMs unaffected */
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), 0);
+}
+END_TEST
+
+/* Reading guest-physical memory outside RAM through guest page tables. */
+GVM_CODE_BLOCK(g_outside, "mov 0x200000, %rax\n" HC(0x27) "ud2\n");
+
+START_TEST(outside_ram_is_mmio)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_map(&g, g.kroot, 0x200000, 0x40000000, PVM_PTE_NX); /* gpa 1 GiB: no RAM there */
+    gvm_load(&g, GVM_CODE, g_outside_start, g_outside_end);
+    gvm_regs(&g, &r);
+    r.rip = GVM_CODE;
+    r.rsp = GVM_STACK_TOP;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_MMIO);
+    ck_assert_uint_eq(e.u.mmio.gpa, 0x40000000);
+    ck_assert_uint_eq(e.u.mmio.size, 8);
+    ck_assert_uint_eq(e.u.mmio.is_write, 0);
+    e.u.mmio.data = 0x1234567890ull;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x27);
+    gvm_regs(&g, &r);
+    ck_assert_uint_eq(r.rax, PVM_HOSTCALL(0x27)); /* the MMIO value went to RAX, then the HC number */
+    gvm_fini(&g);
+}
+END_TEST
+
+START_TEST(create_run_destroy_cycles)
+{
+    run_hc_guest_ok();
+    int fds = pvm_test_count_fds();
+    int children = pvm_test_count_children();
+    for (int i = 0; i < 1000; i++)
+        run_hc_guest_ok();
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("native");
+    TCase *tc = tcase_create("e2e");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, hypercall_round_trip);
+    tcase_add_test(tc, user_syscall_and_eretu);
+    tcase_add_test(tc, supervisor_pf_frame_and_erets);
+    tcase_add_test(tc, exceptions_delivered);
+    tcase_add_test(tc, interrupt_pending_until_irq_win);
+    tcase_add_test(tc, kick_and_async_inject);
+    tcase_add_test(tc, nmi_masked_until_erets);
+    tcase_add_test(tc, synthetic_cpuid);
+    tcase_add_test(tc, raw_syscalls_contained);
+    tcase_add_test(tc, stub_attacks_contained);
+    tcase_add_test(tc, outside_ram_is_mmio);
+    tcase_add_test(tc, create_run_destroy_cycles);
+    suite_add_tcase(s, tc);
+    return pvm_test_run_suite(s);
+}

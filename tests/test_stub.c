@@ -1,0 +1,941 @@
+/*
+ * tests/test_stub.c - stub processes (lib/backends/native/stub.h): traps with
+ * exact registers, kicks, death, containment, leaks, and round-trip costs.
+ *
+ * Guests are hand-assembled x86-64 bytes in a memfd mapped at CODE (r-x) and
+ * DATA (rw-).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/futex.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "backends/native/stub.h"
+#include "backends/native/stub/stub_abi.h"
+#include "pvm/pvm.h"
+#include "testutil.h"
+
+#define CODE 0x400000ull
+#define DATA 0x600000ull
+#define DATA_OFF 0x10000ull
+#define RAM_SIZE 0x800000ull
+#define KICK SIGUSR2
+
+enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15 };
+
+struct guest {
+    int memfd;
+    uint8_t *ram;
+    struct nstub *s;
+    struct nstub_regs r;
+    struct nstub_trap t;
+};
+
+static void guest_code(struct guest *g, const void *code, size_t len)
+{
+    memset(g->ram, 0xcc, 0x1000);
+    memcpy(g->ram, code, len);
+}
+
+static void guest_init(struct guest *g, const void *code, size_t len)
+{
+    char err[256] = "";
+    memset(g, 0, sizeof(*g));
+    g->memfd = memfd_create("test-guest", MFD_CLOEXEC);
+    ck_assert_int_ge(g->memfd, 0);
+    ck_assert_int_eq(ftruncate(g->memfd, RAM_SIZE), 0);
+    g->ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
+    ck_assert_ptr_ne(g->ram, MAP_FAILED);
+    guest_code(g, code, len);
+    struct nstub_config cfg = { .memfd = g->memfd, .kick_signal = KICK };
+    int rc = nstub_create(&g->s, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "nstub_create: %d %s", rc, err);
+    ck_assert_int_eq(nstub_map(g->s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC), 0);
+    ck_assert_int_eq(nstub_map(g->s, DATA, 0x1000, DATA_OFF, PROT_READ | PROT_WRITE), 0);
+    memset(&g->r, 0, sizeof(g->r));
+    g->r.rip = CODE;
+    g->r.gpr[RSP] = DATA + 0x1000;
+    g->r.rflags = 0x202;
+    g->r.cs = 0x33;
+    g->r.ss = 0x2b;
+}
+
+static void guest_fini(struct guest *g)
+{
+    nstub_destroy(g->s);
+    munmap(g->ram, RAM_SIZE);
+    close(g->memfd);
+}
+
+static void run(struct guest *g)
+{
+    ck_assert_int_eq(nstub_run(g->s, &g->r, &g->t), 0);
+}
+
+static void expect_fault(struct guest *g, uint32_t vector, uint64_t rip)
+{
+    ck_assert_msg(g->t.kind == NSTUB_TRAP_FAULT, "kind %u (signal %d, %s)", g->t.kind, g->t.signo, g->t.msg);
+    ck_assert_uint_eq(g->t.vector, vector);
+    ck_assert_uint_eq(g->r.rip, rip);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Create and destroy one stub, so that the per-process image memfd exists before fds are counted. */
+static void warm_up(void)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    guest_fini(&g);
+}
+
+/* ---- traps ------------------------------------------------------------------ */
+
+START_TEST(test_syscall_trap)
+{
+    static const uint8_t code[] = { 0xb8, 0x27, 0, 0, 0, 0x0f, 0x05 }; /* mov eax,39; syscall */
+    struct guest g;
+    guest_init(&g, code, sizeof(code));
+    for (int i = 0; i < 16; i++)
+        if (i != RSP)
+            g.r.gpr[i] = 0x1111111111111111ull * (uint64_t)(i + 1) ^ 0x0123456789abcdefull;
+    struct nstub_regs in = g.r;
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u %s", g.t.kind, g.t.msg);
+    ck_assert_int_eq(g.t.signo, SIGSYS);
+    ck_assert_uint_eq(g.r.gpr[RAX], 39);
+    ck_assert_uint_eq(g.r.rip, CODE + 7);
+    ck_assert_uint_eq(g.r.gpr[RCX], CODE + 7);
+    ck_assert_uint_eq(g.r.gpr[R11] & ~0x10000ull, 0x202);
+    ck_assert_uint_eq(g.r.rflags & 0xfff, 0x202 & 0xfff);
+    ck_assert_uint_eq(g.r.cs, 0x33);
+    ck_assert_uint_eq(g.r.ss, 0x2b);
+    for (int i = 0; i < 16; i++)
+        if (i != RAX && i != RCX && i != R11)
+            ck_assert_msg(g.r.gpr[i] == in.gpr[i], "gpr %d: %#llx != %#llx", i, (unsigned long long)g.r.gpr[i],
+                          (unsigned long long)in.gpr[i]);
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_page_faults)
+{
+    struct guest g;
+    /* mov rax,[0x800000] (not mapped) */
+    static const uint8_t rd[] = { 0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x80, 0x00 };
+    guest_init(&g, rd, sizeof(rd));
+    run(&g);
+    expect_fault(&g, 14, CODE);
+    ck_assert_uint_eq(g.t.cr2, 0x800000);
+    ck_assert_uint_eq(g.t.error_code, 0x4);   /* user, read, not present */
+
+    /* mov [0x400000],rax (write to the r-x code page) */
+    static const uint8_t wr[] = { 0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x40, 0x00 };
+    guest_code(&g, wr, sizeof(wr));
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 14, CODE);
+    ck_assert_uint_eq(g.t.cr2, CODE);
+    ck_assert_uint_eq(g.t.error_code, 0x7);   /* user, write, present */
+
+    /* jump to the non-executable data page */
+    g.r.rip = DATA + 0x10;
+    run(&g);
+    expect_fault(&g, 14, DATA + 0x10);
+    ck_assert_uint_eq(g.t.cr2, DATA + 0x10);
+    ck_assert_uint_eq(g.t.error_code, 0x15);  /* user, instruction fetch, present */
+
+    /* map the page and resume at the faulting instruction: the read now succeeds */
+    guest_code(&g, (const uint8_t[]){ 0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x80, 0x00, 0x0f, 0x05 }, 10);
+    memcpy(g.ram + 0x20000, "\x88\x77\x66\x55\x44\x33\x22\x11", 8);
+    ck_assert_int_eq(nstub_map(g.s, 0x800000, 0x1000, 0x20000, PROT_READ), 0);
+    g.r.rip = CODE;
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.r.gpr[RAX], 0x1122334455667788ull);
+    /* and unmapping makes it fault again */
+    ck_assert_int_eq(nstub_unmap(g.s, 0x800000, 0x1000), 0);
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 14, CODE);
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_exceptions)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2);   /* ud2 */
+    run(&g);
+    expect_fault(&g, 6, CODE);
+    ck_assert_int_eq(g.t.signo, SIGILL);
+
+    guest_code(&g, (const uint8_t[]){ 0x90, 0xcc }, 2);   /* nop; int3: a trap, rip after it */
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 3, CODE + 2);
+    ck_assert_int_eq(g.t.signo, SIGTRAP);
+
+    guest_code(&g, (const uint8_t[]){ 0x31, 0xc9, 0xf7, 0xf1 }, 4);   /* xor ecx,ecx; div ecx */
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 0, CODE + 2);
+    ck_assert_int_eq(g.t.signo, SIGFPE);
+
+    static const uint8_t gp[][2] = { { 0xfa }, { 0xf4 }, { 0xe4, 0x60 } };   /* cli, hlt, in al,0x60 */
+    for (unsigned i = 0; i < 3; i++) {
+        guest_code(&g, gp[i], 2);
+        g.r.rip = CODE;
+        run(&g);
+        expect_fault(&g, 13, CODE);
+        ck_assert_uint_eq(g.t.error_code, 0);
+    }
+    guest_code(&g, (const uint8_t[]){ 0xcd, 0x21 }, 2);   /* int 0x21: #GP(0x21*8+2) */
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 13, CODE);
+    ck_assert_uint_eq(g.t.error_code, 0x21 * 8 + 2);
+
+    /* TF set: single step gives #DB after one instruction */
+    guest_code(&g, (const uint8_t[]){ 0x90, 0x90, 0x0f, 0x05 }, 4);
+    g.r.rip = CODE;
+    g.r.rflags = 0x302;
+    run(&g);
+    expect_fault(&g, 1, CODE + 1);
+    ck_assert_int_eq(g.t.signo, SIGTRAP);
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_resume_modified)
+{
+    /* syscall; mov rbx,rax; syscall; ud2; ud2 */
+    static const uint8_t code[] = { 0x0f, 0x05, 0x48, 0x89, 0xc3, 0x0f, 0x05, 0x0f, 0x0b, 0x0f, 0x0b };
+    struct guest g;
+    guest_init(&g, code, sizeof(code));
+    g.r.fs_base = 0x123000;
+    g.r.gs_base = 0x7ffff000;
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.r.rip, CODE + 2);
+    ck_assert_uint_eq(g.r.fs_base, 0x123000);
+    ck_assert_uint_eq(g.r.gs_base, 0x7ffff000);
+    g.r.gpr[RAX] = 0x55aa;
+    g.r.fs_base = 0x456000;
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.r.rip, CODE + 7);
+    ck_assert_uint_eq(g.r.gpr[RBX], 0x55aa);
+    ck_assert_uint_eq(g.r.fs_base, 0x456000);
+    g.r.rip = CODE + 9;   /* skip the first ud2 */
+    run(&g);
+    expect_fault(&g, 6, CODE + 9);
+
+    /* rdfsbase in the guest sees what we set */
+    guest_code(&g, (const uint8_t[]){ 0xf3, 0x48, 0x0f, 0xae, 0xc0, 0x0f, 0x05 }, 7);
+    g.r.rip = CODE;
+    g.r.fs_base = 0x789000;
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.r.gpr[RAX], 0x789000);
+
+    /* misuse is refused */
+    struct nstub_regs bad = g.r;
+    bad.cs = 0x10;
+    ck_assert_int_eq(nstub_run(g.s, &bad, &g.t), PVM_EINVAL);
+    bad = g.r;
+    bad.fs_base = 0x8000000000000000ull;
+    ck_assert_int_eq(nstub_run(g.s, &bad, &g.t), PVM_EINVAL);
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_fpu_preserved)
+{
+    /* movq xmm0,rax; syscall x3; movq rax,xmm0; syscall */
+    static const uint8_t code[] = { 0x66, 0x48, 0x0f, 0x6e, 0xc0, 0x0f, 0x05, 0x0f, 0x05, 0x0f, 0x05,
+                                    0x66, 0x48, 0x0f, 0x7e, 0xc0, 0x0f, 0x05 };
+    struct guest g;
+    guest_init(&g, code, sizeof(code));
+    size_t sz = nstub_fpu_size(g.s);
+    ck_assert_uint_ge(sz, 512);
+    uint8_t *img = malloc(sz);
+    ck_assert_ptr_nonnull(img);
+
+    g.r.gpr[RAX] = 0x1122334455667788ull;
+    run(&g);
+    ck_assert_uint_eq(g.r.rip, CODE + 7);
+    g.r.gpr[RAX] = 0;
+    run(&g);
+    /* the XSAVE image holds xmm0 at byte 160 */
+    ck_assert_int_eq(nstub_get_fpu(g.s, img, sz), 0);
+    uint64_t x;
+    memcpy(&x, img + 160, 8);
+    ck_assert_uint_eq(x, 0x1122334455667788ull);
+    run(&g);
+    run(&g);
+    ck_assert_uint_eq(g.r.rip, CODE + 18);
+    ck_assert_uint_eq(g.r.gpr[RAX], 0x1122334455667788ull);
+
+    /* set_fpu replaces the state for the next resume */
+    g.r.rip = CODE + 11;
+    x = 0xdeadbeefcafef00dull;
+    memcpy(img + 160, &x, 8);
+    ck_assert_int_eq(nstub_set_fpu(g.s, img, sz), 0);
+    run(&g);
+    ck_assert_uint_eq(g.r.gpr[RAX], 0xdeadbeefcafef00dull);
+    ck_assert_int_eq(nstub_get_fpu(g.s, img, 16), PVM_EINVAL);
+
+    /* carry the state to a second stub, as the backend does on an address-space switch */
+    struct guest h;
+    guest_init(&h, code + 11, sizeof(code) - 11);
+    ck_assert_uint_eq(nstub_fpu_size(h.s), sz);
+    ck_assert_int_eq(nstub_get_fpu(g.s, img, sz), 0);
+    ck_assert_int_eq(nstub_set_fpu(h.s, img, sz), 0);
+    run(&h);
+    ck_assert_uint_eq(h.r.gpr[RAX], 0xdeadbeefcafef00dull);
+    guest_fini(&h);
+    free(img);
+    guest_fini(&g);
+}
+END_TEST
+
+/* ---- kicks and death ------------------------------------------------------ */
+
+struct later {
+    struct nstub *s;
+    int pid;
+    int delay_ms;
+};
+
+static void *kick_later(void *p)
+{
+    struct later *l = p;
+    usleep((useconds_t)l->delay_ms * 1000);
+    nstub_kick(l->s);
+    return NULL;
+}
+
+static void *kill_later(void *p)
+{
+    struct later *l = p;
+    usleep((useconds_t)l->delay_ms * 1000);
+    kill(l->pid, SIGKILL);
+    return NULL;
+}
+
+START_TEST(test_kick)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0xeb, 0xfe }, 2);   /* jmp . */
+    struct later l = { .s = g.s, .delay_ms = 30 };
+    pthread_t th;
+    for (int i = 0; i < 3; i++) {
+        pthread_create(&th, NULL, kick_later, &l);
+        uint64_t t0 = now_ns();
+        run(&g);
+        pthread_join(th, NULL);
+        ck_assert_msg(g.t.kind == NSTUB_TRAP_KICK, "kind %u %s", g.t.kind, g.t.msg);
+        ck_assert_uint_eq(g.r.rip, CODE);
+        ck_assert_uint_lt(now_ns() - t0, 2000000000ull);
+    }
+    /* a kick while stopped is reported by the next run, once, without running the guest */
+    guest_code(&g, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    nstub_kick(g.s);
+    nstub_kick(g.s);
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_KICK);
+    ck_assert_uint_eq(g.r.rip, CODE);
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    /* kicks racing with traps: never more KICK reports than kicks, none lost, none left over */
+    int kicks_reported = 0;
+    for (int i = 0; i < 50; i++) {
+        g.r.rip = CODE;
+        pthread_create(&th, NULL, kick_later, &(struct later){ .s = g.s, .delay_ms = 0 });
+        run(&g);
+        ck_assert(g.t.kind == NSTUB_TRAP_SYSCALL || g.t.kind == NSTUB_TRAP_KICK);
+        kicks_reported += g.t.kind == NSTUB_TRAP_KICK;
+        pthread_join(th, NULL);
+    }
+    for (int i = 0; i < 3; i++) {
+        g.r.rip = CODE;
+        run(&g);
+        if (g.t.kind != NSTUB_TRAP_KICK)
+            break;
+        kicks_reported++;
+    }
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_int_eq(kicks_reported, 50);
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_killed_is_died)
+{
+    int children = pvm_test_count_children();
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0xeb, 0xfe }, 2);
+    struct later l = { .pid = nstub_pid(g.s), .delay_ms = 30 };
+    pthread_t th;
+    pthread_create(&th, NULL, kill_later, &l);
+    uint64_t t0 = now_ns();
+    run(&g);
+    uint64_t dt = now_ns() - t0;
+    pthread_join(th, NULL);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_DIED, "kind %u", g.t.kind);
+    ck_assert_msg(strstr(g.t.msg, "signal 9"), "msg: %s", g.t.msg);
+    printf("stub: death noticed %.1f ms after the run started (kill after 30 ms)\n", dt / 1e6);
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_DIED);
+    guest_fini(&g);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
+START_TEST(test_stub_process_state)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    ck_assert_int_eq(nstub_sync(g.s), 0);
+    char path[64], line[512];
+    snprintf(path, sizeof(path), "/proc/%d/maps", nstub_pid(g.s));
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    int n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long lo, hi;
+        ck_assert_int_eq(sscanf(line, "%llx-%llx", &lo, &hi), 2);
+        bool ok = (lo >= NSTUB_REGION_START && hi <= NSTUB_REGION_END) || lo == CODE || lo == DATA ||
+                  lo == 0xffffffffff600000ull;
+        ck_assert_msg(ok, "unexpected stub mapping: %s", line);
+        ck_assert_msg(!strstr(line, "[vdso]") && !strstr(line, "[vvar]") && !strstr(line, "[stack]"), "%s", line);
+        n++;
+    }
+    fclose(f);
+    ck_assert_int_ge(n, 4);
+    snprintf(path, sizeof(path), "/proc/%d/status", nstub_pid(g.s));
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    int seccomp = -1, nnp = -1;
+    while (fgets(line, sizeof(line), f)) {
+        sscanf(line, "Seccomp: %d", &seccomp);
+        sscanf(line, "NoNewPrivs: %d", &nnp);
+    }
+    fclose(f);
+    ck_assert_int_eq(seccomp, 2);
+    ck_assert_int_eq(nnp, 1);
+    /* exactly fds 3 and 4 */
+    snprintf(path, sizeof(path), "/proc/%d/fd/0", nstub_pid(g.s));
+    ck_assert_int_ne(access(path, F_OK), 0);
+    for (int fd = 3; fd <= 5; fd++) {
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", nstub_pid(g.s), fd);
+        ck_assert_int_eq(access(path, F_OK) == 0, fd != 5);
+    }
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_map_args_and_batching)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x48, 0x8b, 0x03, 0x0f, 0x05 }, 5);   /* mov rax,[rbx]; syscall */
+    ck_assert_int_eq(nstub_map(g.s, 0x1000, 0x1000, 0, PROT_READ), PVM_EINVAL);       /* below GUEST_LO */
+    ck_assert_int_eq(nstub_map(g.s, NSTUB_GUEST_HI - 0x1000, 0x2000, 0, PROT_READ), PVM_EINVAL);
+    ck_assert_int_eq(nstub_map(g.s, NSTUB_REGION_START, 0x1000, 0, PROT_READ), PVM_EINVAL);
+    ck_assert_int_eq(nstub_map(g.s, 0x800001, 0x1000, 0, PROT_READ), PVM_EINVAL);
+    ck_assert_int_eq(nstub_map(g.s, 0x800000, 0, 0, PROT_READ), PVM_EINVAL);
+    ck_assert_int_eq(nstub_map(g.s, 0x800000, 0x1000, 0x10, PROT_READ), PVM_EINVAL);
+    ck_assert_int_eq(nstub_map(g.s, 0x800000, 0x1000, 0, 0x100), PVM_EINVAL);
+    ck_assert_int_eq(nstub_map(g.s, UINT64_MAX - 0xfff, 0x1000, 0, PROT_READ), PVM_EINVAL);
+    ck_assert_int_eq(nstub_unmap(g.s, 0x800000, 1), PVM_EINVAL);
+
+    /* 1000 separate pages (every other one): more than one batch */
+    for (uint64_t i = 0; i < 1000; i++) {
+        uint64_t off = 0x100000 + i * 0x1000;
+        memcpy(g.ram + off, &i, 8);
+        ck_assert_int_eq(nstub_map(g.s, 0x10000000 + i * 0x2000, 0x1000, off, PROT_READ), 0);
+    }
+    for (uint64_t i = 0; i < 1000; i += 111) {
+        g.r.rip = CODE;
+        g.r.gpr[RBX] = 0x10000000 + i * 0x2000 + 8 * 0;
+        run(&g);
+        ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+        ck_assert_uint_eq(g.r.gpr[RAX], i);
+    }
+    ck_assert_int_eq(nstub_unmap_all(g.s), 0);
+    ck_assert_int_eq(nstub_map(g.s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC), 0);
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 14, CODE);   /* the data page is gone */
+    guest_fini(&g);
+}
+END_TEST
+
+/* ---- containment ---------------------------------------------------------- */
+
+static pid_t sentinel_start(void)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        for (;;)
+            pause();
+    }
+    return pid;
+}
+
+static void sentinel_check_and_stop(pid_t pid)
+{
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, WNOHANG), 0);   /* still alive */
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+}
+
+START_TEST(test_escape_syscalls)
+{
+    warm_up();
+    int fds = pvm_test_count_fds();
+    pid_t sentinel = sentinel_start();
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/pvm-stub-escape-%d", getpid());
+    unlink(path);
+
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x05, 0x0f, 0x0b }, 4);   /* syscall; ud2 */
+    strcpy((char *)g.ram + DATA_OFF, path);
+    for (uint64_t nr = 0; nr <= 450; nr++) {
+        g.r.rip = CODE;
+        g.r.gpr[RAX] = nr;
+        /* arguments that would do damage if any call went through */
+        g.r.gpr[RDI] = (nr == 62 || nr == 200 || nr == 234) ? (uint64_t)sentinel : DATA;
+        g.r.gpr[RSI] = (nr == 62 || nr == 200) ? SIGKILL : O_CREAT | O_WRONLY;
+        g.r.gpr[RDX] = (nr == 234) ? SIGKILL : 0644;
+        g.r.gpr[R10] = 0;
+        g.r.gpr[R8] = 3;
+        g.r.gpr[R9] = 0;
+        run(&g);
+        if (nr == 336) {
+            /*
+             * uprobe: the kernel runs it without asking seccomp; outside a uprobe
+             * trampoline it only returns -ENXIO.  Harmless, but the guest is not
+             * trapped: it continues to the ud2.
+             */
+            ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL || (g.t.kind == NSTUB_TRAP_FAULT && g.t.vector == 6 &&
+                                                             g.r.gpr[RAX] == (uint64_t)-ENXIO),
+                          "syscall 336: kind %u", g.t.kind);
+            continue;
+        }
+        ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "syscall %llu: kind %u vector %u signal %d code %d rip %#llx %s",
+                      (unsigned long long)nr, g.t.kind, g.t.vector, g.t.signo, g.t.si_code,
+                      (unsigned long long)g.r.rip, g.t.msg);
+        ck_assert_uint_eq(g.r.gpr[RAX], nr);
+        ck_assert_uint_eq(g.r.rip, CODE + 2);
+    }
+    /* x32 numbers and INT 0x80 (i386 ABI) are trapped too */
+    g.r.rip = CODE;
+    g.r.gpr[RAX] = 0x40000000 | 39;
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    guest_code(&g, (const uint8_t[]){ 0xcd, 0x80 }, 2);
+    g.r.rip = CODE;
+    g.r.gpr[RAX] = 37;   /* i386 kill */
+    g.r.gpr[RBX] = (uint64_t)sentinel;
+    g.r.gpr[RCX] = SIGKILL;
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.r.rip, CODE + 2);
+    /* from 32-bit compatibility mode: int 0x80, syscall, sysenter */
+    static const uint8_t compat[][2] = { { 0xcd, 0x80 }, { 0x0f, 0x05 }, { 0x0f, 0x34 } };
+    for (unsigned i = 0; i < 3; i++) {
+        guest_code(&g, compat[i], 2);
+        g.r.rip = CODE;
+        g.r.cs = 0x23;
+        g.r.gpr[RAX] = 37;
+        g.r.gpr[RSP] = DATA + 0x800;
+        run(&g);
+        ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL || g.t.kind == NSTUB_TRAP_FAULT, "compat %u: kind %u %s", i,
+                      g.t.kind, g.t.msg);
+        g.r.cs = 0x33;
+    }
+    guest_fini(&g);
+    ck_assert_int_ne(access(path, F_OK), 0);
+    sentinel_check_and_stop(sentinel);
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+}
+END_TEST
+
+/* Jump into the stub's own SYSCALL instruction with chosen registers. */
+static void jump_into_stub(uint64_t nr, const uint64_t args[6], pid_t sentinel, bool *died)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2);
+    uint64_t ret = CODE;   /* the gadget's RET comes back to our ud2 */
+    memcpy(g.ram + DATA_OFF + 0xff8, &ret, 8);
+    g.r.gpr[RSP] = DATA + 0xff8;
+    g.r.rip = NSTUB_SYSCALL_INSN;
+    g.r.gpr[RAX] = nr;
+    static const int argreg[6] = { RDI, RSI, RDX, R10, R8, R9 };
+    for (int i = 0; i < 6; i++)
+        g.r.gpr[argreg[i]] = args[i];
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL || g.t.kind == NSTUB_TRAP_FAULT || g.t.kind == NSTUB_TRAP_DIED,
+                  "kind %u", g.t.kind);
+    if (g.t.kind == NSTUB_TRAP_SYSCALL) {
+        ck_assert_uint_eq(g.r.rip, NSTUB_SYSCALL_INSN + 2);
+        ck_assert_uint_eq(g.r.gpr[RAX], nr);
+    }
+    *died = g.t.kind == NSTUB_TRAP_DIED;
+    (void)sentinel;
+    guest_fini(&g);
+}
+
+START_TEST(test_escape_stub_code)
+{
+    warm_up();
+    int fds = pvm_test_count_fds(), children = pvm_test_count_children();
+    pid_t sentinel = sentinel_start();
+    bool died;
+    struct {
+        uint64_t nr, a[6];
+        int expect;   /* 0 trapped, 1 anything contained */
+    } cases[] = {
+        { 62, { (uint64_t)sentinel, SIGKILL }, 0 },                                      /* kill */
+        { 11, { NSTUB_REGION_START, 0x1000 }, 0 },                                       /* munmap stub */
+        { 11, { 0x7e0000000000, 0x20000000000 }, 0 },                                    /* munmap reaching it */
+        { 9, { NSTUB_REGION_START, 0x1000, 7, MAP_SHARED | MAP_FIXED, 3, 0 }, 0 },       /* mmap over stub */
+        { 9, { 0x900000, 0x1000, 7, MAP_SHARED | MAP_FIXED, 4, 0 }, 0 },                 /* the ctl memfd */
+        { 9, { 0x900000, 0x1000, 7, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, -1, 0 }, 0 },
+        { 10, { NSTUB_REGION_START, 0x1000, 7 }, 0 },                                    /* mprotect */
+        { 202, { DATA, FUTEX_WAIT, 0 }, 0 },                                             /* other futex */
+        { 202, { NSTUB_CTL_ADDR, FUTEX_REQUEUE, 1, 0, DATA }, 0 },
+        { 1, { 2, DATA, 16 }, 0 },                                                       /* write */
+        { 59, { DATA, 0, 0 }, 0 },                                                       /* execve */
+        { 56, { 0 }, 0 },                                                                /* clone */
+        { 157, { PR_SET_DUMPABLE, 1 }, 0 },                                              /* prctl */
+        { 9, { 0x900000, 0x1000, 3, MAP_SHARED | MAP_FIXED, 3, 0 }, 1 },                 /* own RAM: allowed */
+        { 15, { 0 }, 1 },                                                                /* sigreturn, junk */
+        { 231, { 0 }, 1 },                                                               /* exit_group */
+    };
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        jump_into_stub(cases[i].nr, cases[i].a, sentinel, &died);
+        if (cases[i].expect == 0)
+            ck_assert_msg(!died, "case %u (syscall %llu) killed the stub", i, (unsigned long long)cases[i].nr);
+    }
+    sentinel_check_and_stop(sentinel);
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
+START_TEST(test_guest_writes_control_page)
+{
+    warm_up();
+    int fds = pvm_test_count_fds(), children = pvm_test_count_children();
+    /* mov rdi,CTL; mov ecx,0x4000; mov al,0xff; rep stosb; syscall */
+    uint8_t fill[] = { 0x48, 0xbf, 0, 0, 0, 0, 0, 0, 0, 0, 0xb9, 0x00, 0x40, 0, 0, 0xb0, 0xff, 0xf3, 0xaa, 0x0f, 0x05 };
+    uint64_t ctl = NSTUB_CTL_ADDR;
+    memcpy(fill + 2, &ctl, 8);
+    struct guest g;
+    guest_init(&g, fill, sizeof(fill));
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL || g.t.kind == NSTUB_TRAP_DIED, "kind %u", g.t.kind);
+    uint8_t buf[8192];
+    int rc = nstub_get_fpu(g.s, buf, sizeof(buf));
+    ck_assert(rc == 0 || rc == PVM_EFAULT || rc == PVM_ESTATE || rc == PVM_EINVAL);
+    g.r.rip = CODE;
+    run(&g);
+    ck_assert(g.t.kind == NSTUB_TRAP_SYSCALL || g.t.kind == NSTUB_TRAP_DIED);
+    guest_fini(&g);
+
+    /* the whole area including the signal stack, then a fault: the frame is rebuilt by the kernel */
+    fill[11] = 0x00;
+    fill[12] = 0x00;
+    fill[13] = 0x01;   /* ecx = 0x10000 */
+    guest_init(&g, fill, sizeof(fill));
+    run(&g);
+    ck_assert(g.t.kind == NSTUB_TRAP_SYSCALL || g.t.kind == NSTUB_TRAP_DIED);
+    guest_fini(&g);
+
+    /* forge a trap: state = TRAPPED with a junk signal number, then keep running */
+    uint8_t forge[] = { 0x48, 0xbf, 0, 0, 0, 0, 0, 0, 0, 0,                  /* mov rdi,&ctl->signo */
+                        0xc7, 0x07, 0x39, 0x30, 0, 0,                        /* mov dword [rdi],12345 */
+                        0x48, 0xbf, 0, 0, 0, 0, 0, 0, 0, 0,                  /* mov rdi,&ctl->state */
+                        0xc7, 0x07, NSTUB_ST_TRAPPED, 0, 0, 0,               /* mov dword [rdi],TRAPPED */
+                        0xeb, 0xfe };
+    uint64_t a = NSTUB_CTL_ADDR + offsetof(struct nstub_ctl, signo), b = NSTUB_CTL_ADDR;
+    memcpy(forge + 2, &a, 8);
+    memcpy(forge + 18, &b, 8);
+    guest_init(&g, forge, sizeof(forge));
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_DIED, "kind %u", g.t.kind);
+    ck_assert_msg(strstr(g.t.msg, "bad report"), "%s", g.t.msg);
+    guest_fini(&g);
+
+    /* forge a plausible SYSCALL report while the guest keeps running: a kick still gets control back */
+    forge[12] = SIGSYS;
+    forge[13] = 0;
+    guest_init(&g, forge, sizeof(forge));
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    struct later l = { .s = g.s, .delay_ms = 30 };
+    pthread_t th;
+    pthread_create(&th, NULL, kick_later, &l);
+    run(&g);
+    pthread_join(th, NULL);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_KICK || g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u", g.t.kind);
+    guest_fini(&g);
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
+START_TEST(test_vsyscall_page)
+{
+    struct guest g;
+    /* movabs rax,[0xffffffffff600000]; syscall */
+    guest_init(&g, (const uint8_t[]){ 0x48, 0xa1, 0, 0, 0x60, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x05 }, 12);
+    run(&g);
+    /* vsyscall=xonly: not readable (a legacy vsyscall=emulate kernel would let the read through) */
+    ck_assert(g.t.kind == NSTUB_TRAP_FAULT || g.t.kind == NSTUB_TRAP_SYSCALL);
+    if (g.t.kind == NSTUB_TRAP_FAULT) {
+        expect_fault(&g, 14, CODE);
+        ck_assert_uint_eq(g.t.cr2, 0xffffffffff600000ull);
+    }
+    /* mov rax,0xffffffffff600000; call rax  (vsyscall gettimeofday(rdi=DATA)) */
+    guest_code(&g, (const uint8_t[]){ 0x48, 0xb8, 0, 0, 0x60, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xd0, 0x0f, 0x0b },
+               14);
+    g.r.rip = CODE;
+    g.r.gpr[RDI] = DATA;
+    g.r.gpr[RSI] = 0;
+    run(&g);
+    /* reported as what PVM would give: a #PF fetching an unmapped address, at the call target */
+    expect_fault(&g, 14, 0xffffffffff600000ull);
+    ck_assert_uint_eq(g.t.cr2, 0xffffffffff600000ull);
+    ck_assert_uint_eq(g.t.error_code, 0x14);
+    ck_assert_uint_eq(g.r.gpr[RSP], DATA + 0x1000 - 8);   /* the return address is still pushed */
+    uint64_t tv;
+    memcpy(&tv, g.ram + DATA_OFF, 8);
+    ck_assert_uint_eq(tv, 0);   /* gettimeofday did not write */
+    guest_fini(&g);
+}
+END_TEST
+
+START_TEST(test_cycles_no_leaks)
+{
+    struct guest g;
+    warm_up();
+    int fds = pvm_test_count_fds(), children = pvm_test_count_children();
+    for (int i = 0; i < 200; i++) {
+        guest_init(&g, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+        run(&g);
+        ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+        guest_fini(&g);
+    }
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
+/* ---- costs (printed, not asserted) ---------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void on_sigsys(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)si;
+    ((ucontext_t *)uc)->uc_mcontext.gregs[REG_RAX] = 0;
+}
+
+/* T: one in-process seccomp trap + SIGSYS handler + sigreturn, measured in a child. */
+static double measure_T(void)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sigaction sa = { .sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO };
+        sigaction(SIGSYS, &sa, NULL);
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { 4, f };
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+        static uint64_t d[20000];
+        for (int i = 0; i < 2000; i++)
+            syscall(SYS_getppid);
+        for (int i = 0; i < 20000; i++) {
+            uint64_t t0 = now_ns();
+            syscall(SYS_getppid);
+            d[i] = now_ns() - t0;
+        }
+        qsort(d, 20000, sizeof(d[0]), cmp_u64);
+        double t = (double)d[10000] / 1000;
+        if (write(p[1], &t, sizeof(t)) != sizeof(t))
+            _exit(1);
+        _exit(0);
+    }
+    double t = 0;
+    ck_assert_int_eq(read(p[0], &t, sizeof(t)), sizeof(t));
+    waitpid(pid, NULL, 0);
+    close(p[0]);
+    close(p[1]);
+    return t;
+}
+
+/* Median of @n guest SYSCALL -> library -> resume round trips (the machine may be busy: not the mean). */
+static double round_trip_us(struct guest *g, int n)
+{
+    uint64_t *d = calloc((size_t)n, sizeof(*d));
+    ck_assert_ptr_nonnull(d);
+    for (int i = 0; i < n / 10; i++)
+        run(g);
+    for (int i = 0; i < n; i++) {
+        uint64_t t0 = now_ns();
+        run(g);
+        d[i] = now_ns() - t0;
+    }
+    qsort(d, (size_t)n, sizeof(*d), cmp_u64);
+    double med = (double)d[n / 2] / 1000;
+    free(d);
+    return med;
+}
+
+START_TEST(test_costs)
+{
+    double T = measure_T();
+    printf("stub: T (in-process seccomp trap + handler + sigreturn) = %.2f us\n", T);
+
+    static const uint8_t loop[] = { 0x0f, 0x05, 0xeb, 0xfc };   /* syscall; jmp back */
+    struct guest g;
+    guest_init(&g, loop, sizeof(loop));
+    double spin = round_trip_us(&g, 20000);
+    nstub_set_spin(g.s, 0);
+    double futex_any = round_trip_us(&g, 5000);
+    guest_fini(&g);
+    printf("stub: syscall trap round trip, spin handoff (unpinned): %.2f us = %.2f T\n", spin, spin / T);
+    printf("stub: syscall trap round trip, futex only (unpinned):  %.2f us = %.2f T\n", futex_any, futex_any / T);
+
+    /* both on one CPU: the stub inherits the creating thread's affinity */
+    cpu_set_t one, old;
+    sched_getaffinity(0, sizeof(old), &old);
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    if (sched_setaffinity(0, sizeof(one), &one) == 0) {
+        guest_init(&g, loop, sizeof(loop));
+        double spin_same = round_trip_us(&g, 5000);
+        nstub_set_spin(g.s, 0);
+        double futex_same = round_trip_us(&g, 5000);
+        guest_fini(&g);
+        printf("stub: syscall trap round trip, spin, same CPU:         %.2f us = %.2f T\n", spin_same, spin_same / T);
+        printf("stub: syscall trap round trip, futex, same CPU:        %.2f us = %.2f T\n", futex_same,
+               futex_same / T);
+        sched_setaffinity(0, sizeof(old), &old);
+    }
+    if (CPU_COUNT(&old) >= 2) {
+        /* library on CPU 0, stub on CPU 1 */
+        CPU_ZERO(&one);
+        CPU_SET(1, &one);
+        sched_setaffinity(0, sizeof(one), &one);
+        guest_init(&g, loop, sizeof(loop));
+        CPU_ZERO(&one);
+        CPU_SET(0, &one);
+        sched_setaffinity(0, sizeof(one), &one);
+        double spin2 = round_trip_us(&g, 20000);
+        nstub_set_spin(g.s, 0);
+        double futex2 = round_trip_us(&g, 2000);
+        guest_fini(&g);
+        sched_setaffinity(0, sizeof(old), &old);
+        printf("stub: syscall trap round trip, spin, 2 CPUs pinned:    %.2f us = %.2f T\n", spin2, spin2 / T);
+        printf("stub: syscall trap round trip, futex, 2 CPUs pinned:   %.2f us = %.2f T\n", futex2, futex2 / T);
+    }
+
+    /* VM create -> first guest instruction: create + map + the first trap back */
+    char err[256];
+    int memfd = memfd_create("g", MFD_CLOEXEC);
+    ck_assert_int_eq(ftruncate(memfd, 0x10000), 0);
+    ck_assert_int_eq(pwrite(memfd, loop, sizeof(loop), 0), (ssize_t)sizeof(loop));
+    enum { N = 60 };
+    uint64_t total[N], create[N];
+    for (int i = 0; i < N; i++) {
+        struct nstub *s;
+        struct nstub_regs r = { .rip = CODE, .rflags = 0x202, .cs = 0x33, .ss = 0x2b };
+        struct nstub_trap t;
+        struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
+        uint64_t t0 = now_ns();
+        ck_assert_int_eq(nstub_create(&s, &cfg, err, sizeof(err)), 0);
+        uint64_t t1 = now_ns();
+        nstub_map(s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC);
+        ck_assert_int_eq(nstub_run(s, &r, &t), 0);
+        total[i] = now_ns() - t0;
+        create[i] = t1 - t0;
+        ck_assert_uint_eq(t.kind, NSTUB_TRAP_SYSCALL);
+        nstub_destroy(s);
+    }
+    close(memfd);
+    qsort(total, N, sizeof(total[0]), cmp_u64);
+    qsort(create, N, sizeof(create[0]), cmp_u64);
+    printf("stub: create -> first guest trap back: median %.0f us (nstub_create %.0f us), best %.0f us, p90 %.0f us\n",
+           total[N / 2] / 1e3, create[N / 2] / 1e3, total[0] / 1e3, total[N * 9 / 10] / 1e3);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("stub");
+    TCase *tc = tcase_create("traps");
+    tcase_add_test(tc, test_syscall_trap);
+    tcase_add_test(tc, test_page_faults);
+    tcase_add_test(tc, test_exceptions);
+    tcase_add_test(tc, test_resume_modified);
+    tcase_add_test(tc, test_fpu_preserved);
+    tcase_add_test(tc, test_kick);
+    tcase_add_test(tc, test_killed_is_died);
+    tcase_add_test(tc, test_stub_process_state);
+    tcase_add_test(tc, test_map_args_and_batching);
+    suite_add_tcase(s, tc);
+    TCase *esc = tcase_create("containment");
+    tcase_add_test(esc, test_escape_syscalls);
+    tcase_add_test(esc, test_escape_stub_code);
+    tcase_add_test(esc, test_guest_writes_control_page);
+    tcase_add_test(esc, test_vsyscall_page);
+    tcase_add_test(esc, test_cycles_no_leaks);
+    tcase_set_timeout(esc, 120);
+    suite_add_tcase(s, esc);
+    TCase *cost = tcase_create("costs");
+    tcase_add_test(cost, test_costs);
+    tcase_set_timeout(cost, 120);
+    suite_add_tcase(s, cost);
+    return pvm_test_run_suite(s);
+}
