@@ -442,6 +442,13 @@ START_TEST(raw_syscalls_contained)
         }
         gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
         gvm_regs(&g, &r);
+        /*
+         * Linux >= 6.18 runs syscall 336 (uprobe) without consulting seccomp; outside
+         * a uprobe trampoline it only returns -ENXIO, so the guest's 336 never traps.
+         * Documented in docs/design.md; every other number must reach LSTAR.
+         */
+        if (n == 336 && r.rbx == 337)
+            n++;
         ck_assert_uint_eq(r.rbx, n);
         e.u.hypercall.ret = GVM_RETU_SITE;
     }
