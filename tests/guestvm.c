@@ -90,6 +90,15 @@ void gvm_fini(struct gvm *g)
     pvm_vm_destroy(g->vm);
 }
 
+void gvm_start(struct gvm *g, uint64_t rip, uint64_t rsp)
+{
+    struct pvm_regs r;
+    gvm_regs(g, &r);
+    r.rip = rip;
+    r.rsp = rsp;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g->cpu, &r), 0);
+}
+
 uint32_t gvm_run(struct gvm *g, struct pvm_exit *e)
 {
     int rc = pvm_vcpu_run(g->cpu, e);

@@ -60,7 +60,9 @@ void gvm_fini(struct gvm *g);
 void gvm_map(struct gvm *g, uint64_t root, uint64_t gva, uint64_t gpa, uint64_t flags);
 /* Copy [start, end) of host bytes to guest-physical @gpa. */
 void gvm_load(struct gvm *g, uint64_t gpa, const void *start, const void *end);
-/* Set RIP (and RSP to the stack top) and run until an exit; returns the exit reason. */
+/* Set RIP and RSP for the next run. */
+void gvm_start(struct gvm *g, uint64_t rip, uint64_t rsp);
+/* Run until an exit (failing the test on INTERNAL_ERROR); returns the exit reason. */
 uint32_t gvm_run(struct gvm *g, struct pvm_exit *e);
 struct pvm_vcpu_struct *gvm_pvcs(struct gvm *g);
 void gvm_regs(struct gvm *g, struct pvm_regs *r);

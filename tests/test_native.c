@@ -40,13 +40,9 @@ START_TEST(hypercall_round_trip)
 {
     struct gvm g;
     struct pvm_exit e;
-    struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
 
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 7);
@@ -92,10 +88,7 @@ START_TEST(user_syscall_and_eretu)
     p->rsp = GVM_USER_STACK_TOP;
     p->eflags = 0x202;
     p->user_gsbase = 0x5000;
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP - 0x100;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
 
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
@@ -147,10 +140,7 @@ START_TEST(supervisor_pf_frame_and_erets)
     struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_pf_start, g_pf_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
 
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
@@ -191,13 +181,9 @@ START_TEST(exceptions_delivered)
 {
     struct gvm g;
     struct pvm_exit e;
-    struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_exc_start, g_exc_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
 
@@ -238,10 +224,7 @@ START_TEST(interrupt_pending_until_irq_win)
     struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_irq_start, g_irq_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     struct pvm_vcpu_struct *p = gvm_pvcs(&g);
     struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = 0x40 };
     ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &ev), 0);
@@ -288,14 +271,10 @@ START_TEST(kick_and_async_inject)
 {
     struct gvm g;
     struct pvm_exit e;
-    struct pvm_regs r;
     pthread_t t;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_spin_start, g_spin_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     struct async_arg a = { g.cpu, 0 };
     for (int i = 0; i < 3; i++) {
         pthread_create(&t, NULL, async_thread, &a);
@@ -322,15 +301,11 @@ START_TEST(nmi_masked_until_erets)
 {
     struct gvm g;
     struct pvm_exit e;
-    struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_spin_start, g_spin_end);
     /* The continuation lives in the code page, after the spin loop. */
     gvm_load(&g, GVM_CODE + 0x100, g_nmi_cont_start, g_nmi_cont_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
     uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
@@ -366,13 +341,9 @@ START_TEST(synthetic_cpuid)
 {
     struct gvm g;
     struct pvm_exit e;
-    struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_cpuid_start, g_cpuid_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x23);
     ck_assert_uint_eq(e.u.hypercall.args[0], 0x4b4d564b); /* "KVMK" */
@@ -410,10 +381,7 @@ START_TEST(raw_syscalls_contained)
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_raw_smod_start, g_raw_smod_end);
     gvm_load(&g, GVM_USER_CODE, g_raw_umod_start, g_raw_umod_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x25);
     if (e.u.hypercall.nr == PVM_HOSTCALL(GVM_HC_REPORT_EXC)) {
@@ -466,13 +434,9 @@ static void run_hc_guest_ok(void)
 {
     struct gvm g;
     struct pvm_exit e;
-    struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 7);
     gvm_fini(&g);
@@ -481,13 +445,9 @@ static void run_hc_guest_ok(void)
 static uint32_t run_hostile(const uint8_t *start, const uint8_t *end, struct pvm_exit *e)
 {
     struct gvm g;
-    struct pvm_regs r;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, start, end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     int rc = pvm_vcpu_run(g.cpu, e);
     ck_assert_int_eq(rc, 0);
     /* A second run after a fatal exit returns the same exit. */
@@ -517,6 +477,40 @@ START_TEST(stub_attacks_contained)
 }
 END_TEST
 
+/* The vsyscall page stays in every process: reading or executing it is contained. */
+GVM_CODE_BLOCK(g_vsys_read, "movabs $0xffffffffff600000, %rax\n mov (%rax), %rbx\n" HC(0x28) "ud2\n");
+GVM_CODE_BLOCK(g_vsys_exec,
+    "lea 1f(%rip), %rcx\n push %rcx\n movabs $0xffffffffff600000, %rax\n jmp *%rax\n"
+    "1: mov %rax, %rbx\n" HC(0x29) "ud2\n");
+
+START_TEST(vsyscall_page_contained)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_vsys_read_start, g_vsys_read_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    /* Outside the guest's address space: a #PF at that address, never host data. */
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(gvm_pvcs(&g)->cr2, 0xffffffffff600000ull);
+    gvm_fini(&g);
+
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_vsys_exec_start, g_vsys_exec_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    if (e.u.hypercall.nr == PVM_HOSTCALL(0x29)) {
+        /* The kernel's vsyscall emulation asked seccomp, which trapped: a hypercall, -KVM_ENOSYS. */
+        ck_assert_uint_eq(e.u.hypercall.args[0], (uint64_t)-1000);
+    } else {
+        gvm_expect_hc(&e, GVM_HC_REPORT_EXC); /* vsyscall=none: a fetch fault */
+        ck_assert_uint_eq(gvm_pvcs(&g)->cr2, 0xffffffffff600000ull);
+    }
+    gvm_fini(&g);
+}
+END_TEST
+
 /* Reading guest-physical memory outside RAM through guest page tables. */
 GVM_CODE_BLOCK(g_outside, "mov 0x200000, %rax\n" HC(0x27) "ud2\n");
 
@@ -528,10 +522,7 @@ START_TEST(outside_ram_is_mmio)
     gvm_init(&g);
     gvm_map(&g, g.kroot, 0x200000, 0x40000000, PVM_PTE_NX); /* gpa 1 GiB: no RAM there */
     gvm_load(&g, GVM_CODE, g_outside_start, g_outside_end);
-    gvm_regs(&g, &r);
-    r.rip = GVM_CODE;
-    r.rsp = GVM_STACK_TOP;
-    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_MMIO);
     ck_assert_uint_eq(e.u.mmio.gpa, 0x40000000);
     ck_assert_uint_eq(e.u.mmio.size, 8);
@@ -572,6 +563,7 @@ int main(void)
     tcase_add_test(tc, synthetic_cpuid);
     tcase_add_test(tc, raw_syscalls_contained);
     tcase_add_test(tc, stub_attacks_contained);
+    tcase_add_test(tc, vsyscall_page_contained);
     tcase_add_test(tc, outside_ram_is_mmio);
     tcase_add_test(tc, create_run_destroy_cycles);
     suite_add_tcase(s, tc);

@@ -650,6 +650,38 @@ START_TEST(test_escape_stub_code)
 }
 END_TEST
 
+/* A guest that blocks the kick signal with a forged rt_sigreturn is wedged: DIED, not a hang. */
+START_TEST(test_guest_blocks_kicks)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b, 0xeb, 0xfe }, 4);   /* ud2; jmp . */
+    ucontext_t uc;
+    memset(&uc, 0, sizeof(uc));
+    uc.uc_flags = 2;   /* UC_SIGCONTEXT_SS */
+    uc.uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
+    uc.uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
+    uc.uc_mcontext.gregs[REG_RIP] = (greg_t)(CODE + 2);
+    uc.uc_mcontext.gregs[REG_RSP] = (greg_t)(DATA + 0x800);
+    uc.uc_mcontext.gregs[REG_EFL] = 0x202;
+    uc.uc_mcontext.gregs[REG_CSGSFS] = (greg_t)(0x33 | (0x2bull << 48));
+    uc.uc_sigmask.__val[0] = 1ull << (KICK - 1);
+    memcpy(g.ram + DATA_OFF + 0x900, &uc, offsetof(ucontext_t, uc_sigmask) + 8);
+    g.r.rip = NSTUB_SYSCALL_INSN;
+    g.r.gpr[RAX] = 15;   /* rt_sigreturn, from the stub's own SYSCALL */
+    g.r.gpr[RSP] = DATA + 0x900;
+    pthread_t th;
+    pthread_create(&th, NULL, kick_later, &(struct later){ .s = g.s, .delay_ms = 30 });
+    uint64_t t0 = now_ns();
+    run(&g);
+    pthread_join(th, NULL);
+    printf("stub: a guest that blocked the kick signal: kind %u after %.2f s: %s\n", g.t.kind,
+           (now_ns() - t0) / 1e9, g.t.msg);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_DIED, "kind %u", g.t.kind);
+    ck_assert_msg(strstr(g.t.msg, "kick"), "%s", g.t.msg);
+    guest_fini(&g);
+}
+END_TEST
+
 START_TEST(test_guest_writes_control_page)
 {
     warm_up();
@@ -929,6 +961,7 @@ int main(void)
     tcase_add_test(esc, test_escape_syscalls);
     tcase_add_test(esc, test_escape_stub_code);
     tcase_add_test(esc, test_guest_writes_control_page);
+    tcase_add_test(esc, test_guest_blocks_kicks);
     tcase_add_test(esc, test_vsyscall_page);
     tcase_add_test(esc, test_cycles_no_leaks);
     tcase_set_timeout(esc, 120);

@@ -104,6 +104,15 @@ size_t nstub_fpu_size(const struct nstub *s);
 int nstub_get_fpu(struct nstub *s, void *buf, size_t len);
 int nstub_set_fpu(struct nstub *s, const void *buf, size_t len);
 
+/*
+ * How long each side busy-waits for the other before sleeping on the futex,
+ * in ns (default 30000; 0 = always sleep).  Spinning is what makes a trap
+ * round trip cheap when the stub and the vCPU thread are on different CPUs
+ * (waking a sleeping CPU costs 20-85 us here, ARCHITECTURE.md).  Not
+ * concurrent with nstub_run on @s.
+ */
+void nstub_set_spin(struct nstub *s, uint32_t spin_ns);
+
 /* Host pid of the stub (diagnostics, tests). */
 int nstub_pid(const struct nstub *s);
 

@@ -1,0 +1,115 @@
+/*
+ * lib/backends/native/stub/stub_abi.h - what the library and the stub program
+ * agree on: fixed addresses inside the stub region and the control area.
+ *
+ * Freestanding: included by the stub (no libc) and by stub.c.
+ *
+ * The control area is a memfd (fd NSTUB_FD_CTL in the stub) of
+ * NSTUB_CTL_SIZE bytes, mapped MAP_SHARED by both sides: the control page
+ * (struct nstub_ctl) and the stub's signal stack, so the signal frame - and
+ * with it the guest's XSAVE image - can be read and written by the library
+ * without a copy.  The guest can write all of it: the library validates
+ * every value it reads back.
+ *
+ * Protocol (ctl->state is the futex word, both directions):
+ *   stub  -> TRAPPED   report filled (regs, signal info, frame location)
+ *   lib   -> RESUME    regs and map commands filled; the stub applies the
+ *                      commands, loads the regs into the frame, sets RUNNING
+ *                      and sigreturns into the guest
+ *   lib   -> SYNC      the stub applies the commands and answers TRAPPED
+ *                      again without running the guest
+ * Each side futex-wakes the other only if the other announced that it sleeps
+ * (lib_sleeping / stub_sleeping), after a short spin.  ctl->death is a robust
+ * futex word holding the stub's pid: when the stub dies the kernel sets
+ * FUTEX_OWNER_DIED in it and wakes the library (futex_waitv on both words).
+ */
+#ifndef PVM_NSTUB_ABI_H
+#define PVM_NSTUB_ABI_H
+
+#include <stdint.h>
+
+#define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
+#define NSTUB_ABI_VERSION 1u
+
+/* Layout of the stub region [0x7f0000000000, 0x800000000000). */
+#define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
+/* The stub's only SYSCALL instruction (the linker script puts it first). */
+#define NSTUB_SYSCALL_INSN NSTUB_IMAGE_BASE
+#define NSTUB_IMAGE_MAX   0x100000ull        /* the image must fit below the control area */
+#define NSTUB_CTL_ADDR    0x7f0000100000ull
+#define NSTUB_CTL_SIZE    0x10000ull
+#define NSTUB_ALTSTACK_OFF  0x4000ull        /* signal stack: the rest of the control area */
+#define NSTUB_ALTSTACK_SIZE (NSTUB_CTL_SIZE - NSTUB_ALTSTACK_OFF)
+
+/* The stub's file descriptors. */
+#define NSTUB_FD_RAM 3
+#define NSTUB_FD_CTL 4
+
+enum nstub_state {
+    NSTUB_ST_BOOT = 0,      /* written by the library before the stub starts */
+    NSTUB_ST_RUNNING = 1,   /* the guest runs */
+    NSTUB_ST_TRAPPED = 2,   /* the stub waits in its handler; report valid */
+    NSTUB_ST_RESUME = 3,
+    NSTUB_ST_SYNC = 4,
+};
+
+enum nstub_cmd_op {
+    NSTUB_CMD_MAP = 1,      /* mmap(gva, len, prot, MAP_SHARED|MAP_FIXED, NSTUB_FD_RAM, off) */
+    NSTUB_CMD_UNMAP = 2,    /* munmap(gva, len) */
+};
+
+struct nstub_cmd {
+    uint64_t gva, len, off;
+    uint32_t op, prot;
+};
+
+#define NSTUB_MAX_CMDS 256
+
+
+/* Registers in the order the stub keeps them (same as struct nstub_regs). */
+struct nstub_abi_regs {
+    uint64_t gpr[16];       /* rax rcx rdx rbx rsp rbp rsi rdi r8..r15 */
+    uint64_t rip, rflags, fs_base, gs_base;
+    uint16_t cs, ss;
+    uint32_t pad;
+};
+
+struct nstub_ctl {
+    /* futex words and flags */
+    uint32_t state;
+    uint32_t death;         /* robust futex: stub pid; FUTEX_OWNER_DIED when it dies */
+    uint32_t lib_sleeping;
+    uint32_t stub_sleeping;
+
+    /* set up by the library before the stub starts */
+    uint32_t magic, version;
+    int32_t kick_signal;
+    uint32_t pad0;
+    uint64_t spin_tsc;      /* how long the stub spins (sched_yield) for RESUME, in TSC ticks */
+
+    /* trap report (stub -> library) */
+    uint64_t trap_seq;
+    int32_t signo, si_code;
+    uint32_t sys_arch, sys_nr;  /* SIGSYS: audit arch and syscall number ... */
+    uint64_t sys_call_addr;     /* ... and where the kernel saw the call (si_call_addr) */
+    uint64_t trapno, err, cr2, fault_addr;
+    uint64_t frame_off;     /* ucontext's offset in the control area */
+    uint64_t fpstate_off;   /* XSAVE image's offset in the control area, 0 = none */
+    uint32_t fpstate_size;
+    int32_t cmd_err;        /* first failed command: -errno ... */
+    uint32_t cmd_err_idx;   /* ... and its index */
+    uint32_t pad1;
+
+    struct nstub_abi_regs regs;   /* both directions */
+
+    uint32_t nr_cmds;       /* lib -> stub */
+    uint32_t pad2;
+    struct nstub_cmd cmds[NSTUB_MAX_CMDS];
+
+    char fail_msg[128];     /* startup failure, NUL-terminated (if the stub got that far) */
+};
+
+_Static_assert(sizeof(struct nstub_ctl) <= NSTUB_ALTSTACK_OFF, "control page overlaps the signal stack");
+_Static_assert(sizeof(struct nstub_abi_regs) == 168, "register block layout");
+
+#endif /* PVM_NSTUB_ABI_H */

@@ -1,0 +1,480 @@
+/*
+ * lib/backends/native/stub/stub_main.c - the stub program: sets up its
+ * address space and seccomp filter, then serves traps forever.
+ *
+ * Freestanding (no libc), built with -mgeneral-regs-only so that the handler
+ * never touches the guest's FPU/SSE state (the kernel keeps that in the
+ * signal frame, where the library reads and writes it).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include <asm/signal.h>
+#include <asm/siginfo.h>
+#include <asm/sigcontext.h>
+#include <asm/ucontext.h>
+#include <asm/unistd.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/futex.h>
+#include <linux/mman.h>
+#include <linux/prctl.h>
+#include <linux/seccomp.h>
+
+#include "stub_abi.h"
+
+#define CTL ((volatile struct nstub_ctl *)NSTUB_CTL_ADDR)
+#define TASK_SIZE 0x7ffffffff000ull   /* the top user page is never mappable on x86-64 */
+
+/* Everything is local to the image: RIP-relative references, no GOT. */
+#pragma GCC visibility push(hidden)
+
+long nstub_sys(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+void nstub_restorer(void);
+void nstub_boot_trap(void);
+void stub_main(void);
+extern char sys_insn[];
+extern char stub_image_end[];
+
+#define SYS(nr, a, b, c, d, e, f) \
+    nstub_sys((nr), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
+
+/* The compiler may emit calls to these for struct copies. */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    char *d = dst;
+    const char *s = src;
+    while (n--)
+        *d++ = *s++;
+    return dst;
+}
+void *memset(void *dst, int c, size_t n)
+{
+    char *d = dst;
+    while (n--)
+        *d++ = (char)c;
+    return dst;
+}
+
+static __attribute__((noreturn)) void die(const char *msg)
+{
+    /* The control area may not be mapped yet: only write it if it is ours. */
+    if (CTL->magic == NSTUB_ABI_MAGIC) {
+        size_t i = 0;
+        for (; msg[i] && i < sizeof(CTL->fail_msg) - 1; i++)
+            CTL->fail_msg[i] = msg[i];
+        CTL->fail_msg[i] = 0;
+    }
+    for (;;)
+        SYS(__NR_exit_group, 127, 0, 0, 0, 0, 0);
+}
+
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static inline int canonical(uint64_t a)
+{
+    return (uint64_t)((int64_t)(a << 16) >> 16) == a;
+}
+
+/* ---- handing traps to the library ---------------------------------------- */
+
+static void publish(uint32_t st)
+{
+    volatile struct nstub_ctl *c = CTL;
+    __atomic_store_n(&c->state, st, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&c->lib_sleeping, __ATOMIC_SEQ_CST))
+        SYS(__NR_futex, &c->state, FUTEX_WAKE, 1, 0, 0, 0);
+}
+
+/* Wait until ctl->state is no longer @old: spin for spin_tsc ticks, then sleep. */
+static uint32_t wait_change(uint32_t old)
+{
+    volatile struct nstub_ctl *c = CTL;
+    uint64_t spin = c->spin_tsc, t0 = rdtsc();
+    uint32_t st;
+    for (;;) {
+        st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+        if (st != old)
+            return st;
+        if (rdtsc() - t0 >= spin)
+            break;
+        /*
+         * sched_yield, not PAUSE: if the library shares our CPU it must run to
+         * answer (measured: PAUSE spins cost 22 T there, yields 3 T; across
+         * CPUs both about 1.7 T).
+         */
+        SYS(__NR_sched_yield, 0, 0, 0, 0, 0, 0);
+    }
+    for (;;) {
+        __atomic_store_n(&c->stub_sleeping, 1, __ATOMIC_SEQ_CST);
+        st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
+        if (st != old)
+            break;
+        SYS(__NR_futex, &c->state, FUTEX_WAIT, old, 0, 0, 0);
+    }
+    __atomic_store_n(&c->stub_sleeping, 0, __ATOMIC_RELAXED);
+    return st;
+}
+
+/* Apply queued map/unmap commands; on failure record which and stop. */
+static int apply_cmds(void)
+{
+    volatile struct nstub_ctl *c = CTL;
+    uint32_t n = c->nr_cmds;
+    c->nr_cmds = 0;
+    if (n > NSTUB_MAX_CMDS) {
+        c->cmd_err = -22;
+        c->cmd_err_idx = n;
+        return -1;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t gva = c->cmds[i].gva, len = c->cmds[i].len, off = c->cmds[i].off;
+        uint32_t op = c->cmds[i].op, prot = c->cmds[i].prot;
+        long r;
+        if (op == NSTUB_CMD_MAP) {
+            r = SYS(__NR_mmap, gva, len, prot, MAP_SHARED | MAP_FIXED, NSTUB_FD_RAM, off);
+            if (r >= 0 && (uint64_t)r != gva)
+                r = -14;
+        } else if (op == NSTUB_CMD_UNMAP) {
+            r = SYS(__NR_munmap, gva, len, 0, 0, 0, 0);
+        } else {
+            r = -22;
+        }
+        if (r < 0) {
+            c->cmd_err = (int32_t)r;
+            c->cmd_err_idx = i;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void handler(int sig, siginfo_t *si, void *ucv)
+{
+    struct ucontext *uc = ucv;
+    struct sigcontext *sc = &uc->uc_mcontext;
+    volatile struct nstub_ctl *c = CTL;
+    volatile struct nstub_abi_regs *r = &c->regs;
+    uint64_t fs, gs;
+
+    __asm__ volatile("rdfsbase %0" : "=r"(fs));
+    __asm__ volatile("rdgsbase %0" : "=r"(gs));
+    r->gpr[0] = sc->rax;
+    r->gpr[1] = sc->rcx;
+    r->gpr[2] = sc->rdx;
+    r->gpr[3] = sc->rbx;
+    r->gpr[4] = sc->rsp;
+    r->gpr[5] = sc->rbp;
+    r->gpr[6] = sc->rsi;
+    r->gpr[7] = sc->rdi;
+    r->gpr[8] = sc->r8;
+    r->gpr[9] = sc->r9;
+    r->gpr[10] = sc->r10;
+    r->gpr[11] = sc->r11;
+    r->gpr[12] = sc->r12;
+    r->gpr[13] = sc->r13;
+    r->gpr[14] = sc->r14;
+    r->gpr[15] = sc->r15;
+    r->rip = sc->rip;
+    r->rflags = sc->eflags;
+    r->fs_base = fs;
+    r->gs_base = gs;
+    r->cs = sc->cs;
+    r->ss = (uc->uc_flags & UC_SIGCONTEXT_SS) ? sc->ss : 0x2b;
+
+    c->signo = sig;
+    c->si_code = si->si_code;
+    c->sys_arch = sig == SIGSYS ? si->si_arch : 0;
+    c->sys_nr = sig == SIGSYS ? (uint32_t)si->si_syscall : 0;
+    c->sys_call_addr = sig == SIGSYS ? (uint64_t)(uintptr_t)si->si_call_addr : 0;
+    c->trapno = sc->trapno;
+    c->err = sc->err;
+    c->cr2 = sc->cr2;
+    c->fault_addr = (uint64_t)(uintptr_t)si->si_addr;
+    c->frame_off = (uint64_t)(uintptr_t)uc - NSTUB_CTL_ADDR;
+    c->fpstate_off = 0;
+    c->fpstate_size = 0;
+    if (sc->fpstate) {
+        const struct _fpx_sw_bytes *sw = &sc->fpstate->sw_reserved;
+        c->fpstate_off = (uint64_t)(uintptr_t)sc->fpstate - NSTUB_CTL_ADDR;
+        c->fpstate_size = sw->magic1 == FP_XSTATE_MAGIC1 ? sw->xstate_size : 512;
+    }
+    c->cmd_err = 0;
+    c->cmd_err_idx = 0;
+    c->trap_seq++;
+
+    publish(NSTUB_ST_TRAPPED);
+    for (;;) {
+        uint32_t st = wait_change(NSTUB_ST_TRAPPED);
+        if (st == NSTUB_ST_RESUME) {
+            if (apply_cmds() == 0)
+                break;
+        } else if (st == NSTUB_ST_SYNC) {
+            apply_cmds();
+        } else {
+            die("bad request in the control page");
+        }
+        publish(NSTUB_ST_TRAPPED);
+    }
+
+    sc->rax = r->gpr[0];
+    sc->rcx = r->gpr[1];
+    sc->rdx = r->gpr[2];
+    sc->rbx = r->gpr[3];
+    sc->rsp = r->gpr[4];
+    sc->rbp = r->gpr[5];
+    sc->rsi = r->gpr[6];
+    sc->rdi = r->gpr[7];
+    sc->r8 = r->gpr[8];
+    sc->r9 = r->gpr[9];
+    sc->r10 = r->gpr[10];
+    sc->r11 = r->gpr[11];
+    sc->r12 = r->gpr[12];
+    sc->r13 = r->gpr[13];
+    sc->r14 = r->gpr[14];
+    sc->r15 = r->gpr[15];
+    sc->rip = r->rip;
+    sc->eflags = r->rflags;
+    sc->cs = r->cs;
+    sc->ss = r->ss;
+    uc->uc_flags |= UC_SIGCONTEXT_SS;
+    fs = r->fs_base;
+    gs = r->gs_base;
+    /* WRFSBASE of a non-canonical value would #GP here, with every signal blocked. */
+    if (canonical(fs))
+        __asm__ volatile("wrfsbase %0" ::"r"(fs));
+    if (canonical(gs))
+        __asm__ volatile("wrgsbase %0" ::"r"(gs));
+    /* Undo whatever a forged sigreturn may have set: every trap unblocks all signals again. */
+    uc->uc_sigmask = 0;
+    uc->uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
+    uc->uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
+    uc->uc_stack.ss_flags = 0;
+    __atomic_store_n(&c->state, NSTUB_ST_RUNNING, __ATOMIC_RELEASE);
+}
+
+/* ---- the seccomp filter ---------------------------------------------------- */
+
+enum { L_NEXT, L_ALLOW, L_TRAP, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+
+struct bpf {
+    struct sock_filter f[80];
+    uint8_t jt[80], jf[80], ja[80];
+    int at[L_COUNT];
+    unsigned n;
+};
+
+static void emit(struct bpf *b, uint16_t code, uint32_t k, uint8_t jt, uint8_t jf)
+{
+    if (b->n >= sizeof(b->f) / sizeof(b->f[0]))
+        die("seccomp filter too long");
+    b->f[b->n] = (struct sock_filter){ code, 0, 0, k };
+    b->jt[b->n] = jt;
+    b->jf[b->n] = jf;
+    b->ja[b->n] = 0;
+    b->n++;
+}
+#define LD(off) emit(b, BPF_LD | BPF_W | BPF_ABS, (off), 0, 0)
+#define JEQ(k, t, f) emit(b, BPF_JMP | BPF_JEQ | BPF_K, (k), (t), (f))
+#define JGE(k, t, f) emit(b, BPF_JMP | BPF_JGE | BPF_K, (k), (t), (f))
+#define JGT(k, t, f) emit(b, BPF_JMP | BPF_JGT | BPF_K, (k), (t), (f))
+#define JSET(k, t, f) emit(b, BPF_JMP | BPF_JSET | BPF_K, (k), (t), (f))
+#define RET(k) emit(b, BPF_RET | BPF_K, (k), 0, 0)
+#define LABEL(l) (b->at[(l)] = (int)b->n)
+
+/* seccomp_data offsets (little endian halves of the 64-bit fields) */
+#define D_NR 0
+#define D_ARCH 4
+#define D_IP_LO 8
+#define D_IP_HI 12
+#define D_ARG_LO(i) (16 + 8 * (i))
+#define D_ARG_HI(i) (20 + 8 * (i))
+
+static uint8_t rel(const struct bpf *b, unsigned i, uint8_t label)
+{
+    if (label == L_NEXT)
+        return 0;
+    int d = b->at[label] - (int)i - 1;
+    if (d < 0 || d > 255)
+        die("seccomp filter: bad jump");
+    return (uint8_t)d;
+}
+
+static void install_filter(void)
+{
+    static struct bpf bb;
+    struct bpf *b = &bb;
+    uint64_t ip = (uint64_t)(uintptr_t)sys_insn + 2;      /* after the SYSCALL */
+    uint64_t fw = (uint64_t)(uintptr_t)&CTL->state;
+
+    /* Only x86-64 syscalls, only from sys_insn.  Everything else is the guest's: SIGSYS. */
+    LD(D_ARCH);
+    JEQ(AUDIT_ARCH_X86_64, L_NEXT, L_TRAP);
+    LD(D_IP_HI);
+    JEQ((uint32_t)(ip >> 32), L_NEXT, L_TRAP);
+    LD(D_IP_LO);
+    JEQ((uint32_t)ip, L_NEXT, L_TRAP);
+    LD(D_NR);
+    JEQ(__NR_rt_sigreturn, L_ALLOW, L_NEXT);
+    JEQ(__NR_restart_syscall, L_ALLOW, L_NEXT);
+    JEQ(__NR_exit_group, L_ALLOW, L_NEXT);
+    JEQ(__NR_sched_yield, L_ALLOW, L_NEXT);
+    JEQ(__NR_futex, L_FUTEX, L_NEXT);
+    JEQ(__NR_mmap, L_MMAP, L_NEXT);
+    JEQ(__NR_munmap, L_RANGE, L_TRAP);
+
+    /* futex: only WAIT/WAKE (shared) on the control page's state word. */
+    LABEL(L_FUTEX);
+    LD(D_ARG_HI(0));
+    JEQ((uint32_t)(fw >> 32), L_NEXT, L_TRAP);
+    LD(D_ARG_LO(0));
+    JEQ((uint32_t)fw, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(1));
+    JEQ(FUTEX_WAIT, L_ALLOW, L_NEXT);
+    JEQ(FUTEX_WAKE, L_ALLOW, L_TRAP);
+
+    /* mmap: only the guest-RAM memfd, MAP_SHARED|MAP_FIXED, plain prot bits ... */
+    LABEL(L_MMAP);
+    LD(D_ARG_LO(4));
+    JEQ(NSTUB_FD_RAM, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(3));
+    JEQ(MAP_SHARED | MAP_FIXED, L_NEXT, L_TRAP);
+    LD(D_ARG_HI(3));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(2));
+    JSET(~(uint32_t)(PROT_READ | PROT_WRITE | PROT_EXEC), L_TRAP, L_NEXT);
+    LD(D_ARG_HI(2));
+    JEQ(0, L_NEXT, L_TRAP);
+
+    /* ... and mmap/munmap only inside [0, NSTUB_IMAGE_BASE): addr + len <= base. */
+    LABEL(L_RANGE);
+    uint32_t hi_lim = (uint32_t)(NSTUB_IMAGE_BASE >> 32);
+    LD(D_ARG_HI(0));
+    JGE(hi_lim, L_TRAP, L_NEXT);
+    LD(D_ARG_HI(1));
+    JGE(hi_lim, L_TRAP, L_NEXT);
+    LD(D_ARG_LO(0));
+    emit(b, BPF_MISC | BPF_TAX, 0, 0, 0);
+    LD(D_ARG_LO(1));
+    emit(b, BPF_ALU | BPF_ADD | BPF_X, 0, 0, 0);
+    emit(b, BPF_ST, 0, 0, 0);                              /* M[0] = low half of the sum */
+    emit(b, BPF_JMP | BPF_JGE | BPF_X, 0, L_NOCARRY, L_NEXT);
+    emit(b, BPF_LD | BPF_IMM, 1, 0, 0);
+    emit(b, BPF_JMP | BPF_JA, 0, 0, 0);
+    b->ja[b->n - 1] = L_HI;
+    LABEL(L_NOCARRY);
+    emit(b, BPF_LD | BPF_IMM, 0, 0, 0);
+    LABEL(L_HI);
+    emit(b, BPF_MISC | BPF_TAX, 0, 0, 0);
+    LD(D_ARG_HI(0));
+    emit(b, BPF_ALU | BPF_ADD | BPF_X, 0, 0, 0);
+    emit(b, BPF_MISC | BPF_TAX, 0, 0, 0);
+    LD(D_ARG_HI(1));
+    emit(b, BPF_ALU | BPF_ADD | BPF_X, 0, 0, 0);           /* high half of the sum */
+    JGT(hi_lim, L_TRAP, L_NEXT);
+    JEQ(hi_lim, L_NEXT, L_ALLOW);
+    emit(b, BPF_LD | BPF_MEM, 0, 0, 0);
+    JEQ(0, L_ALLOW, L_TRAP);
+
+    LABEL(L_ALLOW);
+    RET(SECCOMP_RET_ALLOW);
+    LABEL(L_TRAP);
+    RET(SECCOMP_RET_TRAP);
+
+    for (unsigned i = 0; i < b->n; i++) {
+        if (BPF_CLASS(b->f[i].code) != BPF_JMP)
+            continue;
+        if (BPF_OP(b->f[i].code) == BPF_JA) {
+            b->f[i].k = rel(b, i, b->ja[i]);
+        } else {
+            b->f[i].jt = rel(b, i, b->jt[i]);
+            b->f[i].jf = rel(b, i, b->jf[i]);
+        }
+    }
+    struct sock_fprog prog = { .len = (unsigned short)b->n, .filter = b->f };
+    if (SYS(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0) != 0)
+        die("prctl(PR_SET_NO_NEW_PRIVS) failed");
+    /* No SECCOMP_FILTER_FLAG_SPEC_ALLOW: the guest is untrusted, keep the kernel's SSB/IB mitigations. */
+    if (SYS(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog, 0, 0, 0) != 0)
+        die("seccomp(SECCOMP_SET_MODE_FILTER) failed");
+}
+
+/* ---- startup --------------------------------------------------------------- */
+
+struct ksigaction {
+    void (*handler)(int, siginfo_t *, void *);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+/* The kernel marks this robust-futex word FUTEX_OWNER_DIED and wakes the library when we die. */
+static struct robust_list death_entry;
+static struct robust_list_head death_head;
+
+void stub_main(void)
+{
+    volatile struct nstub_ctl *c = CTL;
+
+    long r = SYS(__NR_mmap, NSTUB_CTL_ADDR, NSTUB_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                 NSTUB_FD_CTL, 0);
+    if (r != (long)NSTUB_CTL_ADDR || c->magic != NSTUB_ABI_MAGIC)
+        SYS(__NR_exit_group, 126, 0, 0, 0, 0, 0);
+    if (c->version != NSTUB_ABI_VERSION)
+        die("control area version mismatch");
+    int kick = c->kick_signal;
+    if (kick < 1 || kick > 64 || kick == SIGKILL || kick == SIGSTOP)
+        die("bad kick signal");
+
+    /* Not in the caller's session: terminal signals (^C, ^Z) are not ours. */
+    SYS(__NR_setsid, 0, 0, 0, 0, 0, 0);
+    /* No core dumps, even if the guest gets us killed by SIGSYS. */
+    SYS(__NR_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0, 0);
+
+    long pid = SYS(__NR_getpid, 0, 0, 0, 0, 0, 0);
+    c->death = (uint32_t)pid | FUTEX_WAITERS;
+    death_head.list.next = &death_entry;
+    death_entry.next = &death_head.list;
+    death_head.futex_offset = (long)((uintptr_t)&c->death - (uintptr_t)&death_entry);
+    death_head.list_op_pending = 0;
+    if (SYS(__NR_set_robust_list, &death_head, sizeof(death_head), 0, 0, 0, 0) != 0)
+        die("set_robust_list failed");
+
+    stack_t ss = { .ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF), .ss_flags = 0,
+                   .ss_size = NSTUB_ALTSTACK_SIZE };
+    if (SYS(__NR_sigaltstack, &ss, 0, 0, 0, 0, 0) != 0)
+        die("sigaltstack failed");
+    static const int sigs[] = { SIGSYS, SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGFPE };
+    struct ksigaction sa = { .handler = handler, .flags = SA_SIGINFO | SA_ONSTACK | SA_RESTORER,
+                             .restorer = nstub_restorer, .mask = ~0ull };
+    for (unsigned i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        if (SYS(__NR_rt_sigaction, sigs[i], &sa, 0, 8, 0, 0) != 0)
+            die("rt_sigaction failed");
+    if (SYS(__NR_rt_sigaction, kick, &sa, 0, 8, 0, 0) != 0)
+        die("rt_sigaction(kick signal) failed");
+    /* The library blocked every signal around the spawn; execve kept that mask. */
+    uint64_t none = 0;
+    if (SYS(__NR_rt_sigprocmask, SIG_SETMASK, &none, 0, 8, 0, 0) != 0)
+        die("rt_sigprocmask failed");
+
+    /* Own nothing but the image and the control area: no stack, vDSO or vvar. */
+    uint64_t end = ((uint64_t)(uintptr_t)stub_image_end + 4095) & ~4095ull;
+    if (SYS(__NR_munmap, 0, NSTUB_IMAGE_BASE, 0, 0, 0, 0) != 0)
+        die("munmap below the stub region failed");
+    if (end < NSTUB_CTL_ADDR && SYS(__NR_munmap, end, NSTUB_CTL_ADDR - end, 0, 0, 0, 0) != 0)
+        die("munmap between image and control area failed");
+    if (SYS(__NR_munmap, NSTUB_CTL_ADDR + NSTUB_CTL_SIZE, TASK_SIZE - NSTUB_CTL_ADDR - NSTUB_CTL_SIZE, 0, 0, 0, 0) != 0)
+        die("munmap above the control area failed");
+
+    install_filter();
+    /* The first report: the library's first RESUME replaces this frame with the guest's registers. */
+    nstub_boot_trap();
+    die("boot trap returned");
+}
