@@ -1,4 +1,7 @@
-/* hello: the smallest libpvm unikernel: console output and an exit status. */
+/*
+ * hello: the smallest libpvm unikernel: console output and an exit status
+ * (the number of arguments, so `pvm-run hello.elf a b` exits with 2).
+ */
 #include <pvm/guest/pvm_guest.h>
 
 int main(int argc, char **argv)
@@ -6,5 +9,5 @@ int main(int argc, char **argv)
     pvm_printf("Hello from a PVM guest on vCPU %u!\n", pvm_cpu_id());
     for (int i = 1; i < argc; i++)
         pvm_printf("arg %d: %s\n", i, argv[i]);
-    return 7;
+    return argc - 1;
 }
