@@ -83,4 +83,39 @@ static inline void bench_json(FILE *f, const struct bench_result *r)
                    "\"iters\": %u}\n", r->name, r->p10, r->p50, r->p90, r->batches, r->iters);
 }
 
+/* A single value (count, size, ratio) as one JSON line. */
+static inline void bench_json_value(FILE *f, const char *name, double value, const char *unit)
+{
+    printf("%-40s %12.1f %s\n", name, value, unit);
+    fflush(stdout);
+    if (f)
+        fprintf(f, "{\"name\": \"%s\", \"value\": %.3f, \"unit\": \"%s\"}\n", name, value, unit);
+}
+
+/* Stats over raw samples (ns each): fills @r like bench_measure. */
+static inline void bench_from_samples(struct bench_result *r, const char *name, double *s, unsigned n)
+{
+    r->name = name;
+    r->batches = n;
+    r->iters = 1;
+    bench_stats(s, n, r);
+}
+
+static inline uint64_t bench_rdtsc(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+/* TSC ticks per ns, measured against CLOCK_MONOTONIC over ~50 ms. */
+static inline double bench_tsc_per_ns(void)
+{
+    uint64_t n0 = bench_now_ns(), t0 = bench_rdtsc();
+    while (bench_now_ns() - n0 < 50000000ull)
+        ;
+    uint64_t n1 = bench_now_ns(), t1 = bench_rdtsc();
+    return (double)(t1 - t0) / (double)(n1 - n0);
+}
+
 #endif

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""bench/report.py - turn the benchmarks' JSON lines into the results table.
+
+Usage: report.py RAW_JSON_LINES SKIPS_FILE OUT_JSON
+Prints a Markdown table (absolute numbers, ratios to the same-run baselines,
+targets met/missed) and writes OUT_JSON with the machine, the raw results,
+the rows and the skipped peers.
+"""
+import json
+import platform
+import subprocess
+import sys
+
+
+def machine():
+    model = ""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model, "kernel": platform.release(), "cpus": subprocess.run(
+        ["nproc"], capture_output=True, text=True).stdout.strip()}
+
+
+def fmt_time(ns):
+    if ns is None:
+        return "-"
+    if ns >= 1e6:
+        return "%.2f ms" % (ns / 1e6)
+    if ns >= 1e3:
+        return "%.2f us" % (ns / 1e3)
+    return "%.0f ns" % ns
+
+
+def main():
+    if len(sys.argv) != 4 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if len(sys.argv) == 2 else 2
+    raw = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    skips = [l.strip() for l in open(sys.argv[2]) if l.strip()]
+    r = {x["name"]: x for x in raw}
+
+    def p50(k):
+        return r.get(k, {}).get("p50_ns")
+
+    def val(k):
+        return r.get(k, {}).get("value")
+
+    T = p50("baseline.seccomp_trap_T")
+    tg = p50("baseline.tgkill_roundtrip")
+    sysemu = p50("baseline.ptrace_sysemu_roundtrip")
+    rows = []
+
+    def row(label, key, ratio=None, ratio_of="", target="", ok=None, absolute=None):
+        x = r.get(key)
+        if absolute is None:
+            if x and "p50_ns" in x:
+                absolute = "%s (p10 %s, p90 %s)" % (fmt_time(x["p50_ns"]), fmt_time(x["p10_ns"]),
+                                                    fmt_time(x["p90_ns"]))
+            elif x and x.get("failed"):
+                absolute = "FAILED (guest crashed; see the log)"
+                ok = None if ok is None else False
+            elif x:
+                absolute = "%g %s" % (x["value"], x["unit"])
+            else:
+                absolute = "not measured"
+        rows.append({"row": label, "key": key, "value": absolute,
+                     "ratio": None if ratio is None else round(ratio, 3), "ratio_of": ratio_of,
+                     "target": target, "met": None if ok is None else bool(ok)})
+
+    def over(a, b):
+        return a / b if a is not None and b else None
+
+    # Baselines.
+    row("host getpid syscall", "baseline.getpid", over(p50("baseline.getpid"), T), "x T")
+    row("in-process seccomp trap + sigreturn (T)", "baseline.seccomp_trap_T", 1.0, "x T")
+    row("tgkill -> handler round trip", "baseline.tgkill_roundtrip", over(tg, T), "x T")
+    row("ptrace SYSEMU round trip", "baseline.ptrace_sysemu_roundtrip", over(sysemu, T), "x T")
+    row("host compute (bench_compute(1000))", "baseline.compute_1000")
+
+    # PVM paper Table 1 on libpvm native.
+    for label, key in (("hypercall (KVM_HC_VAPIC_POLL_IRQ)", "pvm.hypercall"),
+                       ("#UD -> guest handler -> ERETS", "pvm.exception_ud_erets"),
+                       ("WRMSR of a PVM MSR (emulated)", "pvm.wrmsr_pvm_msr"),
+                       ("synthetic CPUID", "pvm.cpuid_synthetic"),
+                       ("port I/O exit to the application", "pvm.pio_exit_to_app")):
+        q = over(p50(key), T)
+        row(label, key, q, "x T", "<= 3 T", q is not None and q <= 3)
+    row("host-call exit pair (NEXT+DONE, subtracted above)", "pvm.hostcall_exit_pair",
+        over(p50("pvm.hostcall_exit_pair"), T), "x T")
+    q = over(p50("pvm.user_syscall_eretu"), T)
+    row("user SYSCALL -> guest kernel -> ERETU", "pvm.user_syscall_eretu", q, "x T", "<= 1.5 T",
+        q is not None and q <= 1.5)
+    q = over(sysemu, p50("pvm.user_syscall_eretu"))
+    row("  ptrace SYSEMU / user syscall", "pvm.user_syscall_eretu", q, "x faster", ">= 10x",
+        q is not None and q >= 10, absolute="")
+    row("user #PF (fresh page) -> guest kernel -> ERETU", "pvm.user_pf_eretu",
+        over(p50("pvm.user_pf_eretu"), T), "x T")
+    for label, key in (("inject -> handler, guest running", "pvm.inject_running_to_handler"),
+                       ("inject -> handler, guest halted", "pvm.inject_halted_to_handler")):
+        q = over(p50(key), tg)
+        row(label, key, q, "x tgkill", "<= 2x tgkill", q is not None and q <= 2)
+    q = over(p50("pvm.host_compute_1000"), p50("pvm.guest_compute_1000"))
+    row("guest compute (bench_compute(1000))", "pvm.guest_compute_1000", q, "x host speed", ">= 0.95x",
+        q is not None and q >= 0.95)
+    row("  host compute in the same process", "pvm.host_compute_1000")
+
+    # VM lifetime and density.
+    c = p50("pvm.vm_create_to_first_insn")
+    row("VM create -> first guest instruction", "pvm.vm_create_to_first_insn", None, "",
+        "<= 0.5 ms", c is not None and c <= 0.5e6)
+    q = over(p50("qemu_tcg.boot_to_first_insn"), c)
+    row("  QEMU TCG boot / VM create", "pvm.vm_create_to_first_insn", q, "x faster", ">= 50x",
+        q is not None and q >= 50, absolute="")
+    row("VM create -> first instruction, guest sets its own CR3",
+        "pvm.vm_create_to_first_insn_new_cr3")
+    row("VM create -> first exit seen by the host", "pvm.vm_create_to_first_exit")
+    row("create + load ELF + call + destroy (Hyperlight: 0.9 ms)", "pvm.create_load_call_destroy")
+    rss = val("pvm.idle_vm_rss_kib")
+    row("idle VM: RSS (library + stubs) per VM", "pvm.idle_vm_rss_kib", None, "",
+        "<= 1024 KiB", rss is not None and rss <= 1024)
+    row("idle VM: PSS per VM", "pvm.idle_vm_pss_kib")
+    row("idle VM: page tables (VmPTE) per VM", "pvm.idle_vm_pagetables_kib")
+    row("idle VM: MemAvailable drop per VM (incl. kernel)", "pvm.idle_vm_memavailable_kib")
+    n = val("pvm.idle_vms_before_2x_slower")
+    row("idle VMs before creation fails or slows past 2x", "pvm.idle_vms_before_2x_slower", None, "",
+        ">= 1000", n is not None and n >= 1000)
+    row("idle VMs created (cap)", "pvm.idle_vms_created")
+    row("  creation time, first 50 VMs", "pvm.idle_vms_first_create_us")
+    row("  creation time, last 50 VMs", "pvm.idle_vms_last_create_us")
+
+    # Peers.
+    def peer(label, key, prefix):
+        if key in r:
+            return True
+        why = [s for s in skips if s.startswith(prefix)]
+        row(label, key, absolute="skipped: " + (why[0] if why else "not measured"))
+        return False
+
+    if peer("QEMU TCG: process start -> first instruction", "qemu_tcg.boot_to_first_insn", "qemu"):
+        row("QEMU TCG: process start -> first instruction", "qemu_tcg.boot_to_first_insn")
+    if peer("QEMU TCG: user syscall round trip", "qemu_tcg.user_syscall_roundtrip", "qemu"):
+        row("QEMU TCG: user syscall round trip", "qemu_tcg.user_syscall_roundtrip",
+            over(p50("pvm.user_syscall_eretu"), p50("qemu_tcg.user_syscall_roundtrip")), "libpvm / this")
+    if peer("/dev/kvm: VM create -> first instruction", "kvm.vm_create_to_first_insn", "kvm"):
+        row("/dev/kvm: VM create -> first instruction", "kvm.vm_create_to_first_insn",
+            over(c, p50("kvm.vm_create_to_first_insn")), "libpvm / this")
+    if peer("/dev/kvm: user syscall round trip", "kvm.user_syscall_roundtrip", "kvm"):
+        row("/dev/kvm: user syscall round trip", "kvm.user_syscall_roundtrip",
+            over(p50("pvm.user_syscall_eretu"), p50("kvm.user_syscall_roundtrip")), "libpvm / this")
+
+    print("\n| what | p50 (p10, p90) | ratio | target | met |")
+    print("|---|---|---|---|---|")
+    for x in rows:
+        ratio = "" if x["ratio"] is None else "%.2f %s" % (x["ratio"], x["ratio_of"])
+        met = "" if x["met"] is None else ("met" if x["met"] else "**missed**")
+        print("| %s | %s | %s | %s | %s |" % (x["row"], x["value"], ratio, x["target"], met))
+    targets = [x for x in rows if x["met"] is not None]
+    print("\ntargets met: %d of %d; T = %s" % (sum(x["met"] for x in targets), len(targets), fmt_time(T)))
+    for s in skips:
+        print("skipped:", s)
+    with open(sys.argv[3], "w") as f:
+        json.dump({"machine": machine(), "results": raw, "rows": rows, "skipped": skips}, f, indent=1)
+    print("results written to", sys.argv[3])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
