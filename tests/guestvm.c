@@ -9,8 +9,8 @@ GVM_CODE_BLOCK(gvm_entry,
     GVM_STUB(0x10)
     ".org 256\n" GVM_STUB(0x11)
     ".org 512\n" GVM_STUB(0x12)
-    ".org 0x300\n syscall\n"           /* ERETU site */
-    ".org 0x310\n syscall\n"           /* ERETS site */
+    ".org 0x300\n syscall\n ud2\n"     /* ERETU site; a trap after it (see native.c lost_eret) */
+    ".org 0x310\n syscall\n ud2\n"     /* ERETS site */
     ".org 0x380\n" GVM_STUB(0x13)      /* LSTAR */
     ".org 0x400\n");
 

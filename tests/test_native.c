@@ -360,6 +360,47 @@ START_TEST(synthetic_cpuid)
 }
 END_TEST
 
+/* Many exceptions inside one pvm_vcpu_run(): the guest handles each itself (skip + ERETS). */
+GVM_CODE_BLOCK(g_ud_handler, "addq $2, 8(%rsp)\n movabs $0x104310, %rax\n jmp *%rax\n");
+GVM_CODE_BLOCK(g_ud_loop, "mov $2000, %ebx\n 1: ud2\n dec %ebx\n jnz 1b\n" HC(0x30) "ud2\n");
+
+START_TEST(many_exceptions_in_one_run)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_ENTRY + 256, g_ud_handler_start, g_ud_handler_end);
+    gvm_load(&g, GVM_CODE, g_ud_loop_start, g_ud_loop_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x30);
+    gvm_regs(&g, &r);
+    ck_assert_uint_eq(r.rbx, 0);
+    ck_assert_uint_eq(r.rsp, GVM_STACK_TOP);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ERETS while RAX is 336, the syscall number the host kernel runs without asking seccomp. */
+GVM_CODE_BLOCK(g_ud_handler_336, "addq $2, 8(%rsp)\n mov $0x104310, %ecx\n mov $336, %eax\n jmp *%rcx\n");
+GVM_CODE_BLOCK(g_ud_once, "ud2\n mov %rax, %rbx\n" HC(0x31) "ud2\n");
+
+START_TEST(erets_with_rax_336)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_ENTRY + 256, g_ud_handler_336_start, g_ud_handler_336_end);
+    gvm_load(&g, GVM_CODE, g_ud_once_start, g_ud_once_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x31);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 336); /* ERETS happened and RAX survived */
+    gvm_fini(&g);
+}
+END_TEST
+
 /* ---- containment ---------------------------------------------------------- */
 
 /* Every raw syscall number from smod is a hypercall: KVM range -> handled inside. */
@@ -561,6 +602,8 @@ int main(void)
     tcase_add_test(tc, kick_and_async_inject);
     tcase_add_test(tc, nmi_masked_until_erets);
     tcase_add_test(tc, synthetic_cpuid);
+    tcase_add_test(tc, many_exceptions_in_one_run);
+    tcase_add_test(tc, erets_with_rax_336);
     tcase_add_test(tc, raw_syscalls_contained);
     tcase_add_test(tc, stub_attacks_contained);
     tcase_add_test(tc, vsyscall_page_contained);

@@ -400,6 +400,21 @@ static bool trapped_on_int80(struct native_vcpu *nv)
     return insn[0] == 0xcd && insn[1] == 0x80;
 }
 
+/*
+ * Linux >= 6.18 runs syscall 336 (uprobe) without asking seccomp: outside a
+ * uprobe trampoline it just returns -ENXIO.  An ERETU/ERETS SYSCALL executed
+ * while the guest's RAX happens to be 336 therefore never traps, and the
+ * instruction after the site runs instead (the SDK puts a ud2 there).  The
+ * fault it raises carries the unmistakable signature RIP == RCX == site + 2,
+ * RAX == -ENXIO in smod: recover the SYSCALL the hardware really executed.
+ */
+#define HOST_UNFILTERED_SYSCALL 336
+static bool lost_eret(const struct pvm_cpu *c)
+{
+    return c->mode == PVM_MODE_SUPERVISOR && c->gpr[PVM_RAX] == (uint64_t)-6 && c->gpr[PVM_RCX] == c->rip &&
+           (c->rip == c->msr_retu_rip_plus2 || c->rip == c->msr_rets_rip_plus2);
+}
+
 /* Wait while halted until an event or a kick arrives. */
 static void halt_wait(struct native_vcpu *nv)
 {
@@ -419,6 +434,10 @@ static enum pvm_m_result handle_trap(struct native_vcpu *nv, const struct nstub_
             return pvm_m_int80(c, &nv->mem);
         return pvm_m_syscall(c, &nv->mem);
     case NSTUB_TRAP_FAULT:
+        if (lost_eret(c)) {
+            c->gpr[PVM_RAX] = HOST_UNFILTERED_SYSCALL;
+            return pvm_m_syscall(c, &nv->mem);
+        }
         if (t->vector == PVM_VEC_PF) {
             uint32_t access = (t->error_code & (PVM_PFEC_W | PVM_PFEC_I)) |
                               (c->mode == PVM_MODE_USER ? PVM_PFEC_U : 0);
