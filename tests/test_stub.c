@@ -1,6 +1,7 @@
 /*
  * tests/test_stub.c - stub processes (lib/backends/native/stub.h): traps with
- * exact registers, kicks, death, containment, leaks, and round-trip costs.
+ * exact registers, kicks, death, containment, leaks, lifetime (outliving the
+ * creating thread, not the library process), and round-trip costs.
  *
  * Guests are hand-assembled x86-64 bytes in a memfd mapped at CODE (r-x) and
  * DATA (rw-).
@@ -791,6 +792,266 @@ START_TEST(test_cycles_no_leaks)
 }
 END_TEST
 
+/* ---- lifetime: the stub lives as long as the library process, not longer ---- */
+
+static void *create_on_thread(void *p)
+{
+    guest_init(p, (const uint8_t[]){ 0x0f, 0x05 }, 2);   /* syscall */
+    return NULL;
+}
+
+/* The stub's parent pid, CPU time (s) and state letter from /proc/<pid>/stat; false if gone. */
+static bool proc_stat(pid_t pid, int *ppid, double *cpu_s, char *state)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    char s = 0;
+    int pp = 0;
+    if (!p || sscanf(p + 1, " %c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &s, &pp, &ut, &st) != 4)
+        return false;
+    if (ppid)
+        *ppid = pp;
+    if (cpu_s)
+        *cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    if (state)
+        *state = s;
+    return true;
+}
+
+/* Gone, or a zombie nobody has reaped yet.  Reaps it if it was reparented to us (a subreaper). */
+static bool process_gone(pid_t pid)
+{
+    char st = 0;
+    waitpid(pid, NULL, WNOHANG | __WALL);
+    return !proc_stat(pid, NULL, NULL, &st) || st == 'Z' || st == 'X';
+}
+
+/* Wait until the stub @pid has used @cpu_s seconds of CPU (the guest spins), at most 20 s. */
+static double wait_cpu(pid_t pid, double cpu_s)
+{
+    double used = 0;
+    for (int i = 0; i < 400 && proc_stat(pid, NULL, &used, NULL) && used < cpu_s; i++)
+        usleep(50000);
+    return used;
+}
+
+/* Linux sends PR_SET_PDEATHSIG when the creating thread exits: the stub must not care. */
+START_TEST(test_survives_creating_thread)
+{
+    struct guest g;
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, create_on_thread, &g), 0);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    /* pthread_join returns when the tid is cleared, a moment before the kernel reparents */
+    usleep(100000);
+    int ppid = 0;
+    char st = 0;
+    ck_assert_msg(proc_stat(nstub_pid(g.s), &ppid, NULL, &st) && st != 'Z', "stub died with its creating thread");
+    ck_assert_int_eq(ppid, getpid());   /* reparented to another thread of this process */
+    for (int i = 0; i < 3; i++) {
+        g.r.rip = CODE;
+        g.r.gpr[RAX] = 39 + (uint64_t)i;
+        run(&g);
+        ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u %s", g.t.kind, g.t.msg);
+        ck_assert_uint_eq(g.r.gpr[RAX], 39 + (uint64_t)i);
+        ck_assert_uint_eq(g.r.rip, CODE + 2);
+    }
+    /* and the thread that runs it now can still kick it */
+    guest_code(&g, (const uint8_t[]){ 0xeb, 0xfe }, 2);
+    g.r.rip = CODE;
+    pthread_create(&th, NULL, kick_later, &(struct later){ .s = g.s, .delay_ms = 30 });
+    run(&g);
+    pthread_join(th, NULL);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_KICK);
+    guest_fini(&g);
+}
+END_TEST
+
+struct release {
+    struct guest *g;
+    double cpu_s;
+};
+
+/* Let the spinning guest go (DATA word = 1) once its stub has burnt @cpu_s of CPU. */
+static void *release_after_cpu(void *p)
+{
+    struct release *r = p;
+    wait_cpu(nstub_pid(r->g->s), r->cpu_s);
+    __atomic_store_n((uint32_t *)(r->g->ram + DATA_OFF), 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/* The CPU-time timer that watches for the library's death is invisible to the guest. */
+START_TEST(test_cpu_timer_invisible)
+{
+    static const uint8_t code[] = {
+        0x66, 0x49, 0x0f, 0x6e, 0xc0,                           /* movq xmm0,r8 */
+        0x83, 0x3c, 0x25, 0x00, 0x00, 0x60, 0x00, 0x00,         /* 1: cmp dword [DATA],0 */
+        0x74, 0xf6,                                             /* je 1b */
+        0x66, 0x48, 0x0f, 0x7e, 0xc0,                           /* movq rax,xmm0 */
+        0x0f, 0x05,                                             /* syscall */
+    };
+    struct guest g;
+    guest_init(&g, code, sizeof(code));
+    for (int i = 0; i < 16; i++)
+        if (i != RSP)
+            g.r.gpr[i] = 0x0101010101010101ull * (uint64_t)(i + 1) ^ 0xfedcba9876543210ull;
+    g.r.fs_base = 0x123000;
+    g.r.gs_base = 0x456000;
+    struct nstub_regs in = g.r;
+    pthread_t th;
+    /* ITIMER_PROF ticks every NSTUB_ORPHAN_CPU_US: 1.2 s of CPU means at least two SIGPROFs */
+    struct release rel = { .g = &g, .cpu_s = 1.2 };
+    pthread_create(&th, NULL, release_after_cpu, &rel);
+    run(&g);
+    pthread_join(th, NULL);
+    double cpu = 0;
+    proc_stat(nstub_pid(g.s), NULL, &cpu, NULL);
+    printf("stub: guest spun for %.2f s of CPU time; the trap after it: kind %u\n", cpu, g.t.kind);
+    ck_assert_msg(cpu >= 1.2, "the guest got only %.2f s of CPU", cpu);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u signal %d %s", g.t.kind, g.t.signo, g.t.msg);
+    ck_assert_uint_eq(g.r.rip, CODE + sizeof(code));
+    ck_assert_uint_eq(g.r.gpr[RAX], in.gpr[R8]);   /* xmm0 survived */
+    for (int i = 0; i < 16; i++)
+        if (i != RAX && i != RCX && i != R11)
+            ck_assert_msg(g.r.gpr[i] == in.gpr[i], "gpr %d: %#llx != %#llx", i, (unsigned long long)g.r.gpr[i],
+                          (unsigned long long)in.gpr[i]);
+    ck_assert_uint_eq(g.r.fs_base, in.fs_base);
+    ck_assert_uint_eq(g.r.gs_base, in.gs_base);
+    guest_fini(&g);
+}
+END_TEST
+
+/* With SIGPROF as the kick signal every tick is a spurious kick: resumed, never reported. */
+START_TEST(test_kick_signal_sigprof)
+{
+    char err[256] = "";
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    nstub_destroy(g.s);
+    struct nstub_config cfg = { .memfd = g.memfd, .kick_signal = SIGPROF };
+    int rc = nstub_create(&g.s, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "nstub_create: %d %s", rc, err);
+    ck_assert_int_eq(nstub_map(g.s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC), 0);
+    ck_assert_int_eq(nstub_map(g.s, DATA, 0x1000, DATA_OFF, PROT_READ | PROT_WRITE), 0);
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    /* 1: cmp dword [DATA],0; je 1b; syscall */
+    guest_code(&g, (const uint8_t[]){ 0x83, 0x3c, 0x25, 0x00, 0x00, 0x60, 0x00, 0x00, 0x74, 0xf6, 0x0f, 0x05 }, 12);
+    g.r.rip = CODE;
+    pthread_t th;
+    struct release rel = { .g = &g, .cpu_s = 1.2 };
+    pthread_create(&th, NULL, release_after_cpu, &rel);
+    run(&g);
+    pthread_join(th, NULL);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u signal %d %s", g.t.kind, g.t.signo, g.t.msg);
+    ck_assert_uint_eq(g.r.rip, CODE + 12);
+    /* a real kick is still one */
+    guest_code(&g, (const uint8_t[]){ 0xeb, 0xfe }, 2);
+    g.r.rip = CODE;
+    pthread_create(&th, NULL, kick_later, &(struct later){ .s = g.s, .delay_ms = 30 });
+    run(&g);
+    pthread_join(th, NULL);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_KICK);
+    ck_assert_uint_eq(g.r.rip, CODE);
+    guest_fini(&g);
+}
+END_TEST
+
+/*
+ * A library process in a child: it makes a stub with nstub_* directly, sends
+ * the stub's pid through a pipe, then runs a guest that spins forever
+ * (@spin) or leaves the stub stopped at a trap.  No Check calls in there.
+ */
+static pid_t library_child(bool spin, pid_t *stub_pid)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        static const uint8_t code[] = { 0x0f, 0x05, 0xeb, 0xfe };   /* syscall; jmp . */
+        int memfd = memfd_create("test-guest", MFD_CLOEXEC);
+        struct nstub *s;
+        struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
+        struct nstub_regs r = { .rip = CODE, .rflags = 0x202, .cs = 0x33, .ss = 0x2b };
+        struct nstub_trap t;
+        if (memfd < 0 || ftruncate(memfd, 0x1000) < 0 || pwrite(memfd, code, sizeof(code), 0) != sizeof(code) ||
+            nstub_create(&s, &cfg, NULL, 0) < 0 || nstub_map(s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC) < 0 ||
+            nstub_run(s, &r, &t) < 0 || t.kind != NSTUB_TRAP_SYSCALL)
+            _exit(1);
+        int sp = nstub_pid(s);
+        if (write(p[1], &sp, sizeof(sp)) != sizeof(sp))
+            _exit(1);
+        if (spin)
+            nstub_run(s, &r, &t);   /* never returns: the guest spins */
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    int sp = -1;
+    ssize_t n = read(p[0], &sp, sizeof(sp));
+    close(p[0]);
+    if (n != sizeof(sp)) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        ck_abort_msg("the library child could not start a stub");
+    }
+    *stub_pid = sp;
+    return pid;
+}
+
+static void check_dies_with_library(bool spin)
+{
+    int sub = 0;
+    prctl(PR_GET_CHILD_SUBREAPER, &sub);
+    pid_t stub, lib = library_child(spin, &stub);
+    int ppid = 0;
+    char st = 0;
+    if (spin) {
+        /* make sure the guest really runs before the library goes */
+        wait_cpu(stub, 0.1);
+    } else {
+        usleep(100000);
+    }
+    ck_assert_msg(proc_stat(stub, &ppid, NULL, &st), "stub %d is gone before its library", (int)stub);
+    ck_assert_int_eq(ppid, lib);
+    ck_assert_msg(spin ? st == 'R' : st == 'S', "stub state %c", st);
+    uint64_t t0 = now_ns();
+    kill(lib, SIGKILL);
+    ck_assert_int_eq(waitpid(lib, NULL, 0), lib);
+    while (!process_gone(stub) && now_ns() - t0 < 3000000000ull)
+        usleep(10000);
+    double dt = (now_ns() - t0) / 1e9;
+    printf("stub: %s stub %d gone %.2f s after its library process was killed (we are %sa subreaper)\n",
+           spin ? "a running" : "an idle", (int)stub, dt, sub ? "" : "not ");
+    if (!process_gone(stub)) {
+        kill(stub, SIGKILL);
+        ck_abort_msg("%s stub outlived its library process by %.1f s", spin ? "running" : "idle", dt);
+    }
+}
+
+START_TEST(test_dies_with_library_running)
+{
+    check_dies_with_library(true);
+}
+END_TEST
+
+START_TEST(test_dies_with_library_idle)
+{
+    check_dies_with_library(false);
+}
+END_TEST
+
 /* ---- costs (printed, not asserted) ---------------------------------------- */
 
 static int cmp_u64(const void *a, const void *b)
@@ -966,6 +1227,14 @@ int main(void)
     tcase_add_test(esc, test_cycles_no_leaks);
     tcase_set_timeout(esc, 120);
     suite_add_tcase(s, esc);
+    TCase *life = tcase_create("lifetime");
+    tcase_add_test(life, test_survives_creating_thread);
+    tcase_add_test(life, test_cpu_timer_invisible);
+    tcase_add_test(life, test_kick_signal_sigprof);
+    tcase_add_test(life, test_dies_with_library_running);
+    tcase_add_test(life, test_dies_with_library_idle);
+    tcase_set_timeout(life, 60);
+    suite_add_tcase(s, life);
     TCase *cost = tcase_create("costs");
     tcase_add_test(cost, test_costs);
     tcase_set_timeout(cost, 120);

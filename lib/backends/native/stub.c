@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -167,9 +166,6 @@ static int spawn_child(void *p)
         goto fail;
     a->what = "close_range";
     if (syscall(SYS_close_range, 0u, 2u, 0u) < 0 || syscall(SYS_close_range, 5u, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
-        goto fail;
-    a->what = "prctl(PR_SET_PDEATHSIG)";
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
         goto fail;
     a->what = "execveat";
     syscall(SYS_execveat, img, "", argv, envp, AT_EMPTY_PATH);
@@ -415,6 +411,8 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     s->ctl->magic = NSTUB_ABI_MAGIC;
     s->ctl->version = NSTUB_ABI_VERSION;
     s->ctl->kick_signal = cfg->kick_signal;
+    /* Not PR_SET_PDEATHSIG (that follows the creating thread): the stub watches this pid itself. */
+    s->ctl->parent_pid = (int32_t)getpid();
     s->ctl->state = NSTUB_ST_BOOT;
     s->ctl->spin_tsc = (uint64_t)s->spin_ns * tsc_per_us / 1000u;
 

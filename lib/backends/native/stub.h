@@ -18,6 +18,20 @@
  *
  * Nothing the stub writes into the control page is trusted by the library:
  * a guest can scribble on every stub page and only harm itself.
+ *
+ * Lifetime: a stub lives until nstub_destroy() or until the library process
+ * dies, whichever thread created it.  It does not use PR_SET_PDEATHSIG, which
+ * fires when the creating *thread* exits; instead it checks itself that
+ * getppid() is still the library's pid (the kernel reparents it to another
+ * live thread of the process, so this changes only when the whole process is
+ * gone) each time its wait for the library times out (1 s) and on every
+ * SIGPROF of an ITIMER_PROF armed before the seccomp filter (every 0.5 s of
+ * CPU time, so a guest that spins is checked too).  SIGPROF is handled inside
+ * the stub and is invisible to the guest; if SIGPROF is the kick signal, each
+ * tick is a spurious kick that nstub_run() resumes without reporting.  These
+ * checks run stub code that a hostile guest controls: a guest that blocks
+ * SIGPROF with a forged sigreturn can outlive the library, confined by the
+ * seccomp filter to its own pages.
  */
 #ifndef PVM_NATIVE_STUB_H
 #define PVM_NATIVE_STUB_H

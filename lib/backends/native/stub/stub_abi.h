@@ -22,6 +22,10 @@
  * (lib_sleeping / stub_sleeping), after a short spin.  ctl->death is a robust
  * futex word holding the stub's pid: when the stub dies the kernel sets
  * FUTEX_OWNER_DIED in it and wakes the library (futex_waitv on both words).
+ * The other way round, the stub exits on its own once getppid() is no longer
+ * ctl->parent_pid (the library process died): it looks whenever its wait for
+ * the library times out (NSTUB_ORPHAN_WAIT_S) and at every SIGPROF of its
+ * CPU-time timer (NSTUB_ORPHAN_CPU_US), which it handles without a report.
  */
 #ifndef PVM_NSTUB_ABI_H
 #define PVM_NSTUB_ABI_H
@@ -29,7 +33,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 1u
+#define NSTUB_ABI_VERSION 2u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -40,6 +44,10 @@
 #define NSTUB_CTL_SIZE    0x10000ull
 #define NSTUB_ALTSTACK_OFF  0x4000ull        /* signal stack: the rest of the control area */
 #define NSTUB_ALTSTACK_SIZE (NSTUB_CTL_SIZE - NSTUB_ALTSTACK_OFF)
+
+/* How soon a stub notices that the library process died: idle, and running guest code. */
+#define NSTUB_ORPHAN_WAIT_S   1         /* wall-clock seconds between checks while it waits */
+#define NSTUB_ORPHAN_CPU_US   500000    /* ITIMER_PROF period: CPU time between checks */
 
 /* The stub's file descriptors. */
 #define NSTUB_FD_RAM 3
@@ -84,7 +92,7 @@ struct nstub_ctl {
     /* set up by the library before the stub starts */
     uint32_t magic, version;
     int32_t kick_signal;
-    uint32_t pad0;
+    int32_t parent_pid;     /* the library's pid: the stub exits once getppid() differs */
     uint64_t spin_tsc;      /* how long the stub spins (sched_yield) for RESUME, in TSC ticks */
 
     /* trap report (stub -> library) */

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <asm/errno.h>
 #include <asm/signal.h>
 #include <asm/siginfo.h>
 #include <asm/sigcontext.h>
@@ -20,6 +21,7 @@
 #include <linux/mman.h>
 #include <linux/prctl.h>
 #include <linux/seccomp.h>
+#include <linux/time.h>
 
 #include "stub_abi.h"
 
@@ -83,6 +85,40 @@ static inline int canonical(uint64_t a)
     return (uint64_t)((int64_t)(a << 16) >> 16) == a;
 }
 
+/* ---- outliving the library: never -------------------------------------------- */
+
+/*
+ * Not PR_SET_PDEATHSIG: Linux sends it when the *thread* that created us
+ * exits, and the library may create a stub on a thread that ends long before
+ * the VM does.  The kernel reparents us to another live thread of the same
+ * process then, so getppid() stays the library's pid until the whole process
+ * is gone; after that it names init or a subreaper.
+ */
+static int32_t lib_pid;
+
+static void exit_if_orphaned(void)
+{
+    if (SYS(__NR_getppid, 0, 0, 0, 0, 0, 0) != lib_pid)
+        die("the library process is gone");
+}
+
+/*
+ * SIGPROF from ITIMER_PROF: a guest burning CPU (user or system time) comes
+ * here once per NSTUB_ORPHAN_CPU_US.  Handled entirely here and invisible to
+ * the guest: nothing is reported, and sigreturn restores the frame as the
+ * kernel saved it (registers, fs/gs base untouched, -mgeneral-regs-only keeps
+ * the XSAVE image in the frame intact).  Every signal is blocked meanwhile,
+ * so a kick waits until the guest runs again and is reported with the
+ * guest's registers, not ours.
+ */
+static void prof_handler(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)si;
+    (void)uc;
+    exit_if_orphaned();
+}
+
 /* ---- handing traps to the library ---------------------------------------- */
 
 static void publish(uint32_t st)
@@ -99,12 +135,15 @@ static uint32_t wait_change(uint32_t old)
     volatile struct nstub_ctl *c = CTL;
     uint64_t spin = c->spin_tsc, t0 = rdtsc();
     uint32_t st;
-    for (;;) {
+    for (unsigned n = 1;; n++) {
         st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
         if (st != old)
             return st;
         if (rdtsc() - t0 >= spin)
             break;
+        /* spin_tsc sits in the guest-writable page: do not let a huge value hide a dead library. */
+        if (!(n & 1023))
+            exit_if_orphaned();
         /*
          * sched_yield, not PAUSE: if the library shares our CPU it must run to
          * answer (measured: PAUSE spins cost 22 T there, yields 3 T; across
@@ -117,7 +156,10 @@ static uint32_t wait_change(uint32_t old)
         st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
         if (st != old)
             break;
-        SYS(__NR_futex, &c->state, FUTEX_WAIT, old, 0, 0, 0);
+        /* A library that died will never answer: look for that every NSTUB_ORPHAN_WAIT_S. */
+        struct timespec ts = { .tv_sec = NSTUB_ORPHAN_WAIT_S, .tv_nsec = 0 };
+        if (SYS(__NR_futex, &c->state, FUTEX_WAIT, old, &ts, 0, 0) == -ETIMEDOUT)
+            exit_if_orphaned();
     }
     __atomic_store_n(&c->stub_sleeping, 0, __ATOMIC_RELAXED);
     return st;
@@ -326,6 +368,7 @@ static void install_filter(void)
     JEQ(__NR_restart_syscall, L_ALLOW, L_NEXT);
     JEQ(__NR_exit_group, L_ALLOW, L_NEXT);
     JEQ(__NR_sched_yield, L_ALLOW, L_NEXT);
+    JEQ(__NR_getppid, L_ALLOW, L_NEXT);
     JEQ(__NR_futex, L_FUTEX, L_NEXT);
     JEQ(__NR_mmap, L_MMAP, L_NEXT);
     JEQ(__NR_munmap, L_RANGE, L_TRAP);
@@ -432,6 +475,9 @@ void stub_main(void)
     int kick = c->kick_signal;
     if (kick < 1 || kick > 64 || kick == SIGKILL || kick == SIGSTOP)
         die("bad kick signal");
+    /* Compare with what the library says, not our first getppid(): it may already be dead. */
+    lib_pid = c->parent_pid;
+    exit_if_orphaned();
 
     /* Not in the caller's session: terminal signals (^C, ^Z) are not ours. */
     SYS(__NR_setsid, 0, 0, 0, 0, 0, 0);
@@ -457,6 +503,12 @@ void stub_main(void)
     for (unsigned i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         if (SYS(__NR_rt_sigaction, sigs[i], &sa, 0, 8, 0, 0) != 0)
             die("rt_sigaction failed");
+    /* If the kick signal is SIGPROF, the trap handler wins: each tick is then a spurious kick,
+     * a round trip the library answers by resuming (and a dead library by the wait's timeout). */
+    struct ksigaction prof = sa;
+    prof.handler = prof_handler;
+    if (SYS(__NR_rt_sigaction, SIGPROF, &prof, 0, 8, 0, 0) != 0)
+        die("rt_sigaction(SIGPROF) failed");
     if (SYS(__NR_rt_sigaction, kick, &sa, 0, 8, 0, 0) != 0)
         die("rt_sigaction(kick signal) failed");
     /* The library blocked every signal around the spawn; execve kept that mask. */
@@ -472,6 +524,11 @@ void stub_main(void)
         die("munmap between image and control area failed");
     if (SYS(__NR_munmap, NSTUB_CTL_ADDR + NSTUB_CTL_SIZE, TASK_SIZE - NSTUB_CTL_ADDR - NSTUB_CTL_SIZE, 0, 0, 0, 0) != 0)
         die("munmap above the control area failed");
+
+    /* CPU time, user and system: a guest can also burn it in the few syscalls the filter allows. */
+    struct itimerval it = { .it_interval = { 0, NSTUB_ORPHAN_CPU_US }, .it_value = { 0, NSTUB_ORPHAN_CPU_US } };
+    if (SYS(__NR_setitimer, ITIMER_PROF, &it, 0, 0, 0, 0) != 0)
+        die("setitimer(ITIMER_PROF) failed");
 
     install_filter();
     /* The first report: the library's first RESUME replaces this frame with the guest's registers. */
