@@ -59,9 +59,17 @@ static struct native_vcpu *nv_of(pvm_vcpu *v)
 
 static int native_probe(void)
 {
-    /* Needs seccomp filters and memfd; both are in every kernel libpvm supports. */
-    if (sizeof(void *) != 8)
-        return pvm__error(PVM_ENODEV, "native: needs an x86-64 host");
+    /* Stubs trap guest syscalls with SECCOMP_RET_TRAP: the kernel must offer it. */
+    char buf[256] = "";
+    FILE *f = fopen("/proc/sys/kernel/seccomp/actions_avail", "re");
+    if (f) {
+        if (!fgets(buf, sizeof(buf), f))
+            buf[0] = '\0';
+        fclose(f);
+    }
+    if (!f || !strstr(buf, "trap"))
+        return pvm__error(PVM_ENODEV, "native: the kernel offers no seccomp filters with the trap action "
+                          "(/proc/sys/kernel/seccomp/actions_avail)");
     return 0;
 }
 
@@ -268,21 +276,6 @@ static int native_vcpu_init(pvm_vcpu *v)
         native_vcpu_fini(v);
         return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory for the shadow MMU");
     }
-    /* The supervisor address space is needed at once: start its stub now. */
-    char err[160];
-    unsigned slot = pvm_shadow_activate(nv->shadow, nv->cpu.cr3, false);
-    int rc = ensure_stub(nv, slot, err, sizeof(err));
-    if (rc < 0) {
-        native_vcpu_fini(v);
-        return pvm__error(rc, "pvm_vcpu_create: starting the stub process: %s", err);
-    }
-    nv->fpu_size = nstub_fpu_size(nv->stubs[slot]);
-    nv->fpu_buf = calloc(1, nv->fpu_size ? nv->fpu_size : 1);
-    if (!nv->fpu_buf) {
-        native_vcpu_fini(v);
-        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
-    }
-    nv->fpu_slot = (int)slot;
     return 0;
 }
 
@@ -479,8 +472,15 @@ static int activate_slot(struct native_vcpu *nv, unsigned slot, char *err, size_
     if (rc < 0)
         return rc;
     if (nv->fpu_slot != (int)slot) {
-        if (nv->fpu_slot >= 0 && nv->stubs[nv->fpu_slot] &&
-            nstub_get_fpu(nv->stubs[nv->fpu_slot], nv->fpu_buf, nv->fpu_size) == 0)
+        struct nstub *from = nv->fpu_slot >= 0 ? nv->stubs[nv->fpu_slot] : NULL;
+        if (from && !nv->fpu_buf) {
+            nv->fpu_size = nstub_fpu_size(from);
+            if (!(nv->fpu_buf = malloc(nv->fpu_size ? nv->fpu_size : 1))) {
+                snprintf(err, errlen, "out of memory for the FPU state");
+                return PVM_ENOMEM;
+            }
+        }
+        if (from && nstub_get_fpu(from, nv->fpu_buf, nv->fpu_size) == 0)
             nstub_set_fpu(nv->stubs[slot], nv->fpu_buf, nv->fpu_size);
         nv->fpu_slot = (int)slot;
     }
