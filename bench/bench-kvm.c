@@ -10,7 +10,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
@@ -102,20 +101,12 @@ static uint8_t io_byte(const struct kvm_guest *g)
     return *((uint8_t *)g->run + g->run->io.data_offset);
 }
 
-static void default_kernel(char *buf, size_t len)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = 0;
-    snprintf(buf, len, "%s/tinykernel.bin", dirname(exe));
-}
-
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
     unsigned creates = 50, iters = 2000, batches = 11;
     char kernel[PATH_MAX];
-    default_kernel(kernel, sizeof(kernel));
+    tk_default_path(kernel, sizeof(kernel));
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = fopen(argv[++i], "a");

@@ -7,7 +7,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <spawn.h>
@@ -74,21 +73,13 @@ static void qemu_run(const char *qemu, const char *kernel, unsigned iters, unsig
     waitpid(pid, NULL, 0);
 }
 
-static void default_kernel(char *buf, size_t len)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = 0;
-    snprintf(buf, len, "%s/tinykernel.bin", dirname(exe));
-}
-
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
     const char *qemu = "/usr/bin/qemu-system-x86_64";
     unsigned runs = 5, iters = 200000, batches = 11;
     char kernel[PATH_MAX];
-    default_kernel(kernel, sizeof(kernel));
+    tk_default_path(kernel, sizeof(kernel));
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = fopen(argv[++i], "a");
