@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <pvm/abi.h>
 #include <pvm/pvm.h>
@@ -18,6 +19,12 @@ int main(int argc, char **argv)
     uint64_t n = argc > 2 ? strtoull(argv[2], NULL, 0) : 50;
     struct pvm_exit e = { 0 };
 
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: embed guest.elf [n]\n"
+               "Create a VM, load guest.elf, call its function fib(n) (default n = 50)\n"
+               "and print the result the guest returns.\n");
+        return 0;
+    }
     if (argc < 2 || pvm_vm_create(&vm, NULL) < 0 || pvm_vm_load_elf(vm, argv[1], NULL, NULL) < 0 ||
         pvm_vcpu_create(&vcpu, vm, NULL) < 0 || pvm_vm_elf_symbol(vm, "fib", &fib) < 0 ||
         pvm_vcpu_setup_call(vcpu, fib, &n, 1) < 0 || pvm_vcpu_run(vcpu, &e) < 0) {

@@ -42,6 +42,12 @@ int main(int argc, char **argv)
     struct pvm_exit e = { 0 };
     int status = 1;
 
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: hostcall-host guest.elf\n"
+               "Run guest.elf with a host-call handler: host call 0x100 takes a guest string\n"
+               "(GVA, length), prints it in capitals and returns its length.\n");
+        return 0;
+    }
     if (argc < 2 || pvm_vm_create(&vm, NULL) < 0 || pvm_vm_load_elf(vm, argv[1], NULL, NULL) < 0 ||
         pvm_vm_set_hostcall_handler(vm, on_hostcall, NULL) < 0 ||
         pvm_vcpu_create(&vcpu, vm, NULL) < 0 || pvm_vcpu_setup_boot(vcpu, 0) < 0) {
