@@ -152,15 +152,18 @@ int pvm_vm_load_elf_image(pvm_vm *vm, const void *image, size_t size,
         info->ram_size = ram_size;
     }
     return 0;
-fail:
-    /* Leave nothing half-made; keep the first error's message. */
+fail: {
+    /* Leave nothing half-made; the cleanup calls reset the message, so keep the first. */
+    char why[512];
+    snprintf(why, sizeof(why), "%s", pvm_last_error());
     if (mapped)
         pvm_vm_unmap_memory(vm, 0, ram_size);
     if (ram)
         pvm_vm_free_memory(vm, ram);
     pvm__loader_free(l);
     free(copy);
-    return rc;
+    return pvm__error(rc, "%s", why);
+}
 }
 
 int pvm_vm_load_elf(pvm_vm *vm, const char *path, const struct pvm_load_options *opts,
