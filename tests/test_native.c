@@ -5,10 +5,13 @@
  */
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "backends/native/native.h"
+#include "backends/native/stub/stub_abi.h"
 #include "guestvm.h"
 #include "testutil.h"
 
@@ -577,6 +580,390 @@ START_TEST(outside_ram_is_mmio)
 }
 END_TEST
 
+
+/* ---- the smod fast path (docs/design.md "Fast path") ------------------------- */
+
+/* The fast path is on for vCPUs created while this holds (PVM_NATIVE_FASTPATH unset or not "0"). */
+static bool fast_default(void)
+{
+    const char *v = getenv("PVM_NATIVE_FASTPATH");
+    return !(v && !strcmp(v, "0"));
+}
+
+/* gvm_init with the fast path forced on or off for this VM's vCPU. */
+static void gvm_init_fast(struct gvm *g, bool on)
+{
+    const char *old = getenv("PVM_NATIVE_FASTPATH");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("PVM_NATIVE_FASTPATH", on ? "1" : "0", 1);
+    gvm_init(g);
+    if (saved)
+        setenv("PVM_NATIVE_FASTPATH", saved, 1);
+    else
+        unsetenv("PVM_NATIVE_FASTPATH");
+    free(saved);
+    ck_assert_int_eq(pvm__native_fastpath(g->cpu), on);
+}
+
+#define LOGR(r) "mov %" r ", (%r15)\n add $8, %r15\n"
+#define LOGFL "pushfq\n pop %rax\n" LOGR("rax")
+#define LOGPV "mov 0x101000, %rax\n" LOGR("rax")
+#define LOG_EXC LOGR("rcx") LOGR("r11") LOGR("rsp") LOGFL LOGPV
+#define LOG_HC LOGR("rax") LOGR("rcx") LOGR("r10") LOGR("r11") LOGFL LOGPV
+#define DO_HC(nr) "movabs $" #nr ", %rax\n mov $0x55, %r10\n mov $0x66, %rcx\n syscall\n" LOG_HC
+#define CPUID_SEQ ".byte 0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2\n"
+#define DO_CPUID(leaf, sub) "mov $" #leaf ", %eax\n mov $" #sub ", %ecx\n" CPUID_SEQ \
+    LOGR("rax") LOGR("rbx") LOGR("rcx") LOGR("rdx") LOGFL
+
+/*
+ * Exception handler for the differential guest: log the entry registers and
+ * the 64-byte frame, skip the faulting 2-byte instruction (not for #BP, a
+ * trap), set PVCS.IP and return with ERETS.
+ */
+GVM_CODE_BLOCK(g_fast_handler,
+    "mov %rcx, 0(%r15)\n mov %r11, 8(%r15)\n mov %rsp, 16(%r15)\n pushfq\n pop %rax\n mov %rax, 24(%r15)\n"
+    "mov 0(%rsp), %rax\n mov %rax, 32(%r15)\n mov 8(%rsp), %rax\n mov %rax, 40(%r15)\n"
+    "mov 16(%rsp), %rax\n mov %rax, 48(%r15)\n mov 24(%rsp), %rax\n mov %rax, 56(%r15)\n"
+    "mov 32(%rsp), %rax\n mov %rax, 64(%r15)\n mov 40(%rsp), %rax\n mov %rax, 72(%r15)\n"
+    "mov 48(%rsp), %rax\n mov %rax, 80(%r15)\n mov 56(%rsp), %rax\n mov %rax, 88(%r15)\n"
+    "mov 0x101000, %rax\n mov %rax, 96(%r15)\n add $104, %r15\n"
+    "cmpl $3, 4(%rsp)\n je 1f\n addq $2, 8(%rsp)\n 1:\n"
+    "orq $0x100, 0x101000\n"
+    "movabs $0x104310, %rax\n jmp *%rax\n");
+
+extern const uint8_t g_fm_ud1[];
+/* Exceptions, ERETS with IF 0/1 and IP, hypercalls, synthetic CPUID: everything logged to GVM_DATA. */
+GVM_CODE_BLOCK(g_fast_mix,
+    "movq $0, -0x200(%rsp)\n movabs $0x106000, %r15\n movq $0, (%r15)\n"
+    "mov $0x1111, %rcx\n mov $0x2222, %r11\n.globl g_fm_ud1\ng_fm_ud1:\n ud2\n" LOG_EXC
+    "orq $0x200, 0x101000\n mov $0x3333, %rcx\n mov $0x4444, %r11\n ud2\n" LOG_EXC
+    "std\n int3\n cld\n" LOG_EXC
+    "andq $~0x200, 0x101000\n xor %ecx, %ecx\n mov $1, %eax\n xor %edx, %edx\n div %ecx\n" LOG_EXC
+    DO_HC(1) DO_HC(0x999) DO_HC(9) DO_HC(11) DO_HC(5) DO_HC(12) DO_HC(0xffff)
+    "orq $0x100, 0x101000\n" DO_HC(0x17088201) DO_HC(0x170882ff) DO_HC(0x1708820a)
+    DO_CPUID(0x40000000, 0) DO_CPUID(0x40000001, 0) DO_CPUID(0x40000002, 0) DO_CPUID(7, 0)
+    DO_CPUID(7, 1) DO_CPUID(7, 2) DO_CPUID(0x12345678, 0) DO_CPUID(0x80000000, 5)
+    "orq $0x200, 0x101000\n ud2\n" LOG_EXC DO_HC(1)
+    "mov %r15, %rbx\n" HC(0x40) "ud2\n");
+
+struct fast_snapshot {
+    uint8_t data[4096], stack[4096];
+    struct pvm_vcpu_struct pvcs;
+    struct pvm_regs regs;
+    uint64_t fast_events;
+};
+
+static void run_fast_mix(bool on, struct fast_snapshot *out)
+{
+    static const struct pvm_cpuid_entry tbl[] = {
+        { .function = 7, .index = 0, .flags = PVM_CPUID_FLAG_SIGNIFICANT_INDEX, .eax = 1, .ebx = 2, .ecx = 3, .edx = 4 },
+        { .function = 7, .index = 1, .flags = PVM_CPUID_FLAG_SIGNIFICANT_INDEX, .eax = 5, .ebx = 6, .ecx = 7, .edx = 8 },
+        { .function = 0x40000001, .eax = 1u << 13 },   /* KVM_FEATURE_PV_SCHED_YIELD */
+        { .function = 0x80000000, .eax = 0x80000008, .ebx = 9 },
+    };
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init_fast(&g, on);
+    ck_assert_int_eq(pvm_vcpu_set_cpuid(g.cpu, tbl, sizeof(tbl) / sizeof(tbl[0])), 0);
+    gvm_load(&g, GVM_ENTRY + 256, g_fast_handler_start, g_fast_handler_end);
+    gvm_load(&g, GVM_CODE, g_fast_mix_start, g_fast_mix_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x40);
+    memcpy(out->data, g.ram + GVM_DATA, 4096);
+    memcpy(out->stack, g.ram + GVM_STACK_TOP - 4096, 4096);
+    memcpy(&out->pvcs, gvm_pvcs(&g), sizeof(out->pvcs));
+    gvm_regs(&g, &out->regs);
+    out->fast_events = pvm__native_fast_events(g.cpu);
+    gvm_fini(&g);
+}
+
+/* The fast path and the machine model leave byte-for-byte the same guest state. */
+START_TEST(fast_path_matches_model)
+{
+    static struct fast_snapshot fast, slow;
+    run_fast_mix(true, &fast);
+    run_fast_mix(false, &slow);
+    ck_assert_uint_eq(slow.fast_events, 0);
+    printf("fast_path_matches_model: %llu fast events, log %llu bytes\n", (unsigned long long)fast.fast_events, (unsigned long long)(fast.regs.rbx - GVM_DATA));
+    /* 5 exceptions + 5 ERETS + 11 hypercalls (not 0x17088200-9 defined ones) + 8 CPUID, minus warm-up. */
+    ck_assert_msg(fast.fast_events >= 25, "only %llu events took the fast path",
+                  (unsigned long long)fast.fast_events);
+    ck_assert_uint_eq(fast.regs.rbx, slow.regs.rbx);
+    size_t used = fast.regs.rbx - GVM_DATA;
+    ck_assert_uint_gt(used, 5 * 104);
+    for (size_t i = 0; i < 4096; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, fast.data + i, 8);
+        memcpy(&b, slow.data + i, 8);
+        ck_assert_msg(a == b, "log word %zu: fast %#llx, model %#llx", i / 8, (unsigned long long)a,
+                      (unsigned long long)b);
+    }
+    ck_assert(!memcmp(fast.stack, slow.stack, 4096));
+    ck_assert(!memcmp(&fast.pvcs, &slow.pvcs, sizeof(fast.pvcs)));
+    ck_assert(!memcmp(&fast.regs, &slow.regs, sizeof(fast.regs)));
+
+    /* Spot checks of the log against the ABI (§5.4, §5.6, §6.3, §7). */
+    const uint64_t *l = (const uint64_t *)fast.data;
+    uint64_t frame = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    ck_assert_uint_eq(l[0], GVM_ENTRY + 256);        /* handler RCX */
+    ck_assert_uint_eq(l[1], 0x202);                  /* handler R11 */
+    ck_assert_uint_eq(l[2], frame);                  /* handler RSP */
+    ck_assert_uint_eq(l[4], 6ull << 32);             /* frame.errcode: #UD */
+    ck_assert_uint_eq(l[5], gaddr(g_fast_mix_start, g_fm_ud1)); /* frame.rip */
+    ck_assert_uint_eq(l[6], 0x10);                   /* cs */
+    ck_assert_uint_eq(l[7] & 0x200, 0);              /* IF was 0 */
+    ck_assert_uint_eq(l[8], GVM_STACK_TOP);          /* rsp */
+    ck_assert_uint_eq(l[9], 0x18);                   /* ss */
+    ck_assert_uint_eq(l[10], 0x1111);                /* rcx */
+    ck_assert_uint_eq(l[11], 0x2222);                /* r11 */
+    ck_assert_uint_eq(l[12], 0);                     /* PVCS flags at entry */
+    ck_assert_uint_eq(l[13], 0x1111);                /* after ERETS: rcx, r11, rsp restored */
+    ck_assert_uint_eq(l[14], 0x2222);
+    ck_assert_uint_eq(l[15], GVM_STACK_TOP);
+    ck_assert_uint_eq(l[17], PVM_EVENT_FLAGS_IP);    /* IF stayed 0: IP stays */
+    ck_assert_uint_eq(l[18 + 7] & 0x200, 0x200);     /* second #UD: frame.rflags has the virtual IF */
+    ck_assert_uint_eq(l[18 + 12], PVM_EVENT_FLAGS_IP);  /* entry cleared IF, IP kept */
+    ck_assert_uint_eq(l[18 + 13 + 4], PVM_EVENT_FLAGS_IF); /* ERETS IF 0->1 cleared IP */
+}
+END_TEST
+
+
+/* 10000 #UD -> handler -> ERETS inside one run: 20000 events, all in the stub once warm. */
+GVM_CODE_BLOCK(g_ud_loop_10k,
+    "mov $10000, %ebx\n mov $0x1234, %r12\n 1: mov %rbx, %rcx\n mov %r12, %r11\n ud2\n"
+    "cmp %rbx, %rcx\n jne 2f\n cmp %r12, %r11\n jne 2f\n dec %ebx\n jnz 1b\n"
+    "2: mov %rsp, %r10\n" HC(0x41) "ud2\n");
+
+START_TEST(fast_ud_erets_loop)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_ENTRY + 256, g_ud_handler_start, g_ud_handler_end);
+    gvm_load(&g, GVM_CODE, g_ud_loop_10k_start, g_ud_loop_10k_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x41);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 0);              /* rbx: every iteration restored rcx/r11 */
+    ck_assert_uint_eq(e.u.hypercall.args[1], GVM_STACK_TOP);  /* r10 = rsp */
+    uint64_t n = pvm__native_fast_events(g.cpu);
+    if (fast_default())
+        ck_assert_msg(n >= 19900, "fast events %llu", (unsigned long long)n);
+    else
+        ck_assert_uint_eq(n, 0);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* 10000 KVM hypercalls: RAX result, RCX = R10 = a1 (§7.1), R11 the RFLAGS image. */
+GVM_CODE_BLOCK(g_hc_loop,
+    "mov $10000, %ebx\n xor %r14d, %r14d\n"
+    "1: mov $1, %eax\n mov %rbx, %r10\n syscall\n add %rax, %r14\n cmp %rbx, %r10\n jne 2f\n cmp %rbx, %rcx\n jne 2f\n"
+    "mov $0x999, %eax\n syscall\n cmp $-1000, %rax\n jne 2f\n dec %ebx\n jnz 1b\n"
+    "2: mov %r14, %r10\n mov %r11, %rdx\n" HC(0x42) "ud2\n");
+
+START_TEST(fast_hypercall_loop)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_hc_loop_start, g_hc_loop_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x42);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 0);   /* rbx: all 10000 iterations passed */
+    ck_assert_uint_eq(e.u.hypercall.args[1], 0);   /* sum of VAPIC_POLL_IRQ results */
+    ck_assert_uint_eq(e.u.hypercall.args[2] & 0x200, 0x200); /* R11 = hardware RFLAGS image, IF = 1 */
+    uint64_t n = pvm__native_fast_events(g.cpu);
+    if (fast_default())
+        ck_assert_msg(n >= 19990, "fast events %llu", (unsigned long long)n);
+    else
+        ck_assert_uint_eq(n, 0);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* 10000 synthetic CPUIDs of a subleaf-indexed VMM leaf and a default PVM leaf. */
+GVM_CODE_BLOCK(g_cpuid_loop,
+    "mov $10000, %r12d\n"
+    "1: mov $7, %eax\n mov $1, %ecx\n" CPUID_SEQ "cmp $5, %rax\n jne 2f\n cmp $8, %rdx\n jne 2f\n"
+    "mov $0x40000002, %eax\n xor %ecx, %ecx\n" CPUID_SEQ "cmp $0x4d5650, %rbx\n jne 2f\n"
+    "dec %r12d\n jnz 1b\n"
+    "2: mov %r12, %rbx\n" HC(0x43) "ud2\n");
+
+START_TEST(fast_cpuid_loop)
+{
+    static const struct pvm_cpuid_entry tbl[] = {
+        { .function = 7, .index = 0, .flags = PVM_CPUID_FLAG_SIGNIFICANT_INDEX, .eax = 1 },
+        { .function = 7, .index = 1, .flags = PVM_CPUID_FLAG_SIGNIFICANT_INDEX, .eax = 5, .ebx = 6, .ecx = 7, .edx = 8 },
+    };
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_cpuid_loop_start, g_cpuid_loop_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    ck_assert_int_eq(pvm_vcpu_set_cpuid(g.cpu, tbl, 2), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x43);
+    ck_assert_uint_eq(e.u.hypercall.args[0], 0);
+    uint64_t n = pvm__native_fast_events(g.cpu);
+    if (fast_default())
+        ck_assert_msg(n >= 19990, "fast events %llu", (unsigned long long)n);
+    else
+        ck_assert_uint_eq(n, 0);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* A kick or an injection from another thread reaches a guest that never leaves the stub. */
+GVM_CODE_BLOCK(g_hc_spin, "1: mov $1, %eax\n syscall\n jmp 1b\n");
+
+START_TEST(fast_loop_kick_and_inject)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    pthread_t t;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_hc_spin_start, g_hc_spin_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    struct async_arg a = { g.cpu, 0 };
+    for (int i = 0; i < 3; i++) {
+        pthread_create(&t, NULL, async_thread, &a);
+        ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_KICKED);
+        pthread_join(t, NULL);
+    }
+    gvm_pvcs(&g)->event_flags = PVM_EVENT_FLAGS_IF;
+    a.what = 1;
+    pthread_create(&t, NULL, async_thread, &a);
+    gvm_run(&g, &e);
+    pthread_join(t, NULL);
+    gvm_expect_hc(&e, GVM_HC_REPORT_IRQ);
+    ck_assert_uint_eq(gvm_pvcs(&g)->event_vector, 0x41);
+    ck_assert_uint_lt(gvm_pvcs(&g)->rip - GVM_CODE, 10);   /* inside the hypercall loop */
+    ck_assert_uint_eq(gvm_pvcs(&g)->eflags & 0x200, 0x200);
+    if (fast_default())
+        ck_assert_uint_gt(pvm__native_fast_events(g.cpu), 100);
+    gvm_fini(&g);
+}
+END_TEST
+
+/*
+ * NMIs and the fast ERETS (§5.8): the NMI handler runs fast hypercalls, a
+ * second NMI arrives meanwhile and must wait for the ERETS; after a fast
+ * ERETS unmasked NMIs, a later NMI is delivered at once.
+ */
+GVM_CODE_BLOCK(g_nmi_fast_cont,
+    "1: mov $1, %eax\n syscall\n cmpq $0, 0x106000\n je 1b\n"
+    "movq $0, 0x106000\n movabs $0x104310, %rax\n jmp *%rax\n");
+
+struct nmi_arg {
+    struct gvm *g;
+    int delay_ms;
+    bool inject;
+};
+
+static void *nmi_thread(void *p)
+{
+    struct nmi_arg *a = p;
+    sleep_ms(a->delay_ms);
+    if (a->inject) {
+        struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
+        pvm_vcpu_inject(a->g->cpu, &nmi);
+        sleep_ms(a->delay_ms);
+    }
+    __atomic_store_n((uint64_t *)(a->g->ram + GVM_DATA), 1, __ATOMIC_SEQ_CST);   /* let the handler finish */
+    if (!a->inject) {
+        /* The handler's ERETS (in the stub) released the mask: this NMI goes in at once. */
+        sleep_ms(a->delay_ms);
+        struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
+        pvm_vcpu_inject(a->g->cpu, &nmi);
+        sleep_ms(500);
+        pvm_vcpu_kick(a->g->cpu);   /* only reached as KICKED if the NMI stayed masked */
+    }
+    return NULL;
+}
+
+START_TEST(fast_erets_and_nmi)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    pthread_t t;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_spin_start, g_spin_end);
+    gvm_load(&g, GVM_CODE + 0x100, g_nmi_fast_cont_start, g_nmi_fast_cont_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
+    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
+
+    /* 1: NMI delivered; its handler loops on fast hypercalls while a second NMI is injected. */
+    ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &nmi), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 2ull << 32);
+    struct nmi_arg a = { &g, 30, true };
+    pthread_create(&t, NULL, nmi_thread, &a);
+    e.u.hypercall.ret = GVM_CODE + 0x100;
+    gvm_run(&g, &e);
+    pthread_join(t, NULL);
+    /* Delivered right after the ERETS: the frame's RIP is where ERETS returned, not the handler. */
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 2ull << 32);
+    ck_assert_uint_eq(f->rip, GVM_CODE);
+    uint64_t n1 = pvm__native_fast_events(g.cpu);
+
+    /* 2: the handler's ERETS runs in the stub; a later NMI must find the mask released. */
+    a.inject = false;
+    pthread_create(&t, NULL, nmi_thread, &a);
+    e.u.hypercall.ret = GVM_CODE + 0x100;
+    gvm_run(&g, &e);   /* until the NMI below */
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    pthread_join(t, NULL);
+    ck_assert_uint_eq(f->errcode, 2ull << 32);
+    ck_assert_uint_lt(f->rip - GVM_CODE, 4);   /* in the spin loop the fast ERETS returned to */
+    if (fast_default())
+        ck_assert_uint_gt(pvm__native_fast_events(g.cpu), n1);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* A guest that forges the fast-path block makes its own stub fault: only that guest dies. */
+GVM_CODE_BLOCK(g_forge_fast,
+    "movabs $0x7f0000100000, %rdi\n add %rsi, %rdi\n"      /* rdi = &ctl->fast (rsi = its offset) */
+    "movl $1, 0(%rdi)\n movl $0, 4(%rdi)\n"                /* enabled = 1, flags = 0 */
+    "movq $0x80000, 32(%rdi)\n"                            /* redzone: the frame lands in nothing */
+    "movl $1, 52(%rdi)\n"                                  /* nr_windows = 1 ... */
+    "movq $0x10000, 56(%rdi)\n movabs $0x7effffff0000, %rax\n mov %rax, 64(%rdi)\n movl $3, 72(%rdi)\n"
+    "ud2\n" HC(0x44) "ud2\n");
+
+START_TEST(fast_block_forgery_contained)
+{
+    _Static_assert(offsetof(struct nstub_fast, redzone) == 32 && offsetof(struct nstub_fast, nr_windows) == 52 &&
+                   offsetof(struct nstub_fast, win) == 56, "offsets used by g_forge_fast");
+    run_hc_guest_ok();
+    int fds = pvm_test_count_fds();
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_forge_fast_start, g_forge_fast_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_regs(&g, &r);
+    r.rsi = offsetof(struct nstub_ctl, fast);
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+    ck_assert_msg(e.reason == PVM_EXIT_INTERNAL_ERROR || e.reason == PVM_EXIT_HYPERCALL ||
+                  e.reason == PVM_EXIT_SHUTDOWN, "exit %u", e.reason);
+    if (fast_default())
+        ck_assert_uint_eq(e.reason, PVM_EXIT_INTERNAL_ERROR);   /* its stub died in the handler */
+    gvm_fini(&g);
+    run_hc_guest_ok();
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), 0);
+}
+END_TEST
+
 START_TEST(create_run_destroy_cycles)
 {
     run_hc_guest_ok();
@@ -609,6 +996,13 @@ int main(void)
     tcase_add_test(tc, vsyscall_page_contained);
     tcase_add_test(tc, outside_ram_is_mmio);
     tcase_add_test(tc, create_run_destroy_cycles);
+    tcase_add_test(tc, fast_path_matches_model);
+    tcase_add_test(tc, fast_ud_erets_loop);
+    tcase_add_test(tc, fast_hypercall_loop);
+    tcase_add_test(tc, fast_cpuid_loop);
+    tcase_add_test(tc, fast_loop_kick_and_inject);
+    tcase_add_test(tc, fast_erets_and_nmi);
+    tcase_add_test(tc, fast_block_forgery_contained);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);
 }

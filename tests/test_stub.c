@@ -636,7 +636,12 @@ START_TEST(test_escape_stub_code)
         { 59, { DATA, 0, 0 }, 0 },                                                       /* execve */
         { 56, { 0 }, 0 },                                                                /* clone */
         { 157, { PR_SET_DUMPABLE, 1 }, 0 },                                              /* prctl */
+        { 9, { NSTUB_PVCS_ADDR, 0x2000, 3, MAP_SHARED | MAP_FIXED, 3, 0 }, 0 },         /* PVCS slot: one page */
+        { 9, { NSTUB_PVCS_ADDR, 0x1000, 3, MAP_SHARED | MAP_FIXED, 4, 0 }, 0 },         /* ... of RAM only */
+        { 9, { NSTUB_PVCS_ADDR + 0x1000, 0x1000, 3, MAP_SHARED | MAP_FIXED, 3, 0 }, 0 },
+        { 11, { NSTUB_PVCS_ADDR, 0x1000 }, 0 },                                          /* no munmap there */
         { 9, { 0x900000, 0x1000, 3, MAP_SHARED | MAP_FIXED, 3, 0 }, 1 },                 /* own RAM: allowed */
+        { 9, { NSTUB_PVCS_ADDR, 0x1000, 7, MAP_SHARED | MAP_FIXED, 3, 0 }, 1 },          /* own RAM, PVCS slot */
         { 15, { 0 }, 1 },                                                                /* sigreturn, junk */
         { 231, { 0 }, 1 },                                                               /* exit_group */
     };

@@ -69,3 +69,16 @@ void pvm_m_cpuid(const struct pvm_cpu *cpu, uint32_t leaf, uint32_t subleaf, uin
     out[2] = e->ecx;
     out[3] = e->edx;
 }
+
+size_t pvm_m_cpuid_effective(const struct pvm_cpu *cpu, struct pvm_cpuid_entry *out, size_t max)
+{
+    size_t n = cpu->nr_cpuid;
+    if (n + NR_DEFAULT_LEAVES > max)
+        return 0;
+    memcpy(out, cpu->cpuid, n * sizeof(*out));
+    /* pvm_m_cpuid falls back to a default only for a function the table lacks entirely. */
+    for (size_t i = 0; i < NR_DEFAULT_LEAVES; i++)
+        if (!has_leaf(cpu, default_leaves[i].function))
+            out[n++] = default_leaves[i];
+    return n;
+}

@@ -144,6 +144,14 @@ void pvm_m_reset(struct pvm_cpu *cpu, uint64_t default_linear_range);
 int pvm_m_set_cpuid(struct pvm_cpu *cpu, const struct pvm_cpuid_entry *e, size_t n);
 /* Look up a leaf as the synthetic CPUID would (§6.1). */
 void pvm_m_cpuid(const struct pvm_cpu *cpu, uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+/*
+ * (Addition) The table pvm_m_cpuid() answers from, flattened into @out: the
+ * VMM table, then each default leaf whose function it lacks.  The first entry
+ * matching (function, and index if PVM_CPUID_FLAG_SIGNIFICANT_INDEX) gives
+ * pvm_m_cpuid()'s answer; no match means zeros.  Returns the entry count, or
+ * 0 if @max (at least PVM_MAX_CPUID_ENTRIES + 8 is enough) is too small.
+ */
+size_t pvm_m_cpuid_effective(const struct pvm_cpu *cpu, struct pvm_cpuid_entry *out, size_t max);
 
 /*
  * The one delivery function (§5.1): dispatch @vector to a user event,

@@ -187,4 +187,13 @@ void pvm_shadow_invlpg(struct pvm_shadow *s, uint64_t gva);
 /* Drop every mapping of guest-physical [gpa, gpa+len) (memory unmapped by the VMM). */
 void pvm_shadow_flush_gpa(struct pvm_shadow *s, uint64_t gpa, uint64_t len);
 
+/*
+ * (Addition) The installed mapping of the active slot that contains @gva:
+ * true with its [*start, *start + *len) and PVM_PROT_* in *prot, false if
+ * none (or no slot is active).  Installed mappings are TLB entries, so a
+ * provider may use them for accesses it makes on the guest's behalf.
+ */
+bool pvm_shadow_lookup(const struct pvm_shadow *s, uint64_t gva, uint64_t *start, uint64_t *len,
+                       unsigned *prot);
+
 #endif /* PVM_MMU_H */

@@ -366,3 +366,18 @@ void pvm_shadow_flush_gpa(struct pvm_shadow *s, uint64_t gpa, uint64_t len)
     for (unsigned i = 0; i < s->nslots; i++)
         drop(s, i, 0, s->slot[i].n, gpa_overlaps, gpa, len);
 }
+
+bool pvm_shadow_lookup(const struct pvm_shadow *s, uint64_t gva, uint64_t *start, uint64_t *len,
+                       unsigned *prot)
+{
+    if (s->active >= s->nslots)
+        return false;
+    const struct slot *sl = &s->slot[s->active];
+    size_t i = lower_bound(sl, gva);
+    if (i >= sl->n || !contains(&sl->maps[i], gva))
+        return false;
+    *start = sl->maps[i].gva;
+    *len = mlen(&sl->maps[i]);
+    *prot = sl->maps[i].prot;
+    return true;
+}

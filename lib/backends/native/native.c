@@ -20,10 +20,14 @@
 #include "core/backend.h"
 #include "machine/machine.h"
 #include "machine/mmu.h"
+#include "native.h"
 #include "stub.h"
+#include "stub/stub_abi.h"
 
 #define INBOX_MAX 64
 #define NATIVE_LA_RANGE PVM_LA_RANGE_MAKE(0x1ff, 0x1ff, 0x1ff, 0x1ff)
+
+extern const struct pvm_backend_ops pvm_native_backend;
 
 struct native_vcpu {
     pvm_vcpu *v;
@@ -48,6 +52,12 @@ struct native_vcpu {
 
     bool dead;                   /* SHUTDOWN or INTERNAL_ERROR reached */
     struct pvm_exit fatal;
+
+    /* The smod fast path (stub/fast.c). */
+    bool fast_on;                /* PVM_NATIVE_FASTPATH != "0" at creation */
+    uint64_t fast_events;        /* handled in the stubs (statistics) */
+    uint32_t cpuid_gen;          /* bumped when the CPUID table changes ... */
+    uint32_t cpuid_pub[PVM_SHADOW_MAX_ROOTS]; /* ... and what each stub has */
 };
 
 static struct native_vcpu *nv_of(pvm_vcpu *v)
@@ -246,6 +256,8 @@ static void native_vcpu_fini(pvm_vcpu *v)
     struct native_vcpu *nv = nv_of(v);
     if (!nv)
         return;
+    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events handled by the stub fast path", v->id,
+             (unsigned long long)nv->fast_events);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nv->stubs[i]);
     pvm_shadow_destroy(nv->shadow);
@@ -264,6 +276,9 @@ static int native_vcpu_init(pvm_vcpu *v)
     nv->v = v;
     nv->fpu_slot = -1;
     nv->running_slot = -1;
+    const char *fp = getenv("PVM_NATIVE_FASTPATH");
+    nv->fast_on = !(fp && !strcmp(fp, "0"));
+    nv->cpuid_gen = 1;
     pthread_mutex_init(&nv->inbox_lock, NULL);
     pvm_m_reset(&nv->cpu, NATIVE_LA_RANGE);
     nv->cpu.vcpu_id = v->id;
@@ -487,6 +502,89 @@ static int activate_slot(struct native_vcpu *nv, unsigned slot, char *err, size_
     return 0;
 }
 
+/* ---- the smod fast path (docs/design.md "Fast path") ----------------------- */
+
+/* Add the installed mapping containing @gva (if any, and not yet covered) as a window. */
+static void add_window(struct native_vcpu *nv, struct nstub_fast_cfg *f, uint64_t gva)
+{
+    uint64_t start, len;
+    unsigned prot;
+    for (unsigned i = 0; i < f->nr_windows; i++)
+        if (gva - f->win[i].start < f->win[i].len)
+            return;
+    if (f->nr_windows >= NSTUB_FAST_WINDOWS || !pvm_shadow_lookup(nv->shadow, gva, &start, &len, &prot))
+        return;
+    f->win[f->nr_windows].start = start;
+    f->win[f->nr_windows].len = len;
+    f->win[f->nr_windows].prot = ((prot & PVM_PROT_READ) ? PROT_READ : 0) | ((prot & PVM_PROT_WRITE) ? PROT_WRITE : 0);
+    f->nr_windows++;
+}
+
+static bool events_pending(const struct pvm_cpu *c)
+{
+    return c->exc_pending || c->nmi_pending || (c->irq_pending[0] | c->irq_pending[1] | c->irq_pending[2] |
+                                                c->irq_pending[3]);
+}
+
+/*
+ * What the stub of @slot may handle itself during the next run: only smod,
+ * with the PVCS mapped into the stub and nothing pending, so that the model's
+ * event check after each event has nothing to do (stub/fast.c).
+ */
+static void setup_fast(struct native_vcpu *nv, unsigned slot)
+{
+    struct pvm_cpu *c = &nv->cpu;
+    struct nstub *st = nv->stubs[slot];
+    struct nstub_fast_cfg f = { .enabled = false };
+    struct pvm_region r;
+
+    if (!nv->fast_on || c->mode != PVM_MODE_SUPERVISOR || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS ||
+        events_pending(c) || !c->msr_vcpu_struct ||
+        !pvm__gpa_lookup(nv->v->vm, c->msr_vcpu_struct, 4096, &r) || r.memfd_off == PVM_NO_MEMFD ||
+        (r.flags & PVM_MEM_READONLY) || nstub_map_pvcs(st, r.memfd_off + (c->msr_vcpu_struct - r.gpa)) < 0) {
+        nstub_set_fast(st, &f);
+        return;
+    }
+    if (nv->cpuid_pub[slot] != nv->cpuid_gen) {
+        struct pvm_cpuid_entry t[PVM_MAX_CPUID_ENTRIES + 8];
+        size_t n = pvm_m_cpuid_effective(c, t, sizeof(t) / sizeof(t[0]));
+        if (n && nstub_set_cpuid(st, t, n) == 0)
+            nv->cpuid_pub[slot] = nv->cpuid_gen;
+    }
+    uint32_t feat[4];
+    pvm_m_cpuid(c, PVM_KVM_CPUID_FEATURES, 0, feat);
+    f.enabled = true;
+    /* §6.1: with the INVLPG address guest-allowed a flush is due: leave it to the model. */
+    f.cpuid = nv->cpuid_pub[slot] == nv->cpuid_gen && !pvm_m_la_allowed(c->msr_linear_range,
+                                                                          PVM_SYNTHETIC_CPUID_ADDRESS);
+    f.nmi_masked = c->nmi_masked;
+    f.retu_plus2 = c->msr_retu_rip_plus2;
+    f.rets_plus2 = c->msr_rets_rip_plus2;
+    f.event_entry = c->msr_event_entry;
+    f.redzone = c->msr_redzone;
+    f.sup_cs = (uint16_t)((c->msr_star >> 32) & 0xfffc);
+    f.kvm_features = feat[0];
+    /* Windows: the stack around RSP and where a §5.4 frame would go. */
+    uint64_t rsp = c->gpr[PVM_RSP], frame = ((rsp - c->msr_redzone) & ~0xfull) - PVM_FRAME_SIZE;
+    const uint64_t probes[] = { rsp, rsp + PVM_FRAME_SIZE - 1, frame, frame + PVM_FRAME_SIZE - 1,
+                                rsp - 4096, rsp - 8192, rsp + 4096 };
+    for (unsigned i = 0; i < sizeof(probes) / sizeof(probes[0]); i++)
+        add_window(nv, &f, probes[i]);
+    nstub_set_fast(st, &f);
+}
+
+bool pvm__native_fastpath(const pvm_vcpu *v)
+{
+    return v && v->vm->ops == &pvm_native_backend && v->bdata && nv_of((pvm_vcpu *)v)->fast_on;
+}
+
+uint64_t pvm__native_fast_events(const pvm_vcpu *v)
+{
+    if (!v || v->vm->ops != &pvm_native_backend || !v->bdata)
+        return 0;
+    return nv_of((pvm_vcpu *)v)->fast_events;
+}
+
 static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
 {
     struct native_vcpu *nv = nv_of(v);
@@ -541,10 +639,16 @@ static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
                 __atomic_store_n(&nv->running_slot, -1, __ATOMIC_SEQ_CST);
                 continue;
             }
+            setup_fast(nv, slot);
             rc = nstub_run(nv->stubs[slot], &regs, &trap);
             __atomic_store_n(&nv->running_slot, -1, __ATOMIC_SEQ_CST);
             if (rc < 0)
                 return fatal(nv, exit, rc, "stub run failed: %s", pvm_last_error());
+            struct nstub_fast_result fr;
+            nstub_fast_result(nv->stubs[slot], &fr);
+            nv->fast_events += fr.events;
+            if (fr.nmi_unmasked) /* §5.8: a fast ERETS released the NMI mask */
+                c->nmi_masked = false;
             if (trap.kind == NSTUB_TRAP_DIED)
                 return fatal(nv, exit, PVM_EINTERNAL, "stub process for vCPU %u: %s", v->id, trap.msg);
             regs_from_stub(nv, &regs);
@@ -673,6 +777,7 @@ static int native_set_cpuid(pvm_vcpu *v, const struct pvm_cpuid_entry *e, size_t
     int rc = pvm_m_set_cpuid(&nv_of(v)->cpu, e, n);
     if (rc < 0)
         return pvm__error(rc, "pvm_vcpu_set_cpuid: table rejected");
+    nv_of(v)->cpuid_gen++; /* the stubs' copies are stale (setup_fast) */
     return 0;
 }
 

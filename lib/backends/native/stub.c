@@ -73,7 +73,16 @@ struct nstub {
 
     uint32_t nr_cmds;                 /* queued mapping changes (copied to ctl on resume) */
     struct nstub_cmd cmds[NSTUB_MAX_CMDS];
+
+    struct nstub_fast_cfg fast;       /* what the next run publishes (stub/fast.c) */
+    struct nstub_fast_result fast_res;/* what the fast path did in the last run */
+    uint64_t pvcs_off;                /* memfd offset mapped (or queued) at NSTUB_PVCS_ADDR, or UINT64_MAX */
 };
+
+_Static_assert(NSTUB_RFLAGS_ALLOWED == 0x254fd7ull, "pvm-abi.md §1.1 allowed RFLAGS (machine.h)");
+_Static_assert(sizeof(((struct nstub_fast_cfg *)0)->win) / sizeof(((struct nstub_fast_cfg *)0)->win[0]) ==
+               NSTUB_FAST_WINDOWS, "fast-path windows");
+_Static_assert(sizeof(struct nstub_cpuid) == sizeof(struct pvm_cpuid_entry), "CPUID entry layout");
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -393,6 +402,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     s->kick_signal = cfg->kick_signal;
     s->spin_ns = DEFAULT_SPIN_NS;
     s->ctl = MAP_FAILED;
+    s->pvcs_off = UINT64_MAX;
 
     int rc;
     s->ctl_fd = memfd_create("pvm-stub-ctl", MFD_CLOEXEC);
@@ -543,9 +553,26 @@ int nstub_unmap_all(struct nstub *s)
     if (!s)
         return PVM_EINVAL;
     s->nr_cmds = 0;   /* everything queued is superseded */
+    s->pvcs_off = UINT64_MAX;   /* a queued PVCS mapping too: map it again */
     if (s->dead)
         return 0;
     return queue(s, NSTUB_CMD_UNMAP, NSTUB_GUEST_LO, NSTUB_GUEST_HI - NSTUB_GUEST_LO, 0, 0);
+}
+
+int nstub_map_pvcs(struct nstub *s, uint64_t off)
+{
+    if (!s || (off & 4095) || off > (uint64_t)INT64_MAX - 4096)
+        return PVM_EINVAL;
+    if (s->dead || off == s->pvcs_off)
+        return 0;
+    if (s->nr_cmds == NSTUB_MAX_CMDS) {
+        int rc = nstub_sync(s);
+        if (rc < 0)
+            return rc;
+    }
+    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = NSTUB_PVCS_ADDR, .len = 4096, .off = off, .op = NSTUB_CMD_PVCS };
+    s->pvcs_off = off;
+    return 0;
 }
 
 int nstub_sync(struct nstub *s)
@@ -612,6 +639,80 @@ static void write_regs(struct nstub *s, const struct nstub_regs *r)
     a->gs_base = r->gs_base;
     a->cs = r->cs;
     a->ss = r->ss;
+}
+
+/* ---- the smod fast path -------------------------------------------------- */
+
+void nstub_set_fast(struct nstub *s, const struct nstub_fast_cfg *cfg)
+{
+    if (!s)
+        return;
+    if (cfg && cfg->nr_windows <= NSTUB_FAST_WINDOWS)
+        s->fast = *cfg;
+    else
+        s->fast.enabled = false;
+}
+
+void nstub_fast_result(const struct nstub *s, struct nstub_fast_result *out)
+{
+    *out = s->fast_res;
+}
+
+int nstub_set_cpuid(struct nstub *s, const struct pvm_cpuid_entry *e, size_t n)
+{
+    if (!s || n > NSTUB_FAST_MAX_CPUID || (n && !e))
+        return PVM_EINVAL;
+    if (s->dead)
+        return 0;
+    if (!s->stopped)
+        return PVM_ESTATE;
+    volatile struct nstub_fast *f = &s->ctl->fast;
+    for (size_t i = 0; i < n; i++)
+        f->cpuid[i] = (struct nstub_cpuid){ e[i].function, e[i].index, e[i].flags, e[i].eax, e[i].ebx, e[i].ecx,
+                                            e[i].edx };
+    f->nr_cpuid = (uint32_t)n;
+    return 0;
+}
+
+/* Before a resume: the fast-path block of the control page (stub_abi.h). */
+static void publish_fast(struct nstub *s)
+{
+    volatile struct nstub_fast *f = &s->ctl->fast;
+    const struct nstub_fast_cfg *c = &s->fast;
+    f->count = 0;
+    if (!c->enabled) {
+        f->enabled = 0;
+        return;
+    }
+    f->flags = c->cpuid ? NSTUB_FAST_CPUID : 0;
+    f->retu_plus2 = c->retu_plus2;
+    f->rets_plus2 = c->rets_plus2;
+    f->event_entry = c->event_entry;
+    f->redzone = c->redzone;
+    f->sup_cs = c->sup_cs;
+    f->kvm_features = c->kvm_features;
+    f->nmi_masked = c->nmi_masked;
+    for (unsigned i = 0; i < c->nr_windows; i++) {
+        f->win[i].start = c->win[i].start;
+        f->win[i].len = c->win[i].len;
+        f->win[i].prot = ((c->win[i].prot & PROT_READ) ? NSTUB_PROT_READ : 0) |
+                         ((c->win[i].prot & PROT_WRITE) ? NSTUB_PROT_WRITE : 0);
+    }
+    f->nr_windows = c->nr_windows;
+    f->enabled = NSTUB_FAST_ON;
+}
+
+/* After a report: what the fast path did.  Guest-writable: only what an ERETS could do is taken. */
+static void collect_fast(struct nstub *s)
+{
+    volatile struct nstub_fast *f = &s->ctl->fast;
+    if (!s->fast.enabled)
+        return;
+    s->fast_res.events += f->count;
+    if (s->fast.nmi_masked && !f->nmi_masked) {
+        s->fast_res.nmi_unmasked = true;
+        s->fast.nmi_masked = false;
+    }
 }
 
 static void report_died(struct nstub *s, struct nstub_trap *t)
@@ -701,7 +802,10 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
         !canonical(regs->gs_base))
         return PVM_EINVAL;
 
+    memset(&s->fast_res, 0, sizeof(s->fast_res));
     __atomic_store_n(&s->in_guest, 1, __ATOMIC_SEQ_CST);
+    /* Before looking at the kicks: a kick after this sets it again (nstub_kick). */
+    __atomic_store_n(&s->ctl->fast.attention, 0, __ATOMIC_SEQ_CST);
     if (take_kick(s)) {
         __atomic_store_n(&s->in_guest, 0, __ATOMIC_SEQ_CST);
         trap->kind = NSTUB_TRAP_KICK;
@@ -712,11 +816,13 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
     for (;;) {
         flush_cmds(s);
         s->ctl->cmd_err = 0;
+        publish_fast(s);
         s->stopped = false;
         publish(s, NSTUB_ST_RESUME);
         if (wait_trapped(s, false) < 0)
             break;
         s->stopped = true;
+        collect_fast(s);
         if (cmds_failed(s))
             break;
         read_regs(s, regs);
@@ -729,6 +835,7 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
             break;
         }
         if (k == C_SPURIOUS) {
+            __atomic_store_n(&s->ctl->fast.attention, 0, __ATOMIC_SEQ_CST);
             if (!take_kick(s))
                 continue;   /* a stale kick signal: resume where the guest was */
             trap->kind = NSTUB_TRAP_KICK;
@@ -747,6 +854,8 @@ int nstub_kick(struct nstub *s)
     if (!s)
         return PVM_EINVAL;
     __atomic_add_fetch(&s->kicks, 1, __ATOMIC_SEQ_CST);
+    /* The fast path must not keep the guest running past an injection or kick (stub/fast.c). */
+    __atomic_store_n(&s->ctl->fast.attention, 1, __ATOMIC_SEQ_CST);
     /* Outside nstub_run the next run sees the count; inside it the signal interrupts the guest. */
     if (__atomic_load_n(&s->in_guest, __ATOMIC_SEQ_CST)) {
         int saved = errno;

@@ -40,6 +40,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct pvm_cpuid_entry;
+
 /* Host-virtual region the stub keeps for itself; guests get [NSTUB_GUEST_LO, NSTUB_GUEST_HI). */
 #define NSTUB_REGION_START 0x7f0000000000ull
 #define NSTUB_REGION_END   0x800000000000ull
@@ -126,6 +128,34 @@ int nstub_set_fpu(struct nstub *s, const void *buf, size_t len);
  * concurrent with nstub_run on @s.
  */
 void nstub_set_spin(struct nstub *s, uint32_t spin_ns);
+
+/*
+ * The smod fast path (stub/fast.c, docs/design.md "Fast path"): events the
+ * stub answers itself without a report.  nstub_set_fast() sets what the next
+ * nstub_run() publishes (enabled = false: every event is reported);
+ * nstub_fast_result() says what the fast path did during the last
+ * nstub_run().  Not concurrent with nstub_run on @s.
+ */
+struct nstub_fast_cfg {
+    bool enabled;         /* smod, PVCS mapped (nstub_map_pvcs), nothing pending */
+    bool cpuid;           /* answer the synthetic CPUID from the table (nstub_set_cpuid) */
+    bool nmi_masked;
+    uint64_t retu_plus2, rets_plus2, event_entry, redzone;
+    uint16_t sup_cs;
+    uint32_t kvm_features;
+    unsigned nr_windows;  /* <= NSTUB_FAST_WINDOWS; installed mappings, prot PROT_READ/PROT_WRITE */
+    struct { uint64_t start, len; unsigned prot; } win[8];
+};
+struct nstub_fast_result {
+    uint64_t events;      /* handled in the stub (as the stub counted them: statistics only) */
+    bool nmi_unmasked;    /* an ERETS cleared the NMI mask */
+};
+void nstub_set_fast(struct nstub *s, const struct nstub_fast_cfg *cfg);
+void nstub_fast_result(const struct nstub *s, struct nstub_fast_result *out);
+/* Map the PVCS page (memfd offset @off, page aligned) at the stub's fixed PVCS address; queued. */
+int nstub_map_pvcs(struct nstub *s, uint64_t off);
+/* Publish the effective CPUID table (n <= 264 entries); only while stopped. */
+int nstub_set_cpuid(struct nstub *s, const struct pvm_cpuid_entry *e, size_t n);
 
 /* Host pid of the stub (diagnostics, tests). */
 int nstub_pid(const struct nstub *s);

@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 2u
+#define NSTUB_ABI_VERSION 3u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -42,8 +42,10 @@
 #define NSTUB_IMAGE_MAX   0x100000ull        /* the image must fit below the control area */
 #define NSTUB_CTL_ADDR    0x7f0000100000ull
 #define NSTUB_CTL_SIZE    0x10000ull
-#define NSTUB_ALTSTACK_OFF  0x4000ull        /* signal stack: the rest of the control area */
+#define NSTUB_ALTSTACK_OFF  0x6000ull        /* signal stack: the rest of the control area */
 #define NSTUB_ALTSTACK_SIZE (NSTUB_CTL_SIZE - NSTUB_ALTSTACK_OFF)
+/* The vCPU's PVCS page (guest RAM, NSTUB_CMD_PVCS), right after the control area: smod fast path. */
+#define NSTUB_PVCS_ADDR   (NSTUB_CTL_ADDR + NSTUB_CTL_SIZE)
 
 /* How soon a stub notices that the library process died: idle, and running guest code. */
 #define NSTUB_ORPHAN_WAIT_S   1         /* wall-clock seconds between checks while it waits */
@@ -64,6 +66,7 @@ enum nstub_state {
 enum nstub_cmd_op {
     NSTUB_CMD_MAP = 1,      /* mmap(gva, len, prot, MAP_SHARED|MAP_FIXED, NSTUB_FD_RAM, off) */
     NSTUB_CMD_UNMAP = 2,    /* munmap(gva, len) */
+    NSTUB_CMD_PVCS = 3,     /* mmap(NSTUB_PVCS_ADDR, 4096, RW, MAP_SHARED|MAP_FIXED, NSTUB_FD_RAM, off) */
 };
 
 struct nstub_cmd {
@@ -80,6 +83,54 @@ struct nstub_abi_regs {
     uint64_t rip, rflags, fs_base, gs_base;
     uint16_t cs, ss;
     uint32_t pad;
+};
+
+/*
+ * The smod fast path (stub/fast.c): PVM events the stub answers itself,
+ * with the machine model's exact results, without a report.  The library
+ * fills this block before every RESUME (only while the stub is stopped)
+ * and reads back count and nmi_masked after the next report.  Everything
+ * here is guest-writable: a guest that forges it only harms itself, and the
+ * library trusts nothing read back beyond what the guest could do anyway.
+ */
+#define NSTUB_FAST_ON        1u        /* enabled must be exactly this (a scribble is not "on") */
+#define NSTUB_FAST_CPUID     1u        /* flags: the synthetic CPUID may be answered from cpuid[] */
+#define NSTUB_FAST_WINDOWS   8
+#define NSTUB_FAST_MAX_CPUID 264
+#define NSTUB_PROT_READ      1u        /* window prot bits (PROT_READ / PROT_WRITE) */
+#define NSTUB_PROT_WRITE     2u
+#define NSTUB_RFLAGS_ALLOWED 0x254fd7ull   /* pvm-abi.md §1.1, = PVM_RFLAGS_ALLOWED */
+
+/* Installed guest mappings the fast path may touch (shadow TLB entries: §1.4 TLB semantics). */
+struct nstub_window {
+    uint64_t start, len;
+    uint32_t prot, pad;
+};
+
+struct nstub_cpuid {
+    uint32_t function, index, flags;   /* flags bit 0: index is significant */
+    uint32_t eax, ebx, ecx, edx;
+};
+
+struct nstub_fast {
+    /* lib -> stub, before every resume */
+    uint32_t enabled;       /* NSTUB_FAST_ON: smod, PVCS mapped, no event pending */
+    uint32_t flags;         /* NSTUB_FAST_* */
+    uint64_t retu_plus2, rets_plus2;
+    uint64_t event_entry, redzone;
+    uint64_t sup_cs;        /* STAR[47:32] & ~3 (§1.2) */
+    uint32_t kvm_features;  /* CPUID 0x40000001 EAX (KVM hypercall gates, §7.3) */
+    uint32_t nr_windows;
+    struct nstub_window win[NSTUB_FAST_WINDOWS];
+    /* any library thread -> stub: an injection or kick is on its way, report at once */
+    uint32_t attention;
+    /* both: the NMI mask (§5.8); the fast path only clears it (ERETS) */
+    uint32_t nmi_masked;
+    /* stub -> lib: events handled in the stub since the last resume (statistics) */
+    uint64_t count;
+    /* lib -> stub when the vCPU's table changes: the effective CPUID table (§6.1) */
+    uint32_t nr_cpuid, pad;
+    struct nstub_cpuid cpuid[NSTUB_FAST_MAX_CPUID];
 };
 
 struct nstub_ctl {
@@ -115,6 +166,8 @@ struct nstub_ctl {
     struct nstub_cmd cmds[NSTUB_MAX_CMDS];
 
     char fail_msg[128];     /* startup failure, NUL-terminated (if the stub got that far) */
+
+    struct nstub_fast fast;
 };
 
 _Static_assert(sizeof(struct nstub_ctl) <= NSTUB_ALTSTACK_OFF, "control page overlaps the signal stack");

@@ -24,6 +24,7 @@
 #include <linux/time.h>
 
 #include "stub_abi.h"
+#include "fast.h"
 
 #define CTL ((volatile struct nstub_ctl *)NSTUB_CTL_ADDR)
 #define TASK_SIZE 0x7ffffffff000ull   /* the top user page is never mappable on x86-64 */
@@ -186,6 +187,11 @@ static int apply_cmds(void)
                 r = -14;
         } else if (op == NSTUB_CMD_UNMAP) {
             r = SYS(__NR_munmap, gva, len, 0, 0, 0, 0);
+        } else if (op == NSTUB_CMD_PVCS) {
+            r = SYS(__NR_mmap, NSTUB_PVCS_ADDR, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, NSTUB_FD_RAM,
+                    off);
+            if (r >= 0 && (uint64_t)r != NSTUB_PVCS_ADDR)
+                r = -14;
         } else {
             r = -22;
         }
@@ -198,6 +204,15 @@ static int apply_cmds(void)
     return 0;
 }
 
+/* What every return into the guest resets: a forged sigreturn's mask and stack. */
+static void sane_return(struct ucontext *uc)
+{
+    uc->uc_sigmask = 0;
+    uc->uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
+    uc->uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
+    uc->uc_stack.ss_flags = 0;
+}
+
 static void handler(int sig, siginfo_t *si, void *ucv)
 {
     struct ucontext *uc = ucv;
@@ -205,6 +220,12 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     volatile struct nstub_ctl *c = CTL;
     volatile struct nstub_abi_regs *r = &c->regs;
     uint64_t fs, gs;
+
+    /* smod events the stub answers itself (fast.c): straight back into the guest. */
+    if (nstub_fast(sig, si, uc)) {
+        sane_return(uc);
+        return;
+    }
 
     __asm__ volatile("rdfsbase %0" : "=r"(fs));
     __asm__ volatile("rdgsbase %0" : "=r"(gs));
@@ -295,10 +316,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     if (canonical(gs))
         __asm__ volatile("wrgsbase %0" ::"r"(gs));
     /* Undo whatever a forged sigreturn may have set: every trap unblocks all signals again. */
-    uc->uc_sigmask = 0;
-    uc->uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
-    uc->uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
-    uc->uc_stack.ss_flags = 0;
+    sane_return(uc);
     __atomic_store_n(&c->state, NSTUB_ST_RUNNING, __ATOMIC_RELEASE);
 }
 
@@ -307,8 +325,8 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 enum { L_NEXT, L_ALLOW, L_TRAP, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
 
 struct bpf {
-    struct sock_filter f[80];
-    uint8_t jt[80], jf[80], ja[80];
+    struct sock_filter f[96];
+    uint8_t jt[96], jf[96], ja[96];
     int at[L_COUNT];
     unsigned n;
 };
@@ -395,8 +413,17 @@ static void install_filter(void)
     JSET(~(uint32_t)(PROT_READ | PROT_WRITE | PROT_EXEC), L_TRAP, L_NEXT);
     LD(D_ARG_HI(2));
     JEQ(0, L_NEXT, L_TRAP);
+    /* ... either exactly the PVCS page (NSTUB_CMD_PVCS; guest RAM, so the guest gains nothing) ... */
+    LD(D_ARG_HI(0));
+    JEQ((uint32_t)(NSTUB_PVCS_ADDR >> 32), L_NEXT, L_RANGE);
+    LD(D_ARG_LO(0));
+    JEQ((uint32_t)NSTUB_PVCS_ADDR, L_NEXT, L_RANGE);
+    LD(D_ARG_HI(1));
+    JEQ(0, L_NEXT, L_RANGE);
+    LD(D_ARG_LO(1));
+    JEQ(4096, L_ALLOW, L_RANGE);
 
-    /* ... and mmap/munmap only inside [0, NSTUB_IMAGE_BASE): addr + len <= base. */
+    /* ... or mmap/munmap only inside [0, NSTUB_IMAGE_BASE): addr + len <= base. */
     LABEL(L_RANGE);
     uint32_t hi_lim = (uint32_t)(NSTUB_IMAGE_BASE >> 32);
     LD(D_ARG_HI(0));

@@ -1,0 +1,21 @@
+/*
+ * lib/backends/native/native.h - internal hooks of the native backend for
+ * tests and statistics (not part of the public API).
+ */
+#ifndef PVM_NATIVE_H
+#define PVM_NATIVE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pvm/pvm.h"
+
+/*
+ * The smod fast path (docs/design.md "Fast path"): on unless the environment
+ * variable PVM_NATIVE_FASTPATH is "0" when the vCPU is created.
+ */
+bool pvm__native_fastpath(const pvm_vcpu *v);
+/* Events the stub handled without a report on @v so far (0 for other backends). */
+uint64_t pvm__native_fast_events(const pvm_vcpu *v);
+
+#endif /* PVM_NATIVE_H */

@@ -1,0 +1,17 @@
+/*
+ * lib/backends/native/stub/fast.h - the stub's smod fast path (fast.c).
+ */
+#ifndef PVM_NSTUB_FAST_H
+#define PVM_NSTUB_FAST_H
+
+#include <asm/siginfo.h>
+#include <asm/ucontext.h>
+
+/*
+ * Called first by the trap handler (every signal blocked).  Returns 1 if the
+ * event was handled completely (the frame in @uc now holds the guest's next
+ * state: the handler returns straight to it), 0 if it must be reported.
+ */
+int nstub_fast(int sig, siginfo_t *si, struct ucontext *uc);
+
+#endif /* PVM_NSTUB_FAST_H */
