@@ -255,20 +255,12 @@ static int op_host_compute(void *ctx, unsigned n)
     return 0;
 }
 
-static void default_guest(char *buf, size_t len)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = 0;
-    snprintf(buf, len, "%s/bench-guest.elf", dirname(exe));
-}
-
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
     unsigned q = 1;
     char guest[PATH_MAX];
-    default_guest(guest, sizeof(guest));
+    bench_sibling_path(guest, sizeof(guest), "bench-guest.elf");
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = fopen(argv[++i], "a");

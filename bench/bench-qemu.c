@@ -79,7 +79,7 @@ int main(int argc, char **argv)
     const char *qemu = "/usr/bin/qemu-system-x86_64";
     unsigned runs = 5, iters = 200000, batches = 11;
     char kernel[PATH_MAX];
-    tk_default_path(kernel, sizeof(kernel));
+    bench_sibling_path(kernel, sizeof(kernel), "tinykernel.bin");
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = fopen(argv[++i], "a");

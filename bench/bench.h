@@ -7,17 +7,29 @@
 #ifndef PVM_BENCH_H
 #define PVM_BENCH_H
 
+#include <libgen.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct bench_result {
     const char *name;
     double p10, p50, p90; /* ns per operation */
     unsigned batches, iters;
 };
+
+/* Path of @name in the directory of the running benchmark (where CMake puts the guests). */
+static inline void bench_sibling_path(char *buf, size_t len, const char *name)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = 0;
+    snprintf(buf, len, "%s/%s", dirname(exe), name);
+}
 
 static inline uint64_t bench_now_ns(void)
 {

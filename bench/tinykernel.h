@@ -5,13 +5,10 @@
 #ifndef PVM_BENCH_TINYKERNEL_H
 #define PVM_BENCH_TINYKERNEL_H
 
-#include <libgen.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define TK_LOAD_ADDR 0x100000u
 
@@ -26,15 +23,6 @@ struct tk_image {
     size_t len;
     struct tk_params *params; /* inside data */
 };
-
-/* Default kernel image: tinykernel.bin beside the running benchmark. */
-static inline void tk_default_path(char *buf, size_t len)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = 0;
-    snprintf(buf, len, "%s/tinykernel.bin", dirname(exe));
-}
 
 /* Read @path and find its params block; 0 or -1. */
 static inline int tk_load(struct tk_image *k, const char *path)
