@@ -10,6 +10,8 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <sys/resource.h>
@@ -147,6 +149,31 @@ static void mem_now(struct memsum *m)
     }
     if (d)
         closedir(d);
+    /* Stubs forked by this library's zygotes ("pvm-zygote zygote <our pid>", not our children). */
+    d = opendir("/proc");
+    while (d && (de = readdir(d))) {
+        char p[640], buf[256];
+        snprintf(p, sizeof(p), "/proc/%s/cmdline", de->d_name);
+        FILE *f = de->d_name[0] >= '1' && de->d_name[0] <= '9' ? fopen(p, "r") : NULL;
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *a1 = buf + strlen(buf) + 1;
+        if (strcmp(buf, "pvm-zygote") || a1 >= buf + n || strcmp(a1, "zygote") || atoi(a1 + strlen(a1) + 1) != getpid())
+            continue;
+        add_proc(m, atoi(de->d_name));
+        snprintf(p, sizeof(p), "/proc/%s/task/%s/children", de->d_name, de->d_name);
+        f = fopen(p, "r");
+        int pid;
+        while (f && fscanf(f, "%d", &pid) == 1)
+            add_proc(m, pid);
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
 }
 
 static double mem_available_kib(void)
@@ -208,7 +235,7 @@ static double median(double *s, unsigned n)
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
-    unsigned q = 1, max_vms = 2000;
+    unsigned q = 1, max_vms = 2000, extra_fds = 0;
     char guest[PATH_MAX];
     bench_sibling_path(guest, sizeof(guest), "bench-guest.elf");
     for (int i = 1; i < argc; i++) {
@@ -220,10 +247,13 @@ int main(int argc, char **argv)
             max_vms = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             q = 4;
+        else if (!strcmp(argv[i], "--extra-fds") && i + 1 < argc)
+            extra_fds = (unsigned)atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--guest FILE] [--json FILE] [--max-vms N] [--quick]\n"
+            fprintf(stderr, "usage: %s [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N]\n"
                             "Measures VM create -> first instruction, create+load+call+destroy, memory\n"
-                            "per idle VM and how many idle VMs fit (default cap 2000).\n", argv[0]);
+                            "per idle VM and how many idle VMs fit (default cap 2000).\n"
+                            "--extra-fds N: open N more fds first (an application with many fds).\n", argv[0]);
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -233,6 +263,11 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    for (unsigned i = 0; i < extra_fds; i++)
+        if (open("/dev/null", O_RDONLY | O_CLOEXEC) < 0) {
+            fprintf(stderr, "bench-vms: --extra-fds: only %u: %s\n", i, strerror(errno));
+            return 1;
+        }
 
     /* VM create -> first guest instruction, and -> first exit seen by the host. */
     unsigned n = 200 / q;

@@ -964,6 +964,331 @@ START_TEST(fast_block_forgery_contained)
 }
 END_TEST
 
+/* ---- interrupts delivered inside the stub (stub/fast.c irq_check, §5.5, §5.7) ---- */
+
+#define IRQ_COUNT  0x106ff8ull   /* handler entries (differential guest) */
+#define IRQ_DONE   0x106ff0ull   /* stress: host -> guest "stop" */
+#define IRQ_NMIS   0x106fe0ull   /* stress: NMIs seen */
+#define IRQ_JMP    0x106f00ull   /* [0]: +512 handler address, [1]: the ERETS site */
+
+static uint64_t gload(struct gvm *g, uint64_t gpa)
+{
+    return __atomic_load_n((uint64_t *)(g->ram + gpa), __ATOMIC_SEQ_CST);
+}
+
+static bool wait_guest(struct gvm *g, uint64_t gpa, uint64_t at_least, int timeout_ms)
+{
+    for (int i = 0; i < timeout_ms * 10; i++) {
+        if (gload(g, gpa) >= at_least)
+            return true;
+        struct timespec ts = { 0, 100000 };
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+/* +512 entry: jump on to the handler through memory (no register changes). */
+GVM_CODE_BLOCK(g_irq_tramp, "jmp *0x106f00\n");
+
+/*
+ * Differential guest: spin with IF = 1 (v1 arrives), the handler waits with
+ * IF = 0 until IP is set (v2), ERETS delivers v2 at once; the second
+ * handler waits for IP again (v3), sets IF and IRQ_WIN delivers v3.  Every
+ * entry logs RCX, R11, RSP, RFLAGS and the PVCS (88 bytes).
+ */
+extern const uint8_t g_irqm_spin[], g_irqm_win[];
+GVM_CODE_BLOCK(g_irqm,
+    "movq $0, -0x200(%rsp)\n movabs $0x106000, %r15\n"
+    "mov $0x1111, %rcx\n mov $0x2222, %r11\n orq $0x200, 0x101000\n xor %eax, %eax\n"
+    ".globl g_irqm_spin\ng_irqm_spin:\n jmp g_irqm_spin\n"
+    ".skip 0x800 - (. - g_irqm_start)\n"
+    "mov %rcx, 0(%r15)\n mov %r11, 8(%r15)\n mov %rsp, 16(%r15)\n pushfq\n pop %rax\n mov %rax, 24(%r15)\n"
+    "mov 0x101000, %rax\n mov %rax, 32(%r15)\n mov 0x101008, %rax\n mov %rax, 40(%r15)\n"
+    "mov 0x101058, %rax\n mov %rax, 48(%r15)\n mov 0x101060, %rax\n mov %rax, 56(%r15)\n"
+    "mov 0x101068, %rax\n mov %rax, 64(%r15)\n mov 0x101070, %rax\n mov %rax, 72(%r15)\n"
+    "mov 0x101078, %rax\n mov %rax, 80(%r15)\n add $88, %r15\n"
+    "incq 0x106ff8\n cmpq $3, 0x106ff8\n je 3f\n"
+    "1: pause\n testq $0x100, 0x101000\n jz 1b\n"
+    "cmpq $2, 0x106ff8\n je 2f\n"
+    /* ERETS back to the interrupted code: the §4 frame from the PVCS. */
+    "sub $64, %rsp\n movq $0, 0(%rsp)\n mov 0x101060, %rax\n mov %rax, 8(%rsp)\n movq $0x10, 16(%rsp)\n"
+    "movl 0x101058, %eax\n mov %rax, 24(%rsp)\n mov 0x101068, %rax\n mov %rax, 32(%rsp)\n movq $0x18, 40(%rsp)\n"
+    "mov 0x101070, %rax\n mov %rax, 48(%rsp)\n mov 0x101078, %rax\n mov %rax, 56(%rsp)\n jmp *0x106f08\n"
+    "2: orq $0x200, 0x101000\n mov $0x17088201, %eax\n syscall\n"
+    ".globl g_irqm_win\ng_irqm_win:\n ud2\n"
+    "3: mov %r15, %rbx\n" HC(0x45) "ud2\n");
+
+struct irqm_arg {
+    struct gvm *g;
+    bool ok;
+};
+
+static void *irqm_injector(void *p)
+{
+    struct irqm_arg *a = p;
+    static const uint8_t vec[3] = { 0x40, 0x50, 0x60 };
+    a->ok = true;
+    sleep_ms(20);
+    for (int i = 0; i < 3 && a->ok; i++) {
+        struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = vec[i] };
+        if (i)
+            sleep_ms(5);   /* the handler is waiting for IP with IF = 0 */
+        a->ok = pvm_vcpu_inject(a->g->cpu, &ev) == 0 && wait_guest(a->g, IRQ_COUNT, (uint64_t)i + 1, 3000);
+    }
+    return NULL;
+}
+
+static void run_irq_mix(bool on, struct fast_snapshot *out, uint64_t *irqs)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    pthread_t t;
+    gvm_init_fast(&g, on);
+    gvm_load(&g, GVM_CODE, g_irqm_start, g_irqm_end);
+    gvm_load(&g, GVM_ENTRY + 512, g_irq_tramp_start, g_irq_tramp_end);
+    uint64_t jmp[2] = { GVM_CODE + 0x800, GVM_RETS_SITE };
+    memcpy(g.ram + IRQ_JMP, jmp, sizeof(jmp));
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    struct irqm_arg a = { &g, false };
+    pthread_create(&t, NULL, irqm_injector, &a);
+    gvm_run(&g, &e);
+    pthread_join(t, NULL);
+    ck_assert_msg(a.ok, "an interrupt was not delivered");
+    gvm_expect_hc(&e, 0x45);
+    memcpy(out->data, g.ram + GVM_DATA, 4096);
+    memcpy(out->stack, g.ram + GVM_STACK_TOP - 4096, 4096);
+    memcpy(&out->pvcs, gvm_pvcs(&g), sizeof(out->pvcs));
+    gvm_regs(&g, &out->regs);
+    out->fast_events = pvm__native_fast_events(g.cpu);
+    *irqs = pvm__native_fast_irqs(g.cpu);
+    gvm_fini(&g);
+}
+
+/* Interrupts delivered by the stub leave byte-for-byte the model's guest state. */
+START_TEST(fast_irq_matches_model)
+{
+    static struct fast_snapshot fast, slow;
+    uint64_t fast_irqs, slow_irqs;
+    run_irq_mix(true, &fast, &fast_irqs);
+    run_irq_mix(false, &slow, &slow_irqs);
+    ck_assert_uint_eq(slow_irqs, 0);
+    /* v1 by the poke, v2 by the fast ERETS, v3 by the fast IRQ_WIN (one may meet a cold page). */
+    ck_assert_msg(fast_irqs >= 2, "only %llu interrupts delivered in the stub", (unsigned long long)fast_irqs);
+    ck_assert_uint_eq(fast.regs.rbx, GVM_DATA + 3 * 88);
+    ck_assert_uint_eq(fast.regs.rbx, slow.regs.rbx);
+    for (size_t i = 0; i < 4096; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, fast.data + i, 8);
+        memcpy(&y, slow.data + i, 8);
+        ck_assert_msg(x == y, "log word %zu: fast %#llx, model %#llx", i / 8, (unsigned long long)x,
+                      (unsigned long long)y);
+    }
+    ck_assert(!memcmp(fast.stack, slow.stack, 4096));
+    ck_assert(!memcmp(&fast.pvcs, &slow.pvcs, sizeof(fast.pvcs)));
+    ck_assert(!memcmp(&fast.regs, &slow.regs, sizeof(fast.regs)));
+
+    /* Against the ABI: §5.5 PVCS fields, §5.6 entry state, §5.7 IP. */
+    const uint64_t *l = (const uint64_t *)fast.data;
+    uint64_t spin = gaddr(g_irqm_start, g_irqm_spin), hsp = (GVM_STACK_TOP - GVM_REDZONE) & ~15ull;
+    for (int k = 0; k < 3; k++, l += 11) {
+        ck_assert_uint_eq(l[0], GVM_ENTRY + 512);            /* RCX = entry */
+        ck_assert_uint_eq(l[1], 0x202);                      /* R11 */
+        ck_assert_uint_eq(l[4], 0);                          /* PVCS IF cleared, IP clear */
+        ck_assert_uint_eq(l[5] >> 32, k == 0 ? 0x40 : k == 1 ? 0x50 : 0x60);
+        ck_assert_uint_eq(l[6] & 0x200, 0x200);              /* PVCS.eflags: IF was 1 */
+    }
+    l = (const uint64_t *)fast.data;
+    ck_assert_uint_eq(l[2], hsp);                            /* (RSP - redzone) & ~15 */
+    ck_assert_uint_eq(l[7], spin);
+    ck_assert_uint_eq(l[8], GVM_STACK_TOP);
+    ck_assert_uint_eq(l[9], 0x1111);
+    ck_assert_uint_eq(l[10], 0x2222);
+    ck_assert_uint_eq(l[11 + 7], spin);                      /* v2: at the ERETS target */
+    ck_assert_uint_eq(l[11 + 8], GVM_STACK_TOP);
+    ck_assert_uint_eq(l[11 + 9], 0x1111);
+    ck_assert_uint_eq(l[22 + 7], gaddr(g_irqm_start, g_irqm_win)); /* v3: after IRQ_WIN */
+    ck_assert_uint_eq(l[22 + 8], hsp);
+}
+END_TEST
+
+/*
+ * Stress: a guest mixing fast hypercalls, #UD -> ERETS, IF = 0 windows closed
+ * by IRQ_WIN, host calls and IRQ_HALT counts every interrupt per vector in
+ * its +512 handler (ERETS back) and every NMI at +256, while another thread
+ * injects thousands of interrupts at random moments, with NMIs and kicks mixed
+ * in.  A vector is injected again only after its previous injection was
+ * counted, so the counts must match exactly: no loss, no duplicate.
+ */
+GVM_CODE_BLOCK(g_st_irq,
+    "sub $72, %rsp\n mov %rax, 64(%rsp)\n mov 0x10100c, %eax\n incq 0x106000(,%rax,8)\n"
+    "movq $0, 0(%rsp)\n mov 0x101060, %rax\n mov %rax, 8(%rsp)\n movq $0x10, 16(%rsp)\n"
+    "movl 0x101058, %eax\n mov %rax, 24(%rsp)\n mov 0x101068, %rax\n mov %rax, 32(%rsp)\n movq $0x18, 40(%rsp)\n"
+    "mov 0x101070, %rax\n mov %rax, 48(%rsp)\n mov 0x101078, %rax\n mov %rax, 56(%rsp)\n"
+    "mov 64(%rsp), %rax\n jmp *0x106f08\n");
+GVM_CODE_BLOCK(g_st_exc,
+    "cmpl $2, 4(%rsp)\n jne 1f\n incq 0x106fe0\n jmp *0x106f08\n"
+    "1: addq $2, 8(%rsp)\n jmp *0x106f08\n");
+GVM_CODE_BLOCK(g_st_main,
+    "movq $0, -0x200(%rsp)\n orq $0x200, 0x101000\n xor %ebx, %ebx\n"
+    "1: mov $1, %eax\n syscall\n ud2\n"
+    "andq $~0x200, 0x101000\n mov $50, %ecx\n 2: pause\n dec %ecx\n jnz 2b\n"
+    "orq $0x200, 0x101000\n testq $0x100, 0x101000\n jz 3f\n mov $0x17088201, %eax\n syscall\n"
+    "3: inc %ebx\n test $31, %ebx\n jnz 4f\n" HC(0x47)
+    "4: test $127, %ebx\n jnz 5f\n cmpq $0, 0x106ff0\n jne 5f\n mov $0x17088202, %eax\n syscall\n"
+    "5: cmpq $0, 0x106ff0\n je 1b\n" HC(0x46) "ud2\n");
+
+#define ST_VEC0 0x30
+#define ST_NVEC 15            /* counted vectors 0x30..0x3e; 0x3f only wakes a halt at the end */
+#define ST_N    3000
+
+struct stress {
+    struct gvm *g;
+    int finished;             /* atomic: the guest reached its final host call */
+    uint64_t injected[256], nmis, kicks;
+    const char *fail;
+    uint64_t seed;
+};
+
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static bool st_all_counted(struct stress *st)
+{
+    for (int v = ST_VEC0; v < ST_VEC0 + ST_NVEC; v++)
+        if (gload(st->g, GVM_DATA + 8ull * v) != st->injected[v])
+            return false;
+    return gload(st->g, IRQ_NMIS) == st->nmis;
+}
+
+static void *stress_injector(void *p)
+{
+    struct stress *st = p;
+    uint64_t r = st->seed;
+    sleep_ms(10);
+    for (int i = 0; i < ST_N && !st->fail; i++) {
+        uint64_t x = xorshift(&r);
+        if (x % 4) {   /* 1 in 4 back to back; else a random pause, spinning or sleeping */
+            unsigned us = (unsigned)(x >> 8) % 100;
+            if (x & 0x10) {
+                struct timespec ts = { 0, (long)us * 1000 };
+                nanosleep(&ts, NULL);
+            } else {
+                for (volatile unsigned k = 0; k < us * 100; k++)
+                    ;
+            }
+        }
+        if ((x >> 20) % 50 == 0 && gload(st->g, IRQ_NMIS) == st->nmis) {
+            struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
+            if (pvm_vcpu_inject(st->g->cpu, &nmi) == 0)
+                st->nmis++;
+        }
+        if ((x >> 30) % 60 == 0) {
+            pvm_vcpu_kick(st->g->cpu);
+            st->kicks++;
+        }
+        /* A vector whose last injection was counted (else it would merge with it, like an IRR bit). */
+        int v = -1;
+        for (int tries = 0; v < 0; tries++) {
+            for (int k = 0; k < ST_NVEC && v < 0; k++) {
+                int c = ST_VEC0 + (int)((x >> 40) + (uint64_t)k) % ST_NVEC;
+                if (gload(st->g, GVM_DATA + 8ull * c) == st->injected[c])
+                    v = c;
+            }
+            if (v < 0) {
+                if (tries > 20000) {
+                    st->fail = "an interrupt was never counted (lost?)";
+                    return NULL;
+                }
+                struct timespec ts = { 0, 100000 };
+                nanosleep(&ts, NULL);
+            }
+        }
+        struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = (uint8_t)v };
+        if (pvm_vcpu_inject(st->g->cpu, &ev) != 0) {
+            st->fail = "pvm_vcpu_inject failed";
+            return NULL;
+        }
+        st->injected[v]++;
+    }
+    for (int i = 0; i < 50000 && !st_all_counted(st); i++) {
+        struct timespec ts = { 0, 100000 };
+        nanosleep(&ts, NULL);
+    }
+    if (!st->fail && !st_all_counted(st))
+        st->fail = "counts differ from the injections at the end";
+    __atomic_store_n((uint64_t *)(st->g->ram + IRQ_DONE), 1, __ATOMIC_SEQ_CST);
+    /* Wake a guest that halted just before it saw "done". */
+    while (!__atomic_load_n(&st->finished, __ATOMIC_SEQ_CST)) {
+        struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = ST_VEC0 + ST_NVEC };
+        pvm_vcpu_inject(st->g->cpu, &ev);
+        sleep_ms(1);
+    }
+    return NULL;
+}
+
+START_TEST(fast_irq_stress)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    pthread_t t;
+    static struct stress st;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_st_main_start, g_st_main_end);
+    gvm_load(&g, GVM_ENTRY + 256, g_st_exc_start, g_st_exc_end);
+    gvm_load(&g, GVM_ENTRY + 512, g_st_irq_start, g_st_irq_end);
+    uint64_t jmp[2] = { 0, GVM_RETS_SITE };
+    memcpy(g.ram + IRQ_JMP, jmp, sizeof(jmp));
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    memset(&st, 0, sizeof(st));
+    st.g = &g;
+    st.seed = (uint64_t)time(NULL) * 2654435761u | 1;
+    pthread_create(&t, NULL, stress_injector, &st);
+    unsigned kicked = 0, hostcalls = 0;
+    for (;;) {
+        uint32_t why = gvm_run(&g, &e);
+        if (why == PVM_EXIT_KICKED) {
+            kicked++;
+            continue;
+        }
+        ck_assert_uint_eq(why, PVM_EXIT_HYPERCALL);
+        if (e.u.hypercall.nr == PVM_HOSTCALL(0x47)) {
+            hostcalls++;
+            continue;
+        }
+        gvm_expect_hc(&e, 0x46);
+        break;
+    }
+    __atomic_store_n(&st.finished, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    uint64_t total = 0;
+    for (int v = ST_VEC0; v < ST_VEC0 + ST_NVEC; v++) {
+        uint64_t c = gload(&g, GVM_DATA + 8ull * v);
+        ck_assert_msg(c == st.injected[v], "vector %#x: injected %llu, counted %llu (seed %llu)", v,
+                      (unsigned long long)st.injected[v], (unsigned long long)c, (unsigned long long)st.seed);
+        total += c;
+    }
+    ck_assert_msg(!st.fail, "%s (seed %llu)", st.fail ? st.fail : "", (unsigned long long)st.seed);
+    ck_assert_uint_eq(total, ST_N);
+    ck_assert_uint_eq(gload(&g, IRQ_NMIS), st.nmis);
+    for (int v = 0; v < 256; v++)   /* nothing but the injected vectors ever arrived */
+        if (v < ST_VEC0 || v > ST_VEC0 + ST_NVEC)
+            ck_assert_uint_eq(gload(&g, GVM_DATA + 8ull * v), 0);
+    printf("fast_irq_stress: %llu interrupts (%llu in the stub), %llu NMIs, %llu kicks (%u exits), "
+           "%u host calls\n", (unsigned long long)total, (unsigned long long)pvm__native_fast_irqs(g.cpu),
+           (unsigned long long)st.nmis, (unsigned long long)st.kicks, kicked, hostcalls);
+    if (fast_default())
+        ck_assert_uint_gt(pvm__native_fast_irqs(g.cpu), 0);
+    else
+        ck_assert_uint_eq(pvm__native_fast_irqs(g.cpu), 0);
+    gvm_fini(&g);
+}
+END_TEST
+
 START_TEST(create_run_destroy_cycles)
 {
     run_hc_guest_ok();
@@ -1003,6 +1328,8 @@ int main(void)
     tcase_add_test(tc, fast_loop_kick_and_inject);
     tcase_add_test(tc, fast_erets_and_nmi);
     tcase_add_test(tc, fast_block_forgery_contained);
+    tcase_add_test(tc, fast_irq_matches_model);
+    tcase_add_test(tc, fast_irq_stress);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);
 }

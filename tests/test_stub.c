@@ -447,12 +447,12 @@ START_TEST(test_stub_process_state)
     fclose(f);
     ck_assert_int_eq(seccomp, 2);
     ck_assert_int_eq(nnp, 1);
-    /* exactly fds 3 and 4 */
+    /* exactly fds 3 and 4 (RAM, control) and 5 (the death pipe) */
     snprintf(path, sizeof(path), "/proc/%d/fd/0", nstub_pid(g.s));
     ck_assert_int_ne(access(path, F_OK), 0);
-    for (int fd = 3; fd <= 5; fd++) {
+    for (int fd = 3; fd <= 6; fd++) {
         snprintf(path, sizeof(path), "/proc/%d/fd/%d", nstub_pid(g.s), fd);
-        ck_assert_int_eq(access(path, F_OK) == 0, fd != 5);
+        ck_assert_int_eq(access(path, F_OK) == 0, fd != 6);
     }
     guest_fini(&g);
 }
@@ -831,6 +831,28 @@ static bool proc_stat(pid_t pid, int *ppid, double *cpu_s, char *state)
     return true;
 }
 
+/*
+ * Is @ppid (a stub's parent) the library process @lib itself or one of its
+ * zygotes (spawn.c: "pvm-zygote zygote <library pid>")?
+ */
+static bool parent_is_library(pid_t ppid, pid_t lib)
+{
+    if (ppid == lib)
+        return true;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)ppid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *a1 = buf + strlen(buf) + 1;
+    if (strcmp(buf, "pvm-zygote") || a1 >= buf + n || strcmp(a1, "zygote"))
+        return false;
+    return atoi(a1 + strlen(a1) + 1) == (int)lib;
+}
+
 /* Gone, or a zombie nobody has reaped yet.  Reaps it if it was reparented to us (a subreaper). */
 static bool process_gone(pid_t pid)
 {
@@ -860,7 +882,8 @@ START_TEST(test_survives_creating_thread)
     int ppid = 0;
     char st = 0;
     ck_assert_msg(proc_stat(nstub_pid(g.s), &ppid, NULL, &st) && st != 'Z', "stub died with its creating thread");
-    ck_assert_int_eq(ppid, getpid());   /* reparented to another thread of this process */
+    /* its zygote's, or reparented to another thread of this process (PVM_NATIVE_ZYGOTE=0) */
+    ck_assert_msg(parent_is_library(ppid, getpid()), "stub parent %d", ppid);
     for (int i = 0; i < 3; i++) {
         g.r.rip = CODE;
         g.r.gpr[RAX] = 39 + (uint64_t)i;
@@ -1029,7 +1052,7 @@ static void check_dies_with_library(bool spin)
         usleep(100000);
     }
     ck_assert_msg(proc_stat(stub, &ppid, NULL, &st), "stub %d is gone before its library", (int)stub);
-    ck_assert_int_eq(ppid, lib);
+    ck_assert_msg(parent_is_library(ppid, lib), "stub parent %d, library %d", ppid, (int)lib);
     ck_assert_msg(spin ? st == 'R' : st == 'S', "stub state %c", st);
     uint64_t t0 = now_ns();
     kill(lib, SIGKILL);
@@ -1209,6 +1232,246 @@ START_TEST(test_costs)
 }
 END_TEST
 
+/* ---- stub creation: zygotes, fds, children, the death-pipe backstop ---------- */
+
+/* PVM_NATIVE_ZYGOTE=0: the library spawns stubs itself; the zygote tests have nothing to test. */
+static bool no_zygote(void)
+{
+    const char *e = getenv("PVM_NATIVE_ZYGOTE");
+    if (e && !strcmp(e, "0")) {
+        printf("stub: zygote test skipped: PVM_NATIVE_ZYGOTE=0\n");
+        return true;
+    }
+    return false;
+}
+
+/* The parent pid of @pid from /proc/<pid>/stat, or -1. */
+static int parent_of(pid_t pid)
+{
+    int ppid = -1;
+    return proc_stat(pid, &ppid, NULL, NULL) ? ppid : -1;
+}
+
+/* Live (or zombie) children of @pid. */
+static int children_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    int n = 0, c;
+    if (!f)
+        return -1;
+    while (fscanf(f, "%d", &c) == 1)
+        n++;
+    fclose(f);
+    return n;
+}
+
+/* One zygote forks the stubs; it is not our child; destroying leaves no zombie anywhere. */
+START_TEST(test_zygote_reuse)
+{
+    if (no_zygote())
+        return;
+    warm_up();
+    int fds = pvm_test_count_fds(), children = pvm_test_count_children();
+    struct guest a, b;
+    guest_init(&a, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    guest_init(&b, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    run(&a);
+    run(&b);
+    ck_assert_uint_eq(a.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(b.t.kind, NSTUB_TRAP_SYSCALL);
+    pid_t pa = nstub_pid(a.s), pb = nstub_pid(b.s);
+    int z = parent_of(pa);
+    ck_assert_int_eq(parent_of(pb), z);
+    ck_assert_msg(z != getpid() && parent_is_library(z, getpid()), "stub parent %d is not our zygote", z);
+    ck_assert_int_ne(parent_of(z), getpid());   /* double-forked: no SIGCHLD, not in our waitpid(-1) */
+    ck_assert_int_eq(pvm_test_count_children(), children);
+    int zc = children_of(z);
+    ck_assert_int_ge(zc, 2);
+    guest_fini(&a);
+    guest_fini(&b);
+    /* reaped by the zygote before nstub_destroy returned */
+    ck_assert_int_eq(kill(pa, 0) < 0 && errno == ESRCH, 1);
+    ck_assert_int_eq(kill(pb, 0) < 0 && errno == ESRCH, 1);
+    ck_assert_int_eq(children_of(z), zc - 2);
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
+/* More stubs than one zygote takes: a second zygote; one library fd per stub (its pidfd). */
+START_TEST(test_many_stubs)
+{
+    if (no_zygote())
+        return;
+    enum { N = 300 };
+    static struct nstub *st[N];
+    warm_up();
+    int memfd = memfd_create("test-many", MFD_CLOEXEC);
+    ck_assert_int_ge(memfd, 0);
+    ck_assert_int_eq(ftruncate(memfd, 0x1000), 0);
+    int fds = pvm_test_count_fds(), children = pvm_test_count_children();
+    int zyg[4] = { 0 }, nz = 0;
+    char err[256];
+    for (int i = 0; i < N; i++) {
+        struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
+        int rc = nstub_create(&st[i], &cfg, err, sizeof(err));
+        ck_assert_msg(rc == 0, "stub %d: %d %s", i, rc, err);
+        int z = parent_of(nstub_pid(st[i]));
+        int k = 0;
+        while (k < nz && zyg[k] != z)
+            k++;
+        if (k == nz) {
+            ck_assert_int_lt(nz, 4);
+            ck_assert_msg(parent_is_library(z, getpid()), "stub %d: parent %d", i, z);
+            zyg[nz++] = z;
+        }
+    }
+    int grown = pvm_test_count_fds() - fds;
+    printf("stub: %d stubs: %d zygote(s), %d more fds in the library\n", N, nz, grown);
+    ck_assert_int_ge(nz, 2);
+    /* one pidfd per stub, plus socket + pidfd of each new zygote */
+    ck_assert_int_le(grown, N + 2 * (nz - 1));
+    int zc = 0;
+    for (int k = 0; k < nz; k++)
+        zc += children_of(zyg[k]);
+    ck_assert_int_ge(zc, N);
+    for (int i = 0; i < N; i++)
+        nstub_destroy(st[i]);
+    int left = 0;
+    for (int k = 0; k < nz; k++)
+        left += children_of(zyg[k]);
+    ck_assert_int_eq(left, zc - N);   /* every destroyed stub reaped: no zombie left with the zygotes */
+    ck_assert_int_le(pvm_test_count_fds() - fds, 2 * (nz - 1));
+    ck_assert_int_eq(pvm_test_count_children(), children);
+    close(memfd);
+}
+END_TEST
+
+/*
+ * A library child (forked: its own library process) whose stub's guest
+ * forged an rt_sigreturn that blocks every signal and then spins: the
+ * stub's own checks (SIGPROF, getppid) never run again.
+ */
+static pid_t backstop_child(bool direct, pid_t *stub_pid)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        if (direct)
+            setenv("PVM_NATIVE_ZYGOTE", "0", 1);   /* read once, at the first stub of the process */
+        static const uint8_t code[] = { 0x0f, 0x0b, 0xeb, 0xfe };   /* ud2; jmp . */
+        int memfd = memfd_create("test-guest", MFD_CLOEXEC);
+        ucontext_t uc;
+        memset(&uc, 0, sizeof(uc));
+        uc.uc_flags = 2;   /* UC_SIGCONTEXT_SS */
+        uc.uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
+        uc.uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
+        uc.uc_mcontext.gregs[REG_RIP] = (greg_t)(CODE + 2);
+        uc.uc_mcontext.gregs[REG_RSP] = (greg_t)(DATA + 0x800);
+        uc.uc_mcontext.gregs[REG_EFL] = 0x202;
+        uc.uc_mcontext.gregs[REG_CSGSFS] = (greg_t)(0x33 | (0x2bull << 48));
+        uc.uc_sigmask.__val[0] = ~0ull;
+        struct nstub *s;
+        struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
+        struct nstub_regs r = { .rip = NSTUB_SYSCALL_INSN, .rflags = 0x202, .cs = 0x33, .ss = 0x2b };
+        r.gpr[RAX] = 15;   /* rt_sigreturn, from the stub's own SYSCALL */
+        r.gpr[RSP] = DATA + 0x900;
+        struct nstub_trap t;
+        if (memfd < 0 || ftruncate(memfd, RAM_SIZE) < 0 || pwrite(memfd, code, sizeof(code), 0) != sizeof(code) ||
+            pwrite(memfd, &uc, offsetof(ucontext_t, uc_sigmask) + 8, DATA_OFF + 0x900) < 0 ||
+            nstub_create(&s, &cfg, NULL, 0) < 0 || nstub_map(s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC) < 0 ||
+            nstub_map(s, DATA, 0x1000, DATA_OFF, PROT_READ | PROT_WRITE) < 0)
+            _exit(1);
+        int sp = nstub_pid(s);
+        if (write(p[1], &sp, sizeof(sp)) != sizeof(sp))
+            _exit(1);
+        nstub_run(s, &r, &t);   /* the guest spins with every signal blocked: no return */
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    int sp = -1;
+    ssize_t n = read(p[0], &sp, sizeof(sp));
+    close(p[0]);
+    if (n != sizeof(sp)) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        ck_abort_msg("the library child could not start a stub");
+    }
+    *stub_pid = sp;
+    return pid;
+}
+
+/* All signals blocked in /proc/<pid>/status (SigBlk)? */
+static bool blocks_all(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    unsigned long long blk = 0;
+    while (f && fgets(line, sizeof(line), f))
+        sscanf(line, "SigBlk: %llx", &blk);
+    if (f)
+        fclose(f);
+    return (blk | (1ull << (SIGKILL - 1)) | (1ull << (SIGSTOP - 1))) == ~0ull;
+}
+
+/*
+ * Only the kernel can end such a stub: the death pipe's SIGKILL.  @direct:
+ * spawned by the library itself; else by a zygote, which we SIGSTOP so that
+ * it cannot kill its stubs either (its own backstop must end it too).
+ */
+static void check_backstop(bool direct)
+{
+    pid_t stub, lib = backstop_child(direct, &stub);
+    double cpu = wait_cpu(stub, 0.6);   /* > NSTUB_ORPHAN_CPU_US: a SIGPROF was due and stayed blocked */
+    ck_assert_msg(cpu >= 0.6, "the guest spun only %.2f s", cpu);
+    ck_assert_msg(blocks_all(stub), "the forged sigreturn did not block every signal");
+    pid_t z = parent_of(stub);
+    if (direct) {
+        ck_assert_int_eq(z, lib);
+    } else {
+        ck_assert_msg(z != lib && parent_is_library(z, lib), "stub parent %d", z);
+        ck_assert_int_eq(kill(z, SIGSTOP), 0);
+    }
+    uint64_t t0 = now_ns();
+    kill(lib, SIGKILL);
+    ck_assert_int_eq(waitpid(lib, NULL, 0), lib);
+    while (!process_gone(stub) && now_ns() - t0 < 3000000000ull)
+        usleep(5000);
+    double dt = (now_ns() - t0) / 1e9;
+    bool zgone = direct;
+    while (!direct && !(zgone = process_gone(z)) && now_ns() - t0 < 3000000000ull)
+        usleep(5000);
+    printf("stub: backstop (%s): a stub blocking every signal gone %.3f s after its library was killed%s\n",
+           direct ? "direct spawn" : "zygote stopped", dt, direct ? "" : (zgone ? ", zygote gone too" : ""));
+    if (!process_gone(stub))
+        kill(stub, SIGKILL);
+    if (!zgone)
+        kill(z, SIGKILL);
+    ck_assert_msg(dt < 1.0, "the stub outlived its library by %.2f s", dt);
+    ck_assert_msg(zgone, "the stopped zygote outlived its library");
+}
+
+START_TEST(test_backstop_direct)
+{
+    check_backstop(true);
+}
+END_TEST
+
+START_TEST(test_backstop_zygote)
+{
+    if (no_zygote())
+        return;
+    check_backstop(false);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("stub");
@@ -1244,5 +1507,12 @@ int main(void)
     tcase_add_test(cost, test_costs);
     tcase_set_timeout(cost, 120);
     suite_add_tcase(s, cost);
+    TCase *spawn = tcase_create("creation");
+    tcase_add_test(spawn, test_zygote_reuse);
+    tcase_add_test(spawn, test_many_stubs);
+    tcase_add_test(spawn, test_backstop_direct);
+    tcase_add_test(spawn, test_backstop_zygote);
+    tcase_set_timeout(spawn, 60);
+    suite_add_tcase(s, spawn);
     return pvm_test_run_suite(s);
 }

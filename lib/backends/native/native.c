@@ -48,6 +48,7 @@ struct native_vcpu {
     int kick_pending;            /* atomic */
     int attention;               /* atomic: inbox non-empty or kick */
     int running_slot;            /* atomic: stub slot running guest code, or -1 */
+    int irq_slot;                /* under inbox_lock: stub taking posted interrupts (fast path), or -1 */
     uint32_t wake;               /* futex word for halt waits */
 
     bool dead;                   /* SHUTDOWN or INTERNAL_ERROR reached */
@@ -56,6 +57,7 @@ struct native_vcpu {
     /* The smod fast path (stub/fast.c). */
     bool fast_on;                /* PVM_NATIVE_FASTPATH != "0" at creation */
     uint64_t fast_events;        /* handled in the stubs (statistics) */
+    uint64_t fast_irqs;          /* of which interrupts delivered in the stubs */
     uint32_t cpuid_gen;          /* bumped when the CPUID table changes ... */
     uint32_t cpuid_pub[PVM_SHADOW_MAX_ROOTS]; /* ... and what each stub has */
 };
@@ -256,8 +258,8 @@ static void native_vcpu_fini(pvm_vcpu *v)
     struct native_vcpu *nv = nv_of(v);
     if (!nv)
         return;
-    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events handled by the stub fast path", v->id,
-             (unsigned long long)nv->fast_events);
+    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events handled by the stub fast path (%llu interrupts)", v->id,
+             (unsigned long long)nv->fast_events, (unsigned long long)nv->fast_irqs);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nv->stubs[i]);
     pvm_shadow_destroy(nv->shadow);
@@ -276,6 +278,7 @@ static int native_vcpu_init(pvm_vcpu *v)
     nv->v = v;
     nv->fpu_slot = -1;
     nv->running_slot = -1;
+    nv->irq_slot = -1;
     const char *fp = getenv("PVM_NATIVE_FASTPATH");
     nv->fast_on = !(fp && !strcmp(fp, "0"));
     nv->cpuid_gen = 1;
@@ -319,6 +322,18 @@ static int native_inject(pvm_vcpu *v, const struct pvm_event *ev)
     struct native_vcpu *nv = nv_of(v);
     int rc = 0;
     pthread_mutex_lock(&nv->inbox_lock);
+    /*
+     * An interrupt for a vCPU running with the fast path on goes to its stub,
+     * which delivers it itself (stub/fast.c, §5.5); what it has not delivered
+     * comes back into the model when nstub_run returns (irq_take_back).
+     */
+    if (ev->type == PVM_EVENT_INTERRUPT && ev->vector >= 32 && nv->irq_slot >= 0) {
+        struct nstub *st = nv->stubs[nv->irq_slot];
+        nstub_post_irq(st, ev->vector);
+        pthread_mutex_unlock(&nv->inbox_lock);
+        nstub_poke(st);
+        return 0;
+    }
     if (ev->type == PVM_EVENT_EXCEPTION) {
         for (unsigned i = 0; i < nv->nr_inbox; i++)
             if (nv->inbox[i].type == PVM_EVENT_EXCEPTION)
@@ -520,10 +535,47 @@ static void add_window(struct native_vcpu *nv, struct nstub_fast_cfg *f, uint64_
     f->nr_windows++;
 }
 
-static bool events_pending(const struct pvm_cpu *c)
+static bool irqs_pending(const struct pvm_cpu *c)
 {
-    return c->exc_pending || c->nmi_pending || (c->irq_pending[0] | c->irq_pending[1] | c->irq_pending[2] |
-                                                c->irq_pending[3]);
+    return c->irq_pending[0] | c->irq_pending[1] | c->irq_pending[2] | c->irq_pending[3];
+}
+
+/*
+ * Anything the model must deliver first?  Interrupts held back by IF = 0
+ * (IP is set: pvm_m_check_events ran) are not: they go to the stub, which
+ * delivers them at the IRQ_WIN / ERETS that opens the window (irq_hand_over).
+ */
+static bool events_pending(struct native_vcpu *nv)
+{
+    const struct pvm_cpu *c = &nv->cpu;
+    return c->exc_pending || c->nmi_pending || (irqs_pending(c) && pvm_m_irq_enabled(c, &nv->mem));
+}
+
+/*
+ * Interrupts and the stub (stub/fast.c irq_check): while the stub of @slot
+ * runs with the fast path on, the model's pending interrupts and every new
+ * injection live in its control page, and each one is delivered exactly once:
+ * by the stub (it clears the bit) or, after nstub_run, by the model (the
+ * bits taken back).  inbox_lock orders injectors against the hand-over.
+ */
+static void irq_hand_over(struct native_vcpu *nv, unsigned slot)
+{
+    struct pvm_cpu *c = &nv->cpu;
+    pthread_mutex_lock(&nv->inbox_lock);
+    nv->irq_slot = (int)slot;
+    for (unsigned v = 32; v < 256; v++)
+        if (c->irq_pending[v / 64] & (1ull << (v % 64)))
+            nstub_post_irq(nv->stubs[slot], v);
+    memset(c->irq_pending, 0, sizeof(c->irq_pending));
+    pthread_mutex_unlock(&nv->inbox_lock);
+}
+
+static void irq_take_back(struct native_vcpu *nv, unsigned slot)
+{
+    pthread_mutex_lock(&nv->inbox_lock);
+    nv->irq_slot = -1;
+    nstub_take_irqs(nv->stubs[slot], nv->cpu.irq_pending);
+    pthread_mutex_unlock(&nv->inbox_lock);
 }
 
 /*
@@ -531,7 +583,7 @@ static bool events_pending(const struct pvm_cpu *c)
  * with the PVCS mapped into the stub and nothing pending, so that the model's
  * event check after each event has nothing to do (stub/fast.c).
  */
-static void setup_fast(struct native_vcpu *nv, unsigned slot)
+static bool setup_fast(struct native_vcpu *nv, unsigned slot)
 {
     struct pvm_cpu *c = &nv->cpu;
     struct nstub *st = nv->stubs[slot];
@@ -539,11 +591,11 @@ static void setup_fast(struct native_vcpu *nv, unsigned slot)
     struct pvm_region r;
 
     if (!nv->fast_on || c->mode != PVM_MODE_SUPERVISOR || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS ||
-        events_pending(c) || !c->msr_vcpu_struct ||
+        events_pending(nv) || !c->msr_vcpu_struct ||
         !pvm__gpa_lookup(nv->v->vm, c->msr_vcpu_struct, 4096, &r) || r.memfd_off == PVM_NO_MEMFD ||
         (r.flags & PVM_MEM_READONLY) || nstub_map_pvcs(st, r.memfd_off + (c->msr_vcpu_struct - r.gpa)) < 0) {
         nstub_set_fast(st, &f);
-        return;
+        return false;
     }
     if (nv->cpuid_pub[slot] != nv->cpuid_gen) {
         struct pvm_cpuid_entry t[PVM_MAX_CPUID_ENTRIES + 8];
@@ -571,6 +623,7 @@ static void setup_fast(struct native_vcpu *nv, unsigned slot)
     for (unsigned i = 0; i < sizeof(probes) / sizeof(probes[0]); i++)
         add_window(nv, &f, probes[i]);
     nstub_set_fast(st, &f);
+    return true;
 }
 
 bool pvm__native_fastpath(const pvm_vcpu *v)
@@ -583,6 +636,13 @@ uint64_t pvm__native_fast_events(const pvm_vcpu *v)
     if (!v || v->vm->ops != &pvm_native_backend || !v->bdata)
         return 0;
     return nv_of((pvm_vcpu *)v)->fast_events;
+}
+
+uint64_t pvm__native_fast_irqs(const pvm_vcpu *v)
+{
+    if (!v || v->vm->ops != &pvm_native_backend || !v->bdata)
+        return 0;
+    return nv_of((pvm_vcpu *)v)->fast_irqs;
 }
 
 static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
@@ -639,14 +699,19 @@ static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
                 __atomic_store_n(&nv->running_slot, -1, __ATOMIC_SEQ_CST);
                 continue;
             }
-            setup_fast(nv, slot);
+            bool fast = setup_fast(nv, slot);
+            if (fast)
+                irq_hand_over(nv, slot);
             rc = nstub_run(nv->stubs[slot], &regs, &trap);
             __atomic_store_n(&nv->running_slot, -1, __ATOMIC_SEQ_CST);
+            if (fast) /* before anything looks at the model: its pending interrupts are exact again */
+                irq_take_back(nv, slot);
             if (rc < 0)
                 return fatal(nv, exit, rc, "stub run failed: %s", pvm_last_error());
             struct nstub_fast_result fr;
             nstub_fast_result(nv->stubs[slot], &fr);
             nv->fast_events += fr.events;
+            nv->fast_irqs += fr.irqs;
             if (fr.nmi_unmasked) /* §5.8: a fast ERETS released the NMI mask */
                 c->nmi_masked = false;
             if (trap.kind == NSTUB_TRAP_DIED)

@@ -17,5 +17,7 @@
 bool pvm__native_fastpath(const pvm_vcpu *v);
 /* Events the stub handled without a report on @v so far (0 for other backends). */
 uint64_t pvm__native_fast_events(const pvm_vcpu *v);
+/* Of those, external interrupts delivered in the stub (§5.5, stub/fast.c irq_check). */
+uint64_t pvm__native_fast_irqs(const pvm_vcpu *v);
 
 #endif /* PVM_NATIVE_H */

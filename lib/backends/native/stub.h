@@ -3,7 +3,8 @@
  * runs guest code natively at ring 3 and reports every trap.
  *
  * A stub is a tiny static, freestanding executable (stub/ in this folder),
- * embedded in libpvm and started with execveat() from a memfd.  It owns only
+ * embedded in libpvm, forked by a zygote process that was started with
+ * execveat() from a memfd (spawn.c, docs/design.md "Stub creation").  It owns only
  * its own pages in [NSTUB_REGION_START, NSTUB_REGION_END) (code, stack,
  * signal stack, the shared control page); everything else in its address
  * space is unmapped (vDSO and vvar included) and is filled only with guest
@@ -81,8 +82,8 @@ struct nstub_trap {
 
 /*
  * Start a stub.  Returns 0, or a negative PVM_E* code with a reason in
- * err[errlen].  No fd other than cfg->memfd and the control memfd is
- * inherited by the stub.
+ * err[errlen].  The stub holds only cfg->memfd, the control memfd and the
+ * death pipe (stub_abi.h); the library keeps one fd per stub (a pidfd).
  */
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen);
 /* Kill and reap the stub; frees everything.  NULL ignored. */
@@ -148,10 +149,25 @@ struct nstub_fast_cfg {
 };
 struct nstub_fast_result {
     uint64_t events;      /* handled in the stub (as the stub counted them: statistics only) */
+    uint64_t irqs;        /* of which interrupts delivered in the stub (statistics only) */
     bool nmi_unmasked;    /* an ERETS cleared the NMI mask */
 };
 void nstub_set_fast(struct nstub *s, const struct nstub_fast_cfg *cfg);
 void nstub_fast_result(const struct nstub *s, struct nstub_fast_result *out);
+/*
+ * In-stub interrupt delivery (stub/fast.c, §5.5).  nstub_post_irq() puts
+ * vector @vector (32..255) into the control page for the stub to deliver
+ * during this or the next nstub_run(); nstub_poke() then signals the stub
+ * (the kick signal without attention: answered inside the stub while the
+ * fast path is on, else a spurious report that nstub_run() resumes).
+ * nstub_take_irqs() removes what the stub did not deliver and ORs it into
+ * out[4] (only vectors posted since the last take: the guest cannot forge
+ * any).  Posting and taking must be serialized by the caller; taking only
+ * while the stub is stopped.  Any thread for post/poke, async-signal-safe.
+ */
+int nstub_post_irq(struct nstub *s, unsigned vector);
+void nstub_poke(struct nstub *s);
+void nstub_take_irqs(struct nstub *s, uint64_t out[4]);
 /* Map the PVCS page (memfd offset @off, page aligned) at the stub's fixed PVCS address; queued. */
 int nstub_map_pvcs(struct nstub *s, uint64_t off);
 /* Publish the effective CPUID table (n <= 264 entries); only while stopped. */

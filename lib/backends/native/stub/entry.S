@@ -42,6 +42,7 @@ nstub_restorer:
     .globl _start
     .type _start, @function
 _start:
+    mov %rsp, %rdi              /* argc, argv: stub_main looks for the zygote argument */
     lea stub_stack_top(%rip), %rsp
     and $-16, %rsp
     xor %ebp, %ebp

@@ -9,6 +9,10 @@
  *     that the model reflects          #BR #UD #NM #MF #XM, exception.c)
  *   hypercalls without state (§7)    PVM_HC_IRQ_WIN, every KVM-range number
  *   synthetic CPUID (§6.1)           from the table the library published
+ *   external interrupts (§5.5)       vectors the library posted in irq[] (a
+ *                                      "poke": the kick signal without attention),
+ *                                      and after each event above, as the model's
+ *                                      pvm_m__trap_end -> pvm_m_check_events would
  *
  * Everything else, and anything not exactly like the model's common case,
  * returns 0: the event is reported and the library handles it.  The library
@@ -38,7 +42,9 @@
 #pragma GCC visibility push(hidden)
 
 #define FAST (&((volatile struct nstub_ctl *)NSTUB_CTL_ADDR)->fast)
+#define PVCS ((volatile struct pvm_vcpu_struct *)NSTUB_PVCS_ADDR)
 #define PVCS_FLAGS ((volatile uint64_t *)(NSTUB_PVCS_ADDR + offsetof(struct pvm_vcpu_struct, event_flags)))
+#define KICK_SIGNAL (((volatile struct nstub_ctl *)NSTUB_CTL_ADDR)->kick_signal)
 
 #define GUEST_LO 0x10000ull           /* below: vm.mmap_min_addr (stub.h NSTUB_GUEST_LO) */
 #define GUEST_HI NSTUB_IMAGE_BASE
@@ -256,6 +262,64 @@ static int fault(volatile struct nstub_fast *f, int sig, siginfo_t *si, struct s
     }
 }
 
+/* Highest posted vector (irq.c highest_irq), or -1.  Bits below 32 are never posted: ignored. */
+static int highest_irq(volatile struct nstub_fast *f)
+{
+    for (int w = 3; w >= 0; w--) {
+        uint64_t m = __atomic_load_n(&f->irq[w], __ATOMIC_ACQUIRE);
+        if (w == 0)
+            m &= ~0xffffffffull;
+        if (m)
+            return w * 64 + 63 - __builtin_clzll(m);
+    }
+    return -1;
+}
+
+/* §5.5 supervisor interrupt (event.c supervisor_interrupt + enter_handler, §5.6): nothing is pushed. */
+static void deliver_irq(volatile struct nstub_fast *f, struct sigcontext *sc, unsigned vector)
+{
+    volatile struct pvm_vcpu_struct *p = PVCS;
+    /* Guest-view RFLAGS with the virtual IF (native.c regs_from_stub); §10.8: 32 bits. */
+    uint64_t rflags = (sc->eflags & ~RF_IF) | (*PVCS_FLAGS & PVM_EVENT_FLAGS_IF);
+    uint64_t entry = f->event_entry + PVM_ENTRY_SUPERVISOR_INTERRUPT;
+    p->eflags = (uint32_t)rflags;
+    p->rip = sc->rip;
+    p->rsp = sc->rsp;
+    p->rcx = sc->rcx;
+    p->r11 = sc->r11;
+    p->event_vector = vector;   /* no error code: event_errcode stays (§10.4) */
+    sc->rsp = (sc->rsp - f->redzone) & ~0xfull;
+    sc->rip = entry;
+    sc->rcx = entry;
+    set_virtual_if(PVM_ENTRY_RFLAGS);
+    sc->r11 = PVM_ENTRY_R11;
+    sc->eflags = underlying(PVM_ENTRY_RFLAGS);
+}
+
+/*
+ * irq.c pvm_m_check_events with only interrupts pending (an exception or NMI
+ * sets attention, so the stub reports instead): IF = 1 delivers the highest
+ * vector, and whatever is still pending with IF = 0 sets IP (§5.7).
+ */
+static void irq_check(volatile struct nstub_fast *f, struct sigcontext *sc)
+{
+    int v = highest_irq(f);
+    if (v < 0)
+        return;
+    if (*PVCS_FLAGS & PVM_EVENT_FLAGS_IF) {
+        uint64_t bit = 1ull << (v % 64);
+        /* Claim it: only the stub clears bits while it runs, so this always wins. */
+        if (__atomic_fetch_and(&f->irq[v / 64], ~bit, __ATOMIC_ACQ_REL) & bit) {
+            deliver_irq(f, sc, (unsigned)v);
+            f->irqs++;
+            f->count++;
+        }
+        if (highest_irq(f) < 0)
+            return;
+    }
+    *PVCS_FLAGS |= PVM_EVENT_FLAGS_IP;
+}
+
 int nstub_fast(int sig, siginfo_t *si, struct ucontext *uc)
 {
     volatile struct nstub_fast *f = FAST;
@@ -271,9 +335,16 @@ int nstub_fast(int sig, siginfo_t *si, struct ucontext *uc)
         done = smod_syscall(f, si, sc);
     else if (sig == SIGILL || sig == SIGTRAP || sig == SIGFPE || sig == SIGSEGV || sig == SIGBUS)
         done = fault(f, sig, si, sc);
-    else
-        done = 0;   /* the kick signal and anything else: report */
-    if (done)
+    else if (sig != KICK_SIGNAL)
+        done = 0;   /* anything else: report */
+    else {
+        /* The kick signal without attention: a poke (interrupts posted) or a stale kick. */
+        irq_check(f, sc);
+        return 1;
+    }
+    if (done) {
         f->count++;
+        irq_check(f, sc);   /* the model's pvm_m__trap_end */
+    }
     return done;
 }

@@ -54,6 +54,63 @@
 /* The stub's file descriptors. */
 #define NSTUB_FD_RAM 3
 #define NSTUB_FD_CTL 4
+/*
+ * The read end of the library's death pipe (the library keeps the only write
+ * end, O_CLOEXEC).  At start-up the stub (and the zygote) reopens it through
+ * /proc/self/fd as an open file description of its own, with O_ASYNC,
+ * F_SETOWN = itself and F_SETSIG = SIGKILL: when the last writer closes
+ * (library death or exec) the kernel SIGKILLs the holder, whatever its guest
+ * does.  The guest cannot undo it (no fcntl/close in the seccomp filter).
+ */
+#define NSTUB_FD_DEATH 5
+
+/*
+ * The zygote (stub/zygote.c): the stub image started with argv[1] =
+ * NSTUB_ZYGOTE_ARG forks stubs on request, so a stub spawn never copies the
+ * library's fd table.  Its fds: NSTUB_ZFD_SOCK (SOCK_SEQPACKET; a request is
+ * one struct nstub_zreq with SCM_RIGHTS [RAM memfd, control memfd]),
+ * NSTUB_ZFD_PAGE (a memfd holding struct nstub_zpage, mapped by both sides
+ * and closed after mapping) and NSTUB_FD_DEATH.  The page is never visible
+ * to a guest: every stub unmaps it before its seccomp filter.
+ */
+#define NSTUB_ZYGOTE_ARG "zygote"
+#define NSTUB_ZFD_SOCK 3
+#define NSTUB_ZFD_PAGE 4
+#define NSTUB_ZYG_ADDR  0x7f0000200000ull   /* above the PVCS page: every stub unmaps it */
+#define NSTUB_ZYG_SLOTS 256                 /* live stubs per zygote */
+#define NSTUB_ZYG_MAGIC 0x4759595au         /* "ZYYG" */
+
+/* A slot's state: the library moves FREE/REAPED -> REQ, the zygote the rest (futex word). */
+enum nstub_zslot_state {
+    NSTUB_Z_FREE = 0,
+    NSTUB_Z_REQ = 1,        /* request sent */
+    NSTUB_Z_SPAWNED = 2,    /* pid valid */
+    NSTUB_Z_FAILED = 3,     /* fork failed: status = errno */
+    NSTUB_Z_EXITED = 4,     /* exited, code/status valid, not yet reaped (pid still ours) */
+    NSTUB_Z_REAPED = 5,     /* reaped: the slot may be reused */
+};
+
+struct nstub_zslot {
+    uint32_t state;
+    int32_t pid;
+    int32_t code, status;   /* siginfo si_code (CLD_*) and si_status */
+};
+
+struct nstub_zpage {
+    uint32_t magic;
+    uint32_t ready;         /* futex: 0 starting, 1 serving, 2 failed (fail = errno) */
+    int32_t lib_pid;        /* library -> zygote: who to watch */
+    int32_t zygote_pid;
+    int32_t backstop;       /* 0: the death-pipe backstop is armed, else -errno */
+    int32_t fail;
+    struct nstub_zslot slot[NSTUB_ZYG_SLOTS];
+};
+
+struct nstub_zreq {
+    uint32_t op;            /* NSTUB_ZOP_SPAWN */
+    uint32_t slot;
+};
+#define NSTUB_ZOP_SPAWN 1
 
 enum nstub_state {
     NSTUB_ST_BOOT = 0,      /* written by the library before the stub starts */
@@ -128,6 +185,15 @@ struct nstub_fast {
     uint32_t nmi_masked;
     /* stub -> lib: events handled in the stub since the last resume (statistics) */
     uint64_t count;
+    /*
+     * External interrupts for in-stub delivery (§5.5, fast.c deliver_irq): bit v = vector v
+     * (32..255) pending.  Library threads only set bits (atomic OR, then the kick signal
+     * without attention: a "poke"); the stub claims a vector by an atomic AND that clears
+     * its bit; the library takes back the rest (atomic exchange) only while the stub is
+     * stopped.  So every posted vector is delivered exactly once, by one side.
+     */
+    uint64_t irq[4];
+    uint64_t irqs;          /* stub -> lib: interrupts delivered in the stub (statistics) */
     /* lib -> stub when the vCPU's table changes: the effective CPUID table (§6.1) */
     uint32_t nr_cpuid, pad;
     struct nstub_cpuid cpuid[NSTUB_FAST_MAX_CPUID];
@@ -172,5 +238,6 @@ struct nstub_ctl {
 
 _Static_assert(sizeof(struct nstub_ctl) <= NSTUB_ALTSTACK_OFF, "control page overlaps the signal stack");
 _Static_assert(sizeof(struct nstub_abi_regs) == 168, "register block layout");
+_Static_assert(sizeof(struct nstub_zpage) <= 8192, "zygote page size");
 
 #endif /* PVM_NSTUB_ABI_H */

@@ -25,6 +25,7 @@
 
 #include "stub_abi.h"
 #include "fast.h"
+#include "zygote.h"
 
 #define CTL ((volatile struct nstub_ctl *)NSTUB_CTL_ADDR)
 #define TASK_SIZE 0x7ffffffff000ull   /* the top user page is never mappable on x86-64 */
@@ -35,7 +36,7 @@
 long nstub_sys(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
 void nstub_restorer(void);
 void nstub_boot_trap(void);
-void stub_main(void);
+void stub_main(const uint64_t *sp);
 extern char sys_insn[];
 extern char stub_image_end[];
 
@@ -223,6 +224,9 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
     /* smod events the stub answers itself (fast.c): straight back into the guest. */
     if (nstub_fast(sig, si, uc)) {
+        /* A kick signal that is SIGPROF, answered in the stub (a poke): still the orphan check. */
+        if (sig == SIGPROF)
+            exit_if_orphaned();
         sane_return(uc);
         return;
     }
@@ -489,9 +493,13 @@ struct ksigaction {
 static struct robust_list death_entry;
 static struct robust_list_head death_head;
 
-void stub_main(void)
+void stub_main(const uint64_t *sp)
 {
     volatile struct nstub_ctl *c = CTL;
+
+    /* Started as the zygote: it returns only in a forked child, set up like an exec'd stub. */
+    if (nstub_is_zygote(sp))
+        nstub_zygote_main();
 
     long r = SYS(__NR_mmap, NSTUB_CTL_ADDR, NSTUB_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
                  NSTUB_FD_CTL, 0);
@@ -505,6 +513,9 @@ void stub_main(void)
     /* Compare with what the library says, not our first getppid(): it may already be dead. */
     lib_pid = c->parent_pid;
     exit_if_orphaned();
+    /* Kernel-enforced, unlike the checks here: SIGKILL once the death pipe loses its writer. */
+    if (nstub_backstop() == 1)
+        die("the library process is gone");
 
     /* Not in the caller's session: terminal signals (^C, ^Z) are not ours. */
     SYS(__NR_setsid, 0, 0, 0, 0, 0, 0);
