@@ -611,6 +611,8 @@ static void gvm_init_fast(struct gvm *g, bool on)
 #define LOG_EXC LOGR("rcx") LOGR("r11") LOGR("rsp") LOGFL LOGPV
 #define LOG_HC LOGR("rax") LOGR("rcx") LOGR("r10") LOGR("r11") LOGFL LOGPV
 #define DO_HC(nr) "movabs $" #nr ", %rax\n mov $0x55, %r10\n mov $0x66, %rcx\n syscall\n" LOG_HC
+#define DO_RDMSR(idx) "mov $" #idx ", %ecx\n mov $0x77, %eax\n mov $0x88, %edx\n rdmsr\n" LOGR("rax") LOGR("rdx") LOGFL
+#define DO_WRMSR(idx, lo, hi) "mov $" #idx ", %ecx\n mov $" #lo ", %eax\n mov $" #hi ", %edx\n wrmsr\n" LOGFL LOGPV
 #define CPUID_SEQ ".byte 0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2\n"
 #define DO_CPUID(leaf, sub) "mov $" #leaf ", %eax\n mov $" #sub ", %ecx\n" CPUID_SEQ \
     LOGR("rax") LOGR("rbx") LOGR("rcx") LOGR("rdx") LOGFL
@@ -643,7 +645,14 @@ GVM_CODE_BLOCK(g_fast_mix,
     "orq $0x100, 0x101000\n" DO_HC(0x17088201) DO_HC(0x170882ff) DO_HC(0x1708820a)
     DO_CPUID(0x40000000, 0) DO_CPUID(0x40000001, 0) DO_CPUID(0x40000002, 0) DO_CPUID(7, 0)
     DO_CPUID(7, 1) DO_CPUID(7, 2) DO_CPUID(0x12345678, 0) DO_CPUID(0x80000000, 5)
-    "orq $0x200, 0x101000\n ud2\n" LOG_EXC DO_HC(1)
+    DO_RDMSR(0x4b564df2) DO_RDMSR(0x4b564df3) DO_RDMSR(0x4b564df4) DO_RDMSR(0x4b564df5) DO_RDMSR(0x4b564df6)
+    DO_WRMSR(0x4b564df2, 0x12345678, 0xffff8000) DO_WRMSR(0x4b564df3, 0x180, 0)
+    DO_WRMSR(0x4b564df5, 0xfffffffe, 0xffffffff) DO_RDMSR(0x4b564df5) DO_WRMSR(0x4b564df5, 0x104300, 0)
+    DO_WRMSR(0x4b564df6, 0x104310, 0) DO_WRMSR(0x4b564df4, 0x104000, 0)
+    DO_RDMSR(0x4b564df2) DO_RDMSR(0x4b564df3) DO_RDMSR(0x4b564df4) DO_RDMSR(0x4b564df5) DO_RDMSR(0x4b564df6)
+    DO_RDMSR(0x4b564df0) DO_RDMSR(0x4b564df8)   /* not fast: the model (the second one #GPs) */
+    "mov $0x4b564df3, %ecx\n mov $0x180, %eax\n xor %edx, %edx\n .byte 0x48\n wrmsr\n" /* REX.W: the model's */
+    "orq $0x200, 0x101000\n ud2\n" LOG_EXC DO_HC(1)   /* frame below the new redzone */
     "mov %r15, %rbx\n" HC(0x40) "ud2\n");
 
 struct fast_snapshot {
@@ -651,6 +660,7 @@ struct fast_snapshot {
     struct pvm_vcpu_struct pvcs;
     struct pvm_regs regs;
     uint64_t fast_events;
+    uint64_t msr[8];   /* the PVM MSRs 0x4b564df0.. at the end */
 };
 
 static void run_fast_mix(bool on, struct fast_snapshot *out)
@@ -675,6 +685,8 @@ static void run_fast_mix(bool on, struct fast_snapshot *out)
     memcpy(&out->pvcs, gvm_pvcs(&g), sizeof(out->pvcs));
     gvm_regs(&g, &out->regs);
     out->fast_events = pvm__native_fast_events(g.cpu);
+    for (uint32_t i = 0; i < 8; i++)
+        ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_LINEAR_ADDRESS_RANGE + i, &out->msr[i]), 0);
     gvm_fini(&g);
 }
 
@@ -686,8 +698,8 @@ START_TEST(fast_path_matches_model)
     run_fast_mix(false, &slow);
     ck_assert_uint_eq(slow.fast_events, 0);
     printf("fast_path_matches_model: %llu fast events, log %llu bytes\n", (unsigned long long)fast.fast_events, (unsigned long long)(fast.regs.rbx - GVM_DATA));
-    /* 5 exceptions + 5 ERETS + 11 hypercalls (not 0x17088200-9 defined ones) + 8 CPUID, minus warm-up. */
-    ck_assert_msg(fast.fast_events >= 25, "only %llu events took the fast path",
+    /* 5 exceptions + 5 ERETS + 11 hypercalls (not 0x17088200-9 defined ones) + 8 CPUID + 17 MSR, minus warm-up. */
+    ck_assert_msg(fast.fast_events >= 40, "only %llu events took the fast path",
                   (unsigned long long)fast.fast_events);
     ck_assert_uint_eq(fast.regs.rbx, slow.regs.rbx);
     size_t used = fast.regs.rbx - GVM_DATA;
@@ -702,6 +714,9 @@ START_TEST(fast_path_matches_model)
     ck_assert(!memcmp(fast.stack, slow.stack, 4096));
     ck_assert(!memcmp(&fast.pvcs, &slow.pvcs, sizeof(fast.pvcs)));
     ck_assert(!memcmp(&fast.regs, &slow.regs, sizeof(fast.regs)));
+    ck_assert(!memcmp(fast.msr, slow.msr, sizeof(fast.msr)));
+    ck_assert_uint_eq(fast.msr[2], 0xffff800012345678ull);   /* SUPERVISOR_RSP as written */
+    ck_assert_uint_eq(fast.msr[3], 0x180);                   /* REDZONE */
 
     /* Spot checks of the log against the ABI (§5.4, §5.6, §6.3, §7). */
     const uint64_t *l = (const uint64_t *)fast.data;
@@ -961,6 +976,160 @@ START_TEST(fast_block_forgery_contained)
     run_hc_guest_ok();
     ck_assert_int_eq(pvm_test_count_fds(), fds);
     ck_assert_int_eq(pvm_test_count_children(), 0);
+}
+END_TEST
+
+/* §10.12: a non-canonical EVENT_ENTRY block (here only +512 is) is a triple fault, fast path or not. */
+GVM_CODE_BLOCK(g_wrmsr_entry_bad,
+    "mov $0x4b564df3, %ecx\n mov $0x40, %eax\n xor %edx, %edx\n wrmsr\n"   /* fast */
+    "mov $0x4b564df4, %ecx\n mov $0xfffffe00, %eax\n mov $0x7fff, %edx\n wrmsr\n" HC(0x45) "ud2\n");
+
+START_TEST(fast_wrmsr_event_entry_triple)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    uint64_t v;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_wrmsr_entry_bad_start, g_wrmsr_entry_bad_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+    ck_assert_uint_eq(e.reason, PVM_EXIT_SHUTDOWN);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_EVENT_ENTRY, &v), 0);
+    ck_assert_uint_eq(v, GVM_ENTRY);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_SUPERVISOR_REDZONE, &v), 0);
+    ck_assert_uint_eq(v, 0x40);
+    gvm_fini(&g);
+}
+END_TEST
+
+/*
+ * The MSR fields of the fast block are read back as the guest's WRMSRs (§2):
+ * a forged REDZONE is simply taken, a forged non-canonical EVENT_ENTRY is the
+ * §10.12 triple fault, as the same WRMSR would be.
+ */
+GVM_CODE_BLOCK(g_forge_msrs,
+    "movabs $0x7f0000100000, %rdi\n add %rsi, %rdi\n"
+    "movq $0x2340, 32(%rdi)\n"                           /* redzone */
+    "movq $0x4b564df3, %rcx\n rdmsr\n shl $32, %rdx\n or %rdx, %rax\n mov %rax, %rbx\n"
+    HC(0x46)
+    "movabs $0x8000000000000000, %rax\n mov %rax, 24(%rdi)\n"   /* event_entry */
+    HC(0x47) "ud2\n");
+
+START_TEST(fast_msr_readback_checked)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    uint64_t v;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_forge_msrs_start, g_forge_msrs_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_regs(&g, &r);
+    r.rsi = offsetof(struct nstub_ctl, fast);
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x46);
+    gvm_regs(&g, &r);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_SUPERVISOR_REDZONE, &v), 0);
+    /* Fast: the forged value, read and kept; slow: the control page means nothing. */
+    ck_assert_uint_eq(r.rbx, fast_default() ? 0x2340 : GVM_REDZONE);
+    ck_assert_uint_eq(v, r.rbx);
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+    ck_assert_uint_eq(e.reason, fast_default() ? PVM_EXIT_SHUTDOWN : PVM_EXIT_HYPERCALL);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_EVENT_ENTRY, &v), 0);
+    ck_assert_uint_eq(v, GVM_ENTRY);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- #PF prefetch at ERETU (native.c pf_prefetch) ------------------------------ */
+
+#define PF_GVA    0x400000ull
+#define PF_GPA    0x200000ull
+#define PF_LEAFVA 0x110000ull   /* the leaf table of PF_GVA, mapped for the guest kernel */
+#define PF_PTES   0x106e00ull   /* GVM_DATA: the PTE the kernel installs for page i */
+#define PF_RETU   0x106f80ull   /* GVM_DATA: the ERETU site, for an indirect jump */
+
+/* User code: read, write, read (PTE without A), write (PTE without D), fetch (a RET page), then report. */
+GVM_CODE_BLOCK(g_user_pf,
+    "mov $0x11, %r8\n mov 0x400000, %rax\n movq $0x1234, 0x401000\n mov 0x402008, %rbx\n"
+    "movq $0x5678, 0x403010\n mov $0x404000, %ecx\n call *%rcx\n mov %rax, %r9\n syscall\n ud2\n");
+/* User event entry (+0): a guest kernel that maps the faulting page and returns, all GPRs preserved. */
+GVM_CODE_BLOCK(g_k_user_entry, "push %rax\n push %rbx\n movabs $0x100800, %rax\n jmp *%rax\n");
+GVM_CODE_BLOCK(g_k_pf,
+    "mov 0x101010, %rax\n sub $0x400000, %rax\n shr $12, %rax\n"     /* i = (PVCS.cr2 - PF_GVA) / 4096 */
+    "mov 0x106e00(,%rax,8), %rbx\n mov %rbx, 0x110000(,%rax,8)\n"
+    "pop %rbx\n pop %rax\n jmp *0x106f80\n");
+
+struct pf_snapshot {
+    uint64_t pte[5], leaf_table[512];
+    uint8_t data[5 * 4096];
+    struct pvm_regs regs;
+    struct pvm_vcpu_struct pvcs;
+    uint64_t prefetches;
+};
+
+static void run_user_pf(bool on, struct pf_snapshot *out)
+{
+    _Static_assert(offsetof(struct pvm_vcpu_struct, cr2) == 0x10, "PVCS.cr2 used by g_k_pf");
+    static const uint64_t A = PVM_PTE_A, D = PVM_PTE_D, W = PVM_PTE_W, U = PVM_PTE_U, NX = PVM_PTE_NX;
+    static const uint64_t flags[5] = { U | NX | A, U | W | NX | A | D, U | NX, U | W | NX | A, U | A };
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init_fast(&g, on);
+    gvm_load(&g, GVM_CODE, g_k_eretu_start, g_k_eretu_end);
+    gvm_load(&g, GVM_CODE + 0x800, g_k_pf_start, g_k_pf_end);
+    gvm_load(&g, GVM_ENTRY, g_k_user_entry_start, g_k_user_entry_end);
+    gvm_load(&g, GVM_USER_CODE, g_user_pf_start, g_user_pf_end);
+    memset(g.ram + PF_GPA, 0x5a, 5 * 4096);
+    g.ram[PF_GPA + 4 * 4096] = 0xc3;   /* ret */
+    /* The page tables for PF_GVA exist (a neighbour is mapped); the five leaves are not present. */
+    gvm_map(&g, g.uroot, PF_GVA + 0x10000, PF_GPA, U);
+    uint64_t t = g.uroot;
+    for (int level = 3; level > 0; level--)
+        t = *(uint64_t *)(g.ram + t + ((PF_GVA >> (12 + 9 * level)) & 511) * 8) & PVM_PTE_ADDR;
+    gvm_map(&g, g.kroot, PF_LEAFVA, t, PVM_PTE_W | NX);
+    for (unsigned i = 0; i < 5; i++)
+        ((uint64_t *)(g.ram + PF_PTES))[i] = (PF_GPA + i * 4096) | PVM_PTE_P | flags[i];
+    *(uint64_t *)(g.ram + PF_RETU) = GVM_RETU_SITE;
+    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
+    p->user_cs = PVM_USER_CS;
+    p->user_ss = PVM_USER_DS;
+    p->rip = GVM_USER_CODE;
+    p->rsp = GVM_USER_STACK_TOP;
+    p->eflags = 0x202;
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
+    memcpy(out->leaf_table, g.ram + t, 4096);
+    memcpy(out->pte, g.ram + t + ((PF_GVA >> 12) & 511) * 8, sizeof(out->pte));
+    memcpy(out->data, g.ram + PF_GPA, sizeof(out->data));
+    memcpy(&out->pvcs, p, sizeof(out->pvcs));
+    gvm_regs(&g, &out->regs);
+    out->prefetches = pvm__native_prefetches(g.cpu);
+    gvm_fini(&g);
+}
+
+/* The prefetch leaves guest memory, page tables (A/D) and registers exactly as the retry's fault would. */
+START_TEST(user_pf_prefetch_matches_model)
+{
+    static struct pf_snapshot fast, slow;
+    run_user_pf(true, &fast);
+    run_user_pf(false, &slow);
+    ck_assert_uint_eq(slow.prefetches, 0);
+    /* Pages 0-2 and 4 are prefetched; page 3 (a write with D clear) is left to the retry. */
+    ck_assert_uint_eq(fast.prefetches, 4);
+    ck_assert(!memcmp(fast.leaf_table, slow.leaf_table, sizeof(fast.leaf_table)));
+    ck_assert(!memcmp(fast.data, slow.data, sizeof(fast.data)));
+    ck_assert(!memcmp(&fast.pvcs, &slow.pvcs, sizeof(fast.pvcs)));
+    ck_assert(!memcmp(&fast.regs, &slow.regs, sizeof(fast.regs)));
+    /* A set by every access, D by the writes only. */
+    ck_assert_uint_eq(fast.pte[2] & (PVM_PTE_A | PVM_PTE_D), PVM_PTE_A);
+    ck_assert_uint_eq(fast.pte[3] & (PVM_PTE_A | PVM_PTE_D), PVM_PTE_A | PVM_PTE_D);
+    ck_assert_uint_eq(fast.regs.r8, 0x11);
+    ck_assert_uint_eq(fast.regs.r9, 0x5a5a5a5a5a5a5a5aull);   /* RAX of page 0's read, kept across 5 faults */
+    ck_assert_uint_eq(*(uint64_t *)(fast.data + 4096), 0x1234);
+    ck_assert_uint_eq(*(uint64_t *)(fast.data + 3 * 4096 + 0x10), 0x5678);
 }
 END_TEST
 
@@ -1328,6 +1497,9 @@ int main(void)
     tcase_add_test(tc, fast_loop_kick_and_inject);
     tcase_add_test(tc, fast_erets_and_nmi);
     tcase_add_test(tc, fast_block_forgery_contained);
+    tcase_add_test(tc, fast_wrmsr_event_entry_triple);
+    tcase_add_test(tc, fast_msr_readback_checked);
+    tcase_add_test(tc, user_pf_prefetch_matches_model);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
     suite_add_tcase(s, tc);

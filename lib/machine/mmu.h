@@ -177,6 +177,15 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
                                               uint64_t *gpa_out);
 
 /*
+ * (Addition) Prefetch: do what pvm_shadow_fault(@gva, @access) would do if it
+ * would end FIXED without setting any D bit (a write needs the leaf's D set
+ * already), else change nothing.  Returns true if a mapping was installed.
+ * Used after a guest #PF, when the guest returns to the faulting instruction
+ * (docs/design.md "Fast path"): only A bits may be set ahead of the access.
+ */
+bool pvm_shadow_prefetch(struct pvm_shadow *s, const struct pvm_walk_env *env, uint64_t gva, uint32_t access);
+
+/*
  * TLB semantics: drop mappings (via ops->remove).  flush_all: every slot;
  * flush_root: the slots of that root (user and supervisor, CR3 bits 51:12);
  * invlpg: the mapping containing @gva in every slot.

@@ -334,6 +334,25 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
     return PVM_SHADOW_FIXED;
 }
 
+bool pvm_shadow_prefetch(struct pvm_shadow *s, const struct pvm_walk_env *env, uint64_t gva, uint32_t access)
+{
+    if (s->active >= s->nslots)
+        return false;
+    const struct slot *sl = &s->slot[s->active];
+    const uint32_t acc = (access & (PVM_PFEC_W | PVM_PFEC_I)) | (sl->user ? PVM_PFEC_U : 0);
+    struct pvm_walk_result r;
+    uint32_t flags = 0, pfec;
+    uint64_t gpa;
+
+    /* A side-effect-free walk first: a fault, MMIO or a D bit to set is left to the access itself. */
+    if (pvm_mmu_walk(env, sl->root, gva, acc, false, &r) != PVM_WALK_OK || ((acc & PVM_PFEC_W) && !r.dirty))
+        return false;
+    if (s->ops->ram_extent(s->opaque, r.gpa & ~(PAGE - 1), &flags) < PAGE ||
+        ((flags & PVM_MEM_READONLY) && (acc & PVM_PFEC_W)) || ((flags & PVM_MEM_NOEXEC) && (acc & PVM_PFEC_I)))
+        return false;
+    return pvm_shadow_fault(s, env, gva, access, &pfec, &gpa) == PVM_SHADOW_FIXED;
+}
+
 void pvm_shadow_flush_all(struct pvm_shadow *s)
 {
     for (unsigned i = 0; i < s->nslots; i++)

@@ -60,6 +60,16 @@ struct native_vcpu {
     uint64_t fast_irqs;          /* of which interrupts delivered in the stubs */
     uint32_t cpuid_gen;          /* bumped when the CPUID table changes ... */
     uint32_t cpuid_pub[PVM_SHADOW_MAX_ROOTS]; /* ... and what each stub has */
+
+    /* The last guest #PF, for the prefetch when the guest retries it (pf_prefetch). */
+    struct {
+        bool pending;
+        uint8_t mode;
+        uint32_t access;         /* PVM_PFEC_W/I */
+        uint64_t cr2, cr3, rip, rflags, fs_base, gs_base;
+        uint64_t gpr[16];
+    } pf;
+    uint64_t prefetches;         /* shadow mappings installed by pf_prefetch (statistics) */
 };
 
 static struct native_vcpu *nv_of(pvm_vcpu *v)
@@ -258,8 +268,9 @@ static void native_vcpu_fini(pvm_vcpu *v)
     struct native_vcpu *nv = nv_of(v);
     if (!nv)
         return;
-    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events handled by the stub fast path (%llu interrupts)", v->id,
-             (unsigned long long)nv->fast_events, (unsigned long long)nv->fast_irqs);
+    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events handled by the stub fast path (%llu interrupts), %llu #PF prefetches",
+             v->id, (unsigned long long)nv->fast_events, (unsigned long long)nv->fast_irqs,
+             (unsigned long long)nv->prefetches);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nv->stubs[i]);
     pvm_shadow_destroy(nv->shadow);
@@ -447,6 +458,60 @@ static void halt_wait(struct native_vcpu *nv)
     syscall(SYS_futex, &nv->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
 }
 
+/*
+ * Prefetch after a guest #PF (docs/design.md "Fast path"): the guest's fault
+ * handler maps the page and returns (ERETU, §6.3; or ERETS) to the faulting
+ * instruction, whose retry would fault once more in hardware just to install
+ * the shadow mapping.  pf_note() remembers the faulting state; pf_prefetch()
+ * runs before each resume and, when the guest is about to run exactly that
+ * state again (mode, CR3, RIP, RFLAGS, GPRs, FS/GS bases: the same access to
+ * CR2) with nothing to deliver first, installs the mapping the retry would
+ * (pvm_shadow_prefetch: A bits may be set ahead of the access, as a
+ * speculative walk may set them, D bits never).
+ */
+static void pf_note(struct native_vcpu *nv, uint64_t cr2, uint32_t access)
+{
+    const struct pvm_cpu *c = &nv->cpu;
+    if (!nv->fast_on)
+        return;
+    nv->pf.pending = true;
+    nv->pf.mode = c->mode;
+    nv->pf.access = access & (PVM_PFEC_W | PVM_PFEC_I);
+    nv->pf.cr2 = cr2;
+    nv->pf.cr3 = c->cr3;
+    nv->pf.rip = c->rip;
+    nv->pf.rflags = c->rflags;
+    nv->pf.fs_base = c->fs_base;
+    nv->pf.gs_base = c->gs_base;
+    memcpy(nv->pf.gpr, c->gpr, sizeof(nv->pf.gpr));
+}
+
+static bool irqs_pending(const struct pvm_cpu *c);
+static bool events_pending(struct native_vcpu *nv);
+
+/* Before resuming in the active slot (pvm_shadow_activate done). */
+static void pf_prefetch(struct native_vcpu *nv)
+{
+    const struct pvm_cpu *c = &nv->cpu;
+    if (!nv->pf.pending || c->mode != nv->pf.mode)
+        return;
+    if (c->rip != nv->pf.rip || c->cr3 != nv->pf.cr3 || c->rflags != nv->pf.rflags ||
+        c->fs_base != nv->pf.fs_base || c->gs_base != nv->pf.gs_base ||
+        memcmp(c->gpr, nv->pf.gpr, sizeof(c->gpr))) {
+        /* Back in user mode somewhere else: that fault is not being retried now. */
+        if (c->mode == PVM_MODE_USER)
+            nv->pf.pending = false;
+        return;
+    }
+    nv->pf.pending = false;
+    if (c->halted || events_pending(nv) || irqs_pending(c) || __atomic_load_n(&nv->attention, __ATOMIC_SEQ_CST) ||
+        __atomic_load_n(&nv->kick_pending, __ATOMIC_SEQ_CST))
+        return;
+    refresh_env(nv);
+    if (pvm_shadow_prefetch(nv->shadow, &nv->env, nv->pf.cr2, nv->pf.access))
+        nv->prefetches++;
+}
+
 static enum pvm_m_result handle_trap(struct native_vcpu *nv, const struct nstub_trap *t, struct pvm_exit *exit,
                                      bool *provider_error)
 {
@@ -471,10 +536,13 @@ static enum pvm_m_result handle_trap(struct native_vcpu *nv, const struct nstub_
                 /* Outside what a stub can map: to the guest it is an unmapped address. */
                 return pvm_m_exception(c, &nv->mem, PVM_VEC_PF, true, access, t->cr2);
             }
+            if (nv->pf.mode == c->mode)
+                nv->pf.pending = false;   /* a retry that faulted after all (or another fault) */
             switch (pvm_shadow_fault(nv->shadow, &nv->env, t->cr2, access, &pfec, &gpa)) {
             case PVM_SHADOW_FIXED:
                 return PVM_M_RESUME;
             case PVM_SHADOW_GUEST_PF:
+                pf_note(nv, t->cr2, access);
                 return pvm_m_exception(c, &nv->mem, PVM_VEC_PF, true, pfec, t->cr2);
             case PVM_SHADOW_MMIO:
                 return pvm_m_mmio(c, &nv->mem, gpa, (access & PVM_PFEC_W) != 0);
@@ -614,6 +682,7 @@ static bool setup_fast(struct native_vcpu *nv, unsigned slot)
     f.rets_plus2 = c->msr_rets_rip_plus2;
     f.event_entry = c->msr_event_entry;
     f.redzone = c->msr_redzone;
+    f.sup_rsp = c->msr_supervisor_rsp;
     f.sup_cs = (uint16_t)((c->msr_star >> 32) & 0xfffc);
     f.kvm_features = feat[0];
     /* Windows: the stack around RSP and where a §5.4 frame would go. */
@@ -624,6 +693,24 @@ static bool setup_fast(struct native_vcpu *nv, unsigned slot)
         add_window(nv, &f, probes[i]);
     nstub_set_fast(st, &f);
     return true;
+}
+
+/*
+ * The PVM MSRs a fast WRMSR changed (stub/fast.c msr_insn), applied as the
+ * guest's own WRMSRs (§2 checks included: the control page is guest-writable).
+ * A genuine write always passes; a forged one fails (ignored) or, for a
+ * non-canonical EVENT_ENTRY, requests the §10.12 triple fault: PVM_M_SHUTDOWN.
+ */
+static enum pvm_m_result apply_fast_msrs(struct native_vcpu *nv, const struct nstub_fast_result *fr)
+{
+    static const uint32_t idx[] = { MSR_PVM_SUPERVISOR_RSP, MSR_PVM_SUPERVISOR_REDZONE, MSR_PVM_EVENT_ENTRY,
+                                    MSR_PVM_RETU_RIP, MSR_PVM_RETS_RIP };
+    const uint64_t val[] = { fr->sup_rsp, fr->redzone, fr->event_entry, fr->retu_plus2 - 2, fr->rets_plus2 - 2 };
+    for (unsigned i = 0; i < sizeof(idx) / sizeof(idx[0]); i++)
+        if ((fr->msr_changed & (1u << (idx[i] - MSR_PVM_LINEAR_ADDRESS_RANGE))) &&
+            pvm_m_wrmsr(&nv->cpu, &nv->mem, idx[i], val[i], false) == -2)
+            return PVM_M_SHUTDOWN;
+    return PVM_M_RESUME;
 }
 
 bool pvm__native_fastpath(const pvm_vcpu *v)
@@ -643,6 +730,13 @@ uint64_t pvm__native_fast_irqs(const pvm_vcpu *v)
     if (!v || v->vm->ops != &pvm_native_backend || !v->bdata)
         return 0;
     return nv_of((pvm_vcpu *)v)->fast_irqs;
+}
+
+uint64_t pvm__native_prefetches(const pvm_vcpu *v)
+{
+    if (!v || v->vm->ops != &pvm_native_backend || !v->bdata)
+        return 0;
+    return nv_of((pvm_vcpu *)v)->prefetches;
 }
 
 static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
@@ -699,6 +793,7 @@ static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
                 __atomic_store_n(&nv->running_slot, -1, __ATOMIC_SEQ_CST);
                 continue;
             }
+            pf_prefetch(nv);
             bool fast = setup_fast(nv, slot);
             if (fast)
                 irq_hand_over(nv, slot);
@@ -718,7 +813,10 @@ static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
                 return fatal(nv, exit, PVM_EINTERNAL, "stub process for vCPU %u: %s", v->id, trap.msg);
             regs_from_stub(nv, &regs);
             bool provider_error = false;
-            r = handle_trap(nv, &trap, exit, &provider_error);
+            if (fr.msr_changed && apply_fast_msrs(nv, &fr) == PVM_M_SHUTDOWN)
+                r = PVM_M_SHUTDOWN;
+            else
+                r = handle_trap(nv, &trap, exit, &provider_error);
             if (provider_error)
                 return fatal(nv, exit, PVM_EINTERNAL, "shadow MMU could not install a mapping for 0x%llx",
                              (unsigned long long)trap.cr2);

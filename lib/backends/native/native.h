@@ -19,5 +19,7 @@ bool pvm__native_fastpath(const pvm_vcpu *v);
 uint64_t pvm__native_fast_events(const pvm_vcpu *v);
 /* Of those, external interrupts delivered in the stub (§5.5, stub/fast.c irq_check). */
 uint64_t pvm__native_fast_irqs(const pvm_vcpu *v);
+/* Shadow mappings installed ahead of a guest's #PF retry (native.c pf_prefetch). */
+uint64_t pvm__native_prefetches(const pvm_vcpu *v);
 
 #endif /* PVM_NATIVE_H */

@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
+#include "pvm/abi.h"
 #include "pvm/pvm.h"
 #include "spawn.h"
 #include "stub.h"
@@ -611,6 +612,7 @@ static void publish_fast(struct nstub *s)
     f->rets_plus2 = c->rets_plus2;
     f->event_entry = c->event_entry;
     f->redzone = c->redzone;
+    f->sup_rsp = c->sup_rsp;
     f->sup_cs = c->sup_cs;
     f->kvm_features = c->kvm_features;
     f->nmi_masked = c->nmi_masked;
@@ -624,18 +626,42 @@ static void publish_fast(struct nstub *s)
     f->enabled = NSTUB_FAST_ON;
 }
 
-/* After a report: what the fast path did.  Guest-writable: only what an ERETS could do is taken. */
+/*
+ * Did a fast WRMSR change MSR @index (stub_abi.h)?  Record the new value and
+ * publish it from now on (a spurious report resumes with s->fast).
+ */
+static void collect_msr(struct nstub *s, uint32_t index, volatile uint64_t *now, uint64_t *cfg, uint64_t *res)
+{
+    uint64_t v = *now;
+    if (v == *cfg)
+        return;
+    *cfg = v;
+    *res = v;
+    s->fast_res.msr_changed |= 1u << (index - MSR_PVM_LINEAR_ADDRESS_RANGE);
+}
+
+/*
+ * After a report: what the fast path did.  Guest-writable: only what an ERETS
+ * or a WRMSR could do is taken (the caller validates the MSRs as WRMSRs).
+ */
 static void collect_fast(struct nstub *s)
 {
     volatile struct nstub_fast *f = &s->ctl->fast;
-    if (!s->fast.enabled)
+    struct nstub_fast_cfg *c = &s->fast;
+    struct nstub_fast_result *r = &s->fast_res;
+    if (!c->enabled)
         return;
-    s->fast_res.events += f->count;
-    s->fast_res.irqs += f->irqs;
-    if (s->fast.nmi_masked && !f->nmi_masked) {
-        s->fast_res.nmi_unmasked = true;
-        s->fast.nmi_masked = false;
+    r->events += f->count;
+    r->irqs += f->irqs;
+    if (c->nmi_masked && !f->nmi_masked) {
+        r->nmi_unmasked = true;
+        c->nmi_masked = false;
     }
+    collect_msr(s, MSR_PVM_SUPERVISOR_RSP, &f->sup_rsp, &c->sup_rsp, &r->sup_rsp);
+    collect_msr(s, MSR_PVM_SUPERVISOR_REDZONE, &f->redzone, &c->redzone, &r->redzone);
+    collect_msr(s, MSR_PVM_EVENT_ENTRY, &f->event_entry, &c->event_entry, &r->event_entry);
+    collect_msr(s, MSR_PVM_RETU_RIP, &f->retu_plus2, &c->retu_plus2, &r->retu_plus2);
+    collect_msr(s, MSR_PVM_RETS_RIP, &f->rets_plus2, &c->rets_plus2, &r->rets_plus2);
 }
 
 static void report_died(struct nstub *s, struct nstub_trap *t)

@@ -141,7 +141,7 @@ struct nstub_fast_cfg {
     bool enabled;         /* smod, PVCS mapped (nstub_map_pvcs), nothing pending */
     bool cpuid;           /* answer the synthetic CPUID from the table (nstub_set_cpuid) */
     bool nmi_masked;
-    uint64_t retu_plus2, rets_plus2, event_entry, redzone;
+    uint64_t retu_plus2, rets_plus2, event_entry, redzone, sup_rsp;
     uint16_t sup_cs;
     uint32_t kvm_features;
     unsigned nr_windows;  /* <= NSTUB_FAST_WINDOWS; installed mappings, prot PROT_READ/PROT_WRITE */
@@ -151,6 +151,13 @@ struct nstub_fast_result {
     uint64_t events;      /* handled in the stub (as the stub counted them: statistics only) */
     uint64_t irqs;        /* of which interrupts delivered in the stub (statistics only) */
     bool nmi_unmasked;    /* an ERETS cleared the NMI mask */
+    /*
+     * PVM MSRs found changed in the control page (a fast WRMSR, §2), bit
+     * (index - MSR_PVM_LINEAR_ADDRESS_RANGE), with their raw values (RETU/RETS
+     * +2).  Guest-writable: the caller applies them as guest WRMSRs.
+     */
+    unsigned msr_changed;
+    uint64_t retu_plus2, rets_plus2, event_entry, redzone, sup_rsp;
 };
 void nstub_set_fast(struct nstub *s, const struct nstub_fast_cfg *cfg);
 void nstub_fast_result(const struct nstub *s, struct nstub_fast_result *out);

@@ -9,6 +9,9 @@
  *     that the model reflects          #BR #UD #NM #MF #XM, exception.c)
  *   hypercalls without state (§7)    PVM_HC_IRQ_WIN, every KVM-range number
  *   synthetic CPUID (§6.1)           from the table the library published
+ *   WRMSR/RDMSR (§2) of SUPERVISOR_RSP, REDZONE, EVENT_ENTRY (canonical
+ *     only), RETU_RIP, RETS_RIP: plain vCPU state kept in this block, read
+ *     back (and re-checked as a guest WRMSR) by the library after the report
  *   external interrupts (§5.5)       vectors the library posted in irq[] (a
  *                                      "poke": the kick signal without attention),
  *                                      and after each event above, as the model's
@@ -198,6 +201,64 @@ static int synthetic_cpuid(volatile struct nstub_fast *f, struct sigcontext *sc)
     return 1;
 }
 
+/* 4-level canonical: then also canonical with LA57 (cpu.c pvm_m__is_canonical). */
+static int canonical48(uint64_t v)
+{
+    return (uint64_t)((int64_t)(v << 16) >> 16) == v;
+}
+
+/*
+ * §2 WRMSR / RDMSR on #GP in smod (emulate.c, msr.c pvm_m_wrmsr/pvm_m_rdmsr)
+ * of the PVM MSRs whose write has no effect beyond the stored value.  Only the
+ * plain 2-byte forms: prefixed ones, other MSRs and a non-canonical
+ * EVENT_ENTRY (§10.12: triple fault) are the library's.
+ */
+static int msr_insn(volatile struct nstub_fast *f, struct sigcontext *sc)
+{
+    uint64_t rip = sc->rip;
+    /* The CPU fetched the first byte; 0f makes it fetch the second (same page: no doubt). */
+    if (rip < GUEST_LO || rip >= GUEST_HI || (rip & 4095) == 4095)
+        return 0;
+    const volatile uint8_t *insn = (const volatile uint8_t *)rip;
+    if (insn[0] != 0x0f)
+        return 0;
+    uint8_t op = insn[1];
+    uint32_t index = (uint32_t)sc->rcx;
+    uint64_t v;
+    if (op == 0x30) {           /* WRMSR: EDX:EAX */
+        v = (sc->rdx << 32) | (uint32_t)sc->rax;
+        switch (index) {
+        case MSR_PVM_SUPERVISOR_RSP:     f->sup_rsp = v; break;
+        case MSR_PVM_SUPERVISOR_REDZONE: f->redzone = v; break;
+        case MSR_PVM_EVENT_ENTRY:
+            if (!canonical48(v) || !canonical48(v + PVM_ENTRY_SUPERVISOR_EXCEPTION) ||
+                !canonical48(v + PVM_ENTRY_SUPERVISOR_INTERRUPT))
+                return 0;
+            f->event_entry = v;
+            break;
+        case MSR_PVM_RETU_RIP:           f->retu_plus2 = v + 2; break;   /* §10.11: stored +2 */
+        case MSR_PVM_RETS_RIP:           f->rets_plus2 = v + 2; break;
+        default:                         return 0;
+        }
+    } else if (op == 0x32) {    /* RDMSR: zero-extended halves into RAX, RDX */
+        switch (index) {
+        case MSR_PVM_SUPERVISOR_RSP:     v = f->sup_rsp; break;
+        case MSR_PVM_SUPERVISOR_REDZONE: v = f->redzone; break;
+        case MSR_PVM_EVENT_ENTRY:        v = f->event_entry; break;
+        case MSR_PVM_RETU_RIP:           v = f->retu_plus2 - 2; break;
+        case MSR_PVM_RETS_RIP:           v = f->rets_plus2 - 2; break;
+        default:                         return 0;
+        }
+        sc->rax = (uint32_t)v;
+        sc->rdx = v >> 32;
+    } else {
+        return 0;
+    }
+    sc->rip = rip + 2;
+    sc->eflags = underlying(sc->eflags);
+    return 1;
+}
+
 /* §5.4 supervisor exception without error code (event.c supervisor_exception, §5.6 entry state). */
 static int exception(volatile struct nstub_fast *f, struct sigcontext *sc, unsigned vector)
 {
@@ -253,7 +314,7 @@ static int fault(volatile struct nstub_fast *f, int sig, siginfo_t *si, struct s
 
     switch (vector) {
     case PVM_VEC_GP:
-        return sig == SIGSEGV ? synthetic_cpuid(f, sc) : 0;
+        return sig == SIGSEGV ? msr_insn(f, sc) || synthetic_cpuid(f, sc) : 0;
     case PVM_VEC_DE: case PVM_VEC_DB: case PVM_VEC_BP: case PVM_VEC_OF: case PVM_VEC_BR:
     case PVM_VEC_UD: case PVM_VEC_NM: case PVM_VEC_MF: case PVM_VEC_XM:
         return exception(f, sc, vector);

@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 3u
+#define NSTUB_ABI_VERSION 4u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -173,6 +173,7 @@ struct nstub_fast {
     /* lib -> stub, before every resume */
     uint32_t enabled;       /* NSTUB_FAST_ON: smod, PVCS mapped, no event pending */
     uint32_t flags;         /* NSTUB_FAST_* */
+    /* both: the PVM MSRs a fast WRMSR may write (§2; RETU/RETS stored +2 as in msr.c; sup_rsp below) */
     uint64_t retu_plus2, rets_plus2;
     uint64_t event_entry, redzone;
     uint64_t sup_cs;        /* STAR[47:32] & ~3 (§1.2) */
@@ -194,6 +195,7 @@ struct nstub_fast {
      */
     uint64_t irq[4];
     uint64_t irqs;          /* stub -> lib: interrupts delivered in the stub (statistics) */
+    uint64_t sup_rsp;       /* both: MSR_PVM_SUPERVISOR_RSP (fast WRMSR, §2) */
     /* lib -> stub when the vCPU's table changes: the effective CPUID table (§6.1) */
     uint32_t nr_cpuid, pad;
     struct nstub_cpuid cpuid[NSTUB_FAST_MAX_CPUID];
