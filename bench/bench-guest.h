@@ -8,7 +8,7 @@
 /* Host calls (PVM_HOSTCALL(n)). */
 #define BG_HC_HELLO 0x100 /* a0 = GVA of irq_stamps[], a1 = GVA of irq_count */
 #define BG_HC_NEXT  0x101 /* returns op << 32 | n */
-#define BG_HC_DONE  0x102
+#define BG_HC_DONE  0x102 /* a0 = guest stack growth over the run, a1 = TSC ticks of a compute loop */
 
 enum bg_op {
     BG_OP_EMPTY = 0,
