@@ -37,6 +37,7 @@ struct pvm_backend_ops {
     int (*kick)(pvm_vcpu *vcpu);        /* async-signal-safe */
 
     /* Optional. */
+    /* region_add runs under the regions write lock; region_del after it is released. */
     int (*region_add)(pvm_vm *vm, const struct pvm_region *r);
     void (*region_del)(pvm_vm *vm, const struct pvm_region *r);
     int (*set_cpuid)(pvm_vcpu *vcpu, const struct pvm_cpuid_entry *e, size_t n);

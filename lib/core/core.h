@@ -78,6 +78,7 @@ struct pvm_vcpu {
     uint32_t id;
     void *bdata;                   /* backend private */
     int running;                   /* atomic: inside pvm_vcpu_run */
+    bool ready;                    /* backend init done; under vm->lock */
 };
 
 /*

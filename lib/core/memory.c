@@ -2,8 +2,8 @@
  * lib/core/memory.c - guest memory: the VM's memfd arena and the
  * guest-physical region table.
  *
- * All memory from pvm_vm_alloc_memory() lives in one memfd per VM (sparse,
- * sized to max_memory), so any backend, including ones that run guest code in
+ * All memory from pvm_vm_alloc_memory() lives in one memfd per VM (grown by
+ * each allocation, never beyond max_memory), so any backend, including ones that run guest code in
  * another process, can map it by offset.
  */
 #include <errno.h>
@@ -37,6 +37,11 @@ int pvm_vm_alloc_memory(pvm_vm *vm, size_t size, void **host_out)
         goto out;
     }
     vm->allocs = na;
+    if (ftruncate(vm->memfd, (off_t)(vm->arena_used + size)) < 0) {
+        rc = pvm__error(PVM_ENOMEM, "pvm_vm_alloc_memory: growing the guest-RAM memfd by 0x%zx bytes: %s",
+                        size, strerror(errno));
+        goto out;
+    }
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, vm->memfd, (off_t)vm->arena_used);
     if (p == MAP_FAILED) {
         rc = pvm__error(PVM_ENOMEM, "pvm_vm_alloc_memory: mmap of 0x%zx bytes: %s", size, strerror(errno));
@@ -159,6 +164,7 @@ int pvm_vm_unmap_memory(pvm_vm *vm, pvm_gpa_t gpa, size_t size)
     pvm__clear_error();
     if (!vm)
         return pvm__error(PVM_EINVAL, "pvm_vm_unmap_memory: NULL vm");
+    struct pvm_region removed;
     pthread_rwlock_wrlock(&vm->regions_lock);
     int rc = PVM_ENOENT;
     for (size_t i = 0; i < vm->nr_regions; i++) {
@@ -167,13 +173,15 @@ int pvm_vm_unmap_memory(pvm_vm *vm, pvm_gpa_t gpa, size_t size)
             memmove(&vm->regions[i], &vm->regions[i + 1], (vm->nr_regions - i - 1) * sizeof(r));
             vm->nr_regions--;
             __atomic_add_fetch(&vm->regions_gen, 1, __ATOMIC_RELEASE);
-            if (vm->ops->region_del)
-                vm->ops->region_del(vm, &r);
+            removed = r;
             rc = 0;
             break;
         }
     }
     pthread_rwlock_unlock(&vm->regions_lock);
+    /* Outside regions_lock: the backend walks the vCPUs under vm->lock (lock order). */
+    if (rc == 0 && vm->ops->region_del)
+        vm->ops->region_del(vm, &removed);
     if (rc)
         return pvm__error(rc, "pvm_vm_unmap_memory: no region starts at gpa 0x%llx with size 0x%zx",
                           (unsigned long long)gpa, size);

@@ -33,10 +33,15 @@ int pvm_vcpu_create(pvm_vcpu **out, pvm_vm *vm, const struct pvm_vcpu_options *o
         rc = pvm__error(PVM_EEXIST, "pvm_vcpu_create: vCPU id %u already exists", o.id);
     else
         vm->vcpus[o.id] = v; /* reserve the id; backend init runs unlocked */
+    v->ready = false;
     pthread_mutex_unlock(&vm->lock);
     if (rc == 0 && (rc = vm->ops->vcpu_init(v)) < 0) {
         pthread_mutex_lock(&vm->lock);
         vm->vcpus[o.id] = NULL;
+        pthread_mutex_unlock(&vm->lock);
+    } else if (rc == 0) {
+        pthread_mutex_lock(&vm->lock);
+        v->ready = true; /* VM-wide walks may use it from now on */
         pthread_mutex_unlock(&vm->lock);
     }
     if (rc < 0) {
@@ -52,10 +57,11 @@ void pvm_vcpu_destroy(pvm_vcpu *v)
     if (!v)
         return;
     pvm_vm *vm = v->vm;
-    vm->ops->vcpu_fini(v);
+    /* Unlist it first: VM-wide walks (e.g. region_del kicking vCPUs) hold vm->lock. */
     pthread_mutex_lock(&vm->lock);
     vm->vcpus[v->id] = NULL;
     pthread_mutex_unlock(&vm->lock);
+    vm->ops->vcpu_fini(v);
     free(v);
 }
 

@@ -72,12 +72,11 @@ int pvm_vm_create(pvm_vm **out, const struct pvm_vm_options *opts)
         rc = pvm__error(PVM_ENOMEM, "pvm_vm_create: memfd_create: %s", strerror(errno));
         goto fail;
     }
-    /* Sparse: pages exist only once allocated and touched. */
-    if (ftruncate(vm->memfd, (off_t)o.max_memory) < 0) {
-        rc = pvm__error(PVM_ENOMEM, "pvm_vm_create: sizing the guest-RAM memfd to 0x%llx: %s",
-                        (unsigned long long)o.max_memory, strerror(errno));
-        goto fail;
-    }
+    /*
+     * The memfd starts empty and grows with each allocation: a guest that reaches
+     * the memfd through its stub (docs/design.md, "Known limits") finds nothing
+     * beyond what was allocated, and cannot make the host allocate more.
+     */
     if ((rc = ops->vm_init(vm)) < 0)
         goto fail;
     *out = vm;

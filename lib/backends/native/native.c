@@ -109,9 +109,12 @@ static void wake_vcpu(struct native_vcpu *nv);
 /* Unmapped memory must leave every shadow before the guest runs on: interrupt the vCPUs. */
 static void native_region_del(pvm_vm *vm, const struct pvm_region *r)
 {
+    /* Under vm->lock: a vCPU being created or destroyed is not listed as ready. */
+    pthread_mutex_lock(&vm->lock);
     for (uint32_t i = 0; i < vm->opts.max_vcpus; i++)
-        if (vm->vcpus[i] && vm->vcpus[i]->bdata)
+        if (vm->vcpus[i] && vm->vcpus[i]->ready)
             wake_vcpu(vm->vcpus[i]->bdata);
+    pthread_mutex_unlock(&vm->lock);
 }
 
 static uint64_t native_linear_range(const pvm_vm *vm)
