@@ -118,6 +118,14 @@ START_TEST(options_checked)
     o = (struct pvm_vm_options)PVM_VM_OPTIONS_INIT;
     o.kick_signal = SIGKILL;
     ck_assert_int_eq(pvm_vm_create(&vm, &o), PVM_EINVAL);
+    o.kick_signal = SIGSEGV; /* reserved for guest faults */
+    ck_assert_int_eq(pvm_vm_create(&vm, &o), PVM_EINVAL);
+    o.kick_signal = SIGSYS;
+    ck_assert_int_eq(pvm_vm_create(&vm, &o), PVM_EINVAL);
+    o.kick_signal = SIGRTMIN + 1;
+    ck_assert_int_eq(pvm_vm_create(&vm, &o), 0);
+    pvm_vm_destroy(vm);
+    vm = NULL;
     o = (struct pvm_vm_options)PVM_VM_OPTIONS_INIT;
     o.backend = (enum pvm_backend)17;
     ck_assert_int_eq(pvm_vm_create(&vm, &o), PVM_EINVAL);

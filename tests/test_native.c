@@ -7,7 +7,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
+#include <string.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "backends/native/native.h"
@@ -1470,6 +1473,158 @@ START_TEST(create_run_destroy_cycles)
 }
 END_TEST
 
+/* A 2 MiB page over [0, 2 MiB): the shadow clips it to the stub's window [0x10000, ...). */
+GVM_CODE_BLOCK(g_large0,
+    "mov 0x10000, %rax\n movq $0x55, 0x1ff000\n mov 0x1ff000, %rbx\n" HC(0x29) "ud2\n");
+
+START_TEST(large_page_over_low_window)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    uint64_t *pml4 = (uint64_t *)(g.ram + g.kroot);
+    uint64_t *pdpt = (uint64_t *)(g.ram + (pml4[0] & PVM_PTE_ADDR));
+    uint64_t *pd = (uint64_t *)(g.ram + (pdpt[0] & PVM_PTE_ADDR));
+    pd[0] = PVM_PTE_P | PVM_PTE_W | PVM_PTE_PS; /* identity, supervisor, RWX, D clear */
+    *(uint64_t *)(g.ram + 0x10000) = 0x1234;
+    gvm_load(&g, GVM_CODE, g_large0_start, g_large0_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e); /* fails on INTERNAL_ERROR */
+    gvm_expect_hc(&e, 0x29);
+    gvm_regs(&g, &r);
+    ck_assert_uint_eq(r.rbx, 0x55);
+    ck_assert_uint_eq(*(uint64_t *)(g.ram + 0x1ff000), 0x55);
+    ck_assert_uint_eq(pd[0] & (PVM_PTE_A | PVM_PTE_D), PVM_PTE_A | PVM_PTE_D);
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- poke coalescing: a guest that blocks every signal and spins ------------ */
+
+extern const uint8_t gvm_entry_start[], gvm_entry_end[];
+
+/* gvm_init with @kick_signal and the fast path on (interrupts go to the stub as pokes). */
+static void gvm_init_kick(struct gvm *g, int kick_signal)
+{
+    memset(g, 0, sizeof(*g));
+    struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
+    o.backend = PVM_BACKEND_NATIVE;
+    o.max_memory = 64ull << 20;
+    o.kick_signal = kick_signal;
+    ck_assert_msg(pvm_vm_create(&g->vm, &o) == 0, "vm: %s", pvm_last_error());
+    ck_assert_int_eq(pvm_vm_alloc_memory(g->vm, GVM_RAM_SIZE, (void **)&g->ram), 0);
+    ck_assert_int_eq(pvm_vm_map_memory(g->vm, 0, g->ram, GVM_RAM_SIZE, 0), 0);
+    const char *old = getenv("PVM_NATIVE_FASTPATH");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("PVM_NATIVE_FASTPATH", "1", 1);
+    ck_assert_msg(pvm_vcpu_create(&g->cpu, g->vm, NULL) == 0, "vcpu: %s", pvm_last_error());
+    if (saved)
+        setenv("PVM_NATIVE_FASTPATH", saved, 1);
+    else
+        unsetenv("PVM_NATIVE_FASTPATH");
+    free(saved);
+    g->kroot = 0x1000;
+    g->uroot = 0x2000;
+    g->pt_next = 0x3000;
+    gvm_map(g, g->kroot, GVM_CODE, GVM_CODE, 0);
+    gvm_map(g, g->kroot, GVM_PVCS, GVM_PVCS, PVM_PTE_W | PVM_PTE_NX);
+    for (uint64_t a = GVM_STACK_TOP - 0x2000; a < GVM_STACK_TOP; a += 4096)
+        gvm_map(g, g->kroot, a, a, PVM_PTE_W | PVM_PTE_NX);
+    gvm_map(g, g->kroot, GVM_ENTRY, GVM_ENTRY, 0);
+    gvm_map(g, g->kroot, GVM_DATA, GVM_DATA, PVM_PTE_W | PVM_PTE_NX);
+    gvm_load(g, GVM_ENTRY, gvm_entry_start, gvm_entry_end);
+    struct pvm_sregs sr;
+    ck_assert_int_eq(pvm_vcpu_get_sregs(g->cpu, &sr), 0);
+    sr.cr3 = g->kroot;
+    sr.efer |= 1ull << 11;
+    ck_assert_int_eq(pvm_vcpu_set_sregs(g->cpu, &sr), 0);
+    const struct { uint32_t i; uint64_t v; } msrs[] = {
+        { PVM_MSR_STAR, (0x23ull << 48) | (0x10ull << 32) }, { MSR_PVM_VCPU_STRUCT, GVM_PVCS },
+        { MSR_PVM_EVENT_ENTRY, GVM_ENTRY }, { MSR_PVM_SUPERVISOR_REDZONE, GVM_REDZONE },
+        { MSR_PVM_SUPERVISOR_RSP, GVM_STACK_TOP }, { MSR_PVM_RETU_RIP, GVM_RETU_SITE },
+        { MSR_PVM_RETS_RIP, GVM_RETS_SITE },
+    };
+    for (size_t i = 0; i < sizeof(msrs) / sizeof(msrs[0]); i++)
+        ck_assert_int_eq(pvm_vcpu_set_msr(g->cpu, msrs[i].i, msrs[i].v), 0);
+}
+
+/* Signals queued for our uid (/proc/self/status SigQ: stubs run as the same uid). */
+static int sigq(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    int n = -1;
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "SigQ: %d/", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* Mark the data page, then a forged rt_sigreturn (the stub's own SYSCALL) blocking every signal. */
+extern const uint8_t g_blk_spin[];
+GVM_CODE_BLOCK(g_blk,
+    "mov 0x106900, %rax\n movq $1, 0x106000\n"
+    "mov $0x106900, %rsp\n mov $15, %eax\n movabs $0x7f0000000000, %rcx\n jmp *%rcx\n"
+    ".globl g_blk_spin\ng_blk_spin:\n jmp g_blk_spin\n");
+
+struct blk_run {
+    struct gvm *g;
+    struct pvm_exit e;
+    int rc;
+};
+
+static void *blk_runner(void *p)
+{
+    struct blk_run *br = p;
+    br->rc = pvm_vcpu_run(br->g->cpu, &br->e);
+    return NULL;
+}
+
+START_TEST(pokes_coalesced_when_blocked)
+{
+    _Static_assert(NSTUB_SYSCALL_INSN == 0x7f0000000000ull, "g_blk jumps to the stub's SYSCALL");
+    struct gvm g;
+    int children = pvm_test_count_children();
+    gvm_init_kick(&g, SIGRTMIN + 1);
+    gvm_load(&g, GVM_CODE, g_blk_start, g_blk_end);
+    ucontext_t uc;
+    memset(&uc, 0, sizeof(uc));
+    uc.uc_flags = 2; /* UC_SIGCONTEXT_SS */
+    uc.uc_mcontext.gregs[REG_RIP] = (greg_t)gaddr(g_blk_start, g_blk_spin);
+    uc.uc_mcontext.gregs[REG_RSP] = (greg_t)(GVM_STACK_TOP - 0x100);
+    uc.uc_mcontext.gregs[REG_EFL] = 0x202;
+    uc.uc_mcontext.gregs[REG_CSGSFS] = (greg_t)(0x33 | (0x2bull << 48));
+    memset(&uc.uc_sigmask, 0xff, sizeof(uc.uc_sigmask));
+    memcpy(g.ram + GVM_DATA + 0x900, &uc, offsetof(ucontext_t, uc_sigmask) + 8);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+
+    struct blk_run br = { .g = &g };
+    pthread_t th;
+    pthread_create(&th, NULL, blk_runner, &br);
+    for (int i = 0; i < 5000 && !__atomic_load_n(&g.ram[GVM_DATA], __ATOMIC_ACQUIRE); i++)
+        sleep_ms(1);
+    ck_assert_uint_eq(g.ram[GVM_DATA], 1);
+    sleep_ms(50); /* spinning with every signal blocked */
+    int q0 = sigq(), ok = 0;
+    const struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = 0x40 };
+    for (int i = 0; i < 100000; i++)
+        ok += pvm_vcpu_inject(g.cpu, &ev) == 0;
+    int q1 = sigq();
+    printf("pokes_coalesced_when_blocked: %d injections accepted, SigQ %d -> %d\n", ok, q0, q1);
+    ck_assert_int_le(q1 - q0, 4);
+    /* The watchdog gives up on a poke never consumed: INTERNAL_ERROR, then a clean destroy. */
+    pthread_join(th, NULL);
+    ck_assert_int_eq(br.rc, 0);
+    ck_assert_uint_eq(br.e.reason, PVM_EXIT_INTERNAL_ERROR);
+    ck_assert_msg(strstr(br.e.u.internal.msg, "kick"), "%s", br.e.u.internal.msg);
+    gvm_fini(&g);
+    ck_assert_int_eq(pvm_test_count_children(), children);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("native");
@@ -1502,6 +1657,8 @@ int main(void)
     tcase_add_test(tc, user_pf_prefetch_matches_model);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
+    tcase_add_test(tc, large_page_over_low_window);
+    tcase_add_test(tc, pokes_coalesced_when_blocked);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);
 }

@@ -737,6 +737,44 @@ START_TEST(t_random_ops)
 }
 END_TEST
 
+/* The provider's window (native: [0x10000, ...)): large pages and runs are clipped to it. */
+START_TEST(t_window)
+{
+    pvm_shadow_set_window(sh, 0x10000, 0x7f0000000000ull);
+    pvm_shadow_activate(sh, root, false);
+    map(0, 0x200000, MiB2, E_P | E_RW | E_US);
+    ck_assert_int_eq(fault(0x10000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x10000, MiB2 - 0x10000, 0x210000, R_ | X_));
+    ck_assert_int_eq(fault(0x1ff000, W), PVM_SHADOW_FIXED);
+    EXPECT(REM(0, 0x10000, MiB2 - 0x10000), INS(0, 0x10000, MiB2 - 0x10000, 0x210000, R_ | W_ | X_));
+    pvm_shadow_flush_all(sh);
+    rec.n = 0;
+    /* A fault outside the window maps only its own page (the provider keeps such faults away). */
+    ck_assert_int_eq(fault(0x1000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x1000, KiB4, 0x201000, R_ | W_ | X_));
+    pvm_shadow_flush_all(sh);
+    rec.n = 0;
+    /* A 4 KiB run does not extend below lo (pages 0x8000..0x13000 all accessed). */
+    *entry_in(root, 0, 2) = 0;
+    for (uint64_t g = 0x8000; g < 0x14000; g += KiB4)
+        map(g, 0x100000 + g, KiB4, E_P | E_A);
+    ck_assert_int_eq(fault(0x11000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x10000, 4 * KiB4, 0x110000, R_ | X_));
+    for (int i = 0; i < rec.niv[0]; i++)
+        ck_assert_uint_ge(rec.iv[0][i].gva, 0x10000);
+    /* ... nor to or above hi; a large page is clipped at hi too. */
+    pvm_shadow_set_window(sh, 0x10000, 0x12000);
+    pvm_shadow_flush_all(sh);
+    rec.n = 0;
+    ck_assert_int_eq(fault(0x10000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x10000, 2 * KiB4, 0x110000, R_ | X_));
+    pvm_shadow_set_window(sh, 0x10000, 0x700000);
+    map(0x600000, 0x200000, MiB2, E_P | E_RW | E_D);
+    ck_assert_int_eq(fault(0x6abcde, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x600000, MiB, 0x200000, R_ | W_ | X_));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("shadow");
@@ -759,6 +797,7 @@ int main(void)
     tcase_add_test(tc, t_flush_gpa);
     tcase_add_test(tc, t_overflow_resets_slot);
     tcase_add_test(tc, t_provider_failures);
+    tcase_add_test(tc, t_window);
     tcase_add_loop_test(tc, t_random_ops, 0, 20);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);

@@ -166,7 +166,8 @@ struct pvm_vm_options {
     /**
      * Signal the native backend uses to interrupt a running vCPU inside its
      * stub process.  It is sent only to the stub processes, never to this
-     * process; 0 means SIGUSR2.
+     * process; 0 means SIGUSR2.  SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL,
+     * SIGTRAP, SIGFPE and SIGSYS are refused (PVM_EINVAL).
      */
     int kick_signal;
 };

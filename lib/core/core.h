@@ -60,6 +60,12 @@ struct pvm_vm {
     size_t nr_allocs;
 
     pthread_rwlock_t regions_lock;
+    /*
+     * Held for reading by a vCPU thread while it may dereference host pointers
+     * into guest RAM (trap handling, host-call handlers); pvm_vm_free_memory()
+     * takes it for writing before it unmaps an allocation.
+     */
+    pthread_rwlock_t mem_users;
     struct pvm_region *regions;    /* sorted by gpa, non-overlapping */
     size_t nr_regions;
     uint64_t regions_gen;          /* bumped on every unmap */
@@ -90,6 +96,9 @@ void *pvm__gpa_lookup(pvm_vm *vm, uint64_t gpa, uint64_t len, struct pvm_region 
 /* memfd offset of host address @host if it lies in an arena allocation of @len bytes. */
 uint64_t pvm__arena_offset(pvm_vm *vm, const void *host, uint64_t len);
 void pvm__memory_fini(pvm_vm *vm);
+/* Bracket a vCPU thread's use of guest-RAM host pointers (see pvm_vm.mem_users). */
+void pvm__mem_enter(pvm_vm *vm);
+void pvm__mem_leave(pvm_vm *vm);
 
 /* ---- utilities ------------------------------------------------------------ */
 

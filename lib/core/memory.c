@@ -64,11 +64,31 @@ static bool host_range_mapped(pvm_vm *vm, const uint8_t *host, uint64_t size)
     return false;
 }
 
+/* Depth of pvm__mem_enter() on this thread (a vCPU thread inside its run loop). */
+static _Thread_local unsigned mem_depth;
+
+void pvm__mem_enter(pvm_vm *vm)
+{
+    if (mem_depth++ == 0)
+        pthread_rwlock_rdlock(&vm->mem_users);
+}
+
+void pvm__mem_leave(pvm_vm *vm)
+{
+    if (--mem_depth == 0)
+        pthread_rwlock_unlock(&vm->mem_users);
+}
+
 int pvm_vm_free_memory(pvm_vm *vm, void *host)
 {
     pvm__clear_error();
     if (!vm || !host)
         return pvm__error(PVM_EINVAL, "pvm_vm_free_memory: NULL argument");
+    if (mem_depth)
+        return pvm__error(PVM_EBUSY, "pvm_vm_free_memory: called from inside pvm_vcpu_run "
+                          "(a host-call handler); free guest memory after the run returns");
+    /* Wait until no vCPU thread is using a host pointer into guest RAM. */
+    pthread_rwlock_wrlock(&vm->mem_users);
     pthread_mutex_lock(&vm->lock);
     pthread_rwlock_rdlock(&vm->regions_lock);
     int rc = PVM_EINVAL;
@@ -90,6 +110,7 @@ int pvm_vm_free_memory(pvm_vm *vm, void *host)
     }
     pthread_rwlock_unlock(&vm->regions_lock);
     pthread_mutex_unlock(&vm->lock);
+    pthread_rwlock_unlock(&vm->mem_users);
     return rc;
 }
 

@@ -173,28 +173,35 @@ static int guest_access(pvm_vcpu *v, uint64_t gva, void *buf, size_t len, bool w
         return pvm__error(PVM_EINVAL, "%s: NULL argument", fn);
     if (!v->vm->ops->translate)
         return pvm__error(PVM_ENOTSUP, "%s: not supported by the %s backend", fn, v->vm->ops->name);
-    /* Translate page by page; read everything before copying so reads are all-or-nothing. */
-    uint8_t *b = buf;
-    size_t done = 0;
-    while (done < len) {
-        uint64_t a = gva + done, gpa;
-        size_t chunk = PVM_PAGE_SIZE - (a & PVM_PAGE_MASK);
-        if (chunk > len - done)
-            chunk = len - done;
-        int rc = v->vm->ops->translate(v, a, &gpa);
-        if (rc < 0)
-            return pvm__error(PVM_EFAULT, "%s: gva 0x%llx is not mapped", fn, (unsigned long long)a);
-        void *h = pvm__gpa_lookup(v->vm, gpa, chunk, NULL);
-        if (!h)
-            return pvm__error(PVM_EFAULT, "%s: gva 0x%llx -> gpa 0x%llx is not guest RAM", fn,
-                              (unsigned long long)a, (unsigned long long)gpa);
-        if (write)
-            memcpy(h, b + done, chunk);
-        else
-            memcpy(b + done, h, chunk);
-        done += chunk;
+    /* Two passes: translate every page first, so a fault copies nothing at all. */
+    int rc = 0;
+    pvm__mem_enter(v->vm);
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        uint8_t *b = buf;
+        for (size_t done = 0; done < len;) {
+            uint64_t a = gva + done, gpa;
+            size_t chunk = PVM_PAGE_SIZE - (a & PVM_PAGE_MASK);
+            if (chunk > len - done)
+                chunk = len - done;
+            if (v->vm->ops->translate(v, a, &gpa) < 0) {
+                rc = pvm__error(PVM_EFAULT, "%s: gva 0x%llx is not mapped", fn, (unsigned long long)a);
+                break;
+            }
+            void *h = pvm__gpa_lookup(v->vm, gpa, chunk, NULL);
+            if (!h) {
+                rc = pvm__error(PVM_EFAULT, "%s: gva 0x%llx -> gpa 0x%llx is not guest RAM", fn,
+                                (unsigned long long)a, (unsigned long long)gpa);
+                break;
+            }
+            if (pass == 1 && write)
+                memcpy(h, b + done, chunk);
+            else if (pass == 1)
+                memcpy(b + done, h, chunk);
+            done += chunk;
+        }
     }
-    return 0;
+    pvm__mem_leave(v->vm);
+    return rc;
 }
 
 int pvm_vcpu_read_guest(pvm_vcpu *v, pvm_gva_t gva, void *buf, size_t len)

@@ -32,10 +32,14 @@ static int check_options(const struct pvm_vm_options *in, struct pvm_vm_options 
                           "and at most 64 TiB", (unsigned long long)o->max_memory);
     if (o->kick_signal == 0)
         o->kick_signal = SIGUSR2;
-    if (o->kick_signal < 1 || o->kick_signal >= NSIG || o->kick_signal == SIGKILL ||
-        o->kick_signal == SIGSTOP)
-        return pvm__error(PVM_EINVAL, "pvm_vm_create: kick_signal %d is not a catchable signal",
-                          o->kick_signal);
+    /* Not uncatchable, and not one of the signals that report guest faults and syscalls. */
+    static const int reserved[] = { SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGFPE, SIGSYS };
+    bool bad = o->kick_signal < 1 || o->kick_signal >= NSIG;
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
+        bad |= o->kick_signal == reserved[i];
+    if (bad)
+        return pvm__error(PVM_EINVAL, "pvm_vm_create: kick_signal %d cannot be used (not catchable, or "
+                          "reserved for guest faults and syscalls)", o->kick_signal);
     return 0;
 }
 
@@ -62,6 +66,12 @@ int pvm_vm_create(pvm_vm **out, const struct pvm_vm_options *opts)
     vm->memfd = -1;
     pthread_mutex_init(&vm->lock, NULL);
     pthread_rwlock_init(&vm->regions_lock, NULL);
+    /* Writer-preferring: pvm_vm_free_memory() must not starve behind busy vCPUs. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&vm->mem_users, &ra);
+    pthread_rwlockattr_destroy(&ra);
     vm->vcpus = calloc(o.max_vcpus, sizeof(*vm->vcpus));
     if (!vm->vcpus) {
         rc = pvm__error(PVM_ENOMEM, "pvm_vm_create: out of memory");
@@ -85,6 +95,7 @@ fail:
     pvm__memory_fini(vm);
     free(vm->vcpus);
     pthread_rwlock_destroy(&vm->regions_lock);
+    pthread_rwlock_destroy(&vm->mem_users);
     pthread_mutex_destroy(&vm->lock);
     free(vm);
     return rc;
@@ -102,6 +113,7 @@ void pvm_vm_destroy(pvm_vm *vm)
     pvm__memory_fini(vm);
     free(vm->vcpus);
     pthread_rwlock_destroy(&vm->regions_lock);
+    pthread_rwlock_destroy(&vm->mem_users);
     pthread_mutex_destroy(&vm->lock);
     free(vm);
 }

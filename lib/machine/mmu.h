@@ -143,6 +143,15 @@ struct pvm_shadow *pvm_shadow_create(const struct pvm_shadow_ops *ops, void *opa
 void pvm_shadow_destroy(struct pvm_shadow *s);
 
 /*
+ * (Addition) The provider's usable gva window [@lo, @hi) (@hi = 0: up to
+ * 2^64; default: everything).  Large pages and 4 KiB runs are clipped to it
+ * (as a large page over 0 is clipped to leave out page 0); a fault whose own
+ * page lies outside it installs just that page, as before, which the
+ * provider may refuse (ERROR): providers keep such faults away themselves.
+ */
+void pvm_shadow_set_window(struct pvm_shadow *s, uint64_t lo, uint64_t hi);
+
+/*
  * Select the address space for (root, user): returns the slot number the
  * provider must run in, evicting the least recently used root if needed.
  * @root is the raw CR3 value (only bits 51:12 identify the root).

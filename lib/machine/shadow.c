@@ -24,6 +24,8 @@
  *   are per page: a large page over 0 is installed without page 0, so only a
  *   fault inside page 0 itself (at 1..4095) maps it; after that address 0 is
  *   reachable until flushed, as with kvm-pvm's shadow MMU.
+ * - Likewise large pages and runs are clipped to the provider's window
+ *   (pvm_shadow_set_window, e.g. native's [0x10000, 0x7f0000000000)).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +55,7 @@ struct pvm_shadow {
     unsigned nslots, active;
     size_t cap;
     uint64_t tick;
+    uint64_t win_lo, win_last; /* provider's usable gva window, page aligned, last byte inclusive */
     struct map *pool;
     struct slot slot[];
 };
@@ -171,9 +174,22 @@ struct pvm_shadow *pvm_shadow_create(const struct pvm_shadow_ops *ops, void *opa
     s->nslots = nslots;
     s->active = nslots; /* none until pvm_shadow_activate() */
     s->cap = cap;
+    s->win_last = UINT64_MAX;
     for (unsigned i = 0; i < nslots; i++)
         s->slot[i].maps = s->pool + (size_t)i * cap;
     return s;
+}
+
+void pvm_shadow_set_window(struct pvm_shadow *s, uint64_t lo, uint64_t hi)
+{
+    s->win_lo = (lo + PAGE - 1) & ~(PAGE - 1);
+    s->win_last = hi ? (hi & ~(PAGE - 1)) - 1 : UINT64_MAX;
+}
+
+/* Is the page at @gva (page aligned) inside the window? */
+static inline bool in_window(const struct pvm_shadow *s, uint64_t gva)
+{
+    return gva >= s->win_lo && gva + (PAGE - 1) <= s->win_last;
 }
 
 void pvm_shadow_destroy(struct pvm_shadow *s)
@@ -251,11 +267,12 @@ static void extend_run(struct pvm_shadow *s, const struct slot *sl, const struct
         hi_pages = ext / PAGE;
 
     unsigned last = idx, first = idx;
-    while (last + 1 < 512 && last + 1 - idx < hi_pages &&
+    while (last + 1 < 512 && last + 1 - idx < hi_pages && in_window(s, base + (uint64_t)(last + 1) * PAGE) &&
            run_ok(env, __atomic_load_n(&pt[last + 1], __ATOMIC_RELAXED), r->leaf_pte,
                   *gpa + (uint64_t)(last + 1 - idx) * PAGE, prot))
         last++;
     while (first > 0 && base + (first - 1) * PAGE >= lo && base + (first - 1) * PAGE != 0 &&
+           in_window(s, base + (uint64_t)(first - 1) * PAGE) &&
            *gpa >= (uint64_t)(idx - first + 1) * PAGE &&
            run_ok(env, __atomic_load_n(&pt[first - 1], __ATOMIC_RELAXED), r->leaf_pte,
                   *gpa - (uint64_t)(idx - first + 1) * PAGE, prot))
@@ -309,13 +326,16 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
          * inside page 0 itself maps only page 0 (the 4 KiB default). */
         if (s->ops->ram_extent(s->opaque, r.page_gpa, &f) >= r.page_size && f == flags &&
             (r.page_gva != 0 || gva >= PAGE)) {
-            mgva = r.page_gva;
-            mgpa = r.page_gpa;
-            len = r.page_size;
-            if (mgva == 0) {
-                mgva = PAGE;
-                mgpa += PAGE;
-                len -= PAGE;
+            /* Clip to the provider's window (and page 0), if the fault page is inside it. */
+            uint64_t lo = s->win_lo > PAGE ? s->win_lo : PAGE, last = r.page_gva + (r.page_size - 1);
+            if (r.page_gva > lo)
+                lo = r.page_gva;
+            if (last > s->win_last)
+                last = s->win_last;
+            if (in_window(s, mgva) && (r.page_gva != 0 || mgva != 0)) {
+                mgpa = r.page_gpa + (lo - r.page_gva);
+                mgva = lo;
+                len = last - lo + 1;
             }
         }
     }

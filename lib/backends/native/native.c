@@ -308,6 +308,7 @@ static int native_vcpu_init(pvm_vcpu *v)
         native_vcpu_fini(v);
         return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory for the shadow MMU");
     }
+    pvm_shadow_set_window(nv->shadow, NSTUB_GUEST_LO, NSTUB_GUEST_HI);
     return 0;
 }
 
@@ -742,7 +743,18 @@ uint64_t pvm__native_prefetches(const pvm_vcpu *v)
     return nv_of((pvm_vcpu *)v)->prefetches;
 }
 
+static int run_loop(pvm_vcpu *v, struct pvm_exit *exit);
+
+/* The run loop dereferences guest RAM only between stub runs: announce it (pvm_vm.mem_users). */
 static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
+{
+    pvm__mem_enter(v->vm);
+    int rc = run_loop(v, exit);
+    pvm__mem_leave(v->vm);
+    return rc;
+}
+
+static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
 {
     struct native_vcpu *nv = nv_of(v);
     struct pvm_cpu *c = &nv->cpu;
@@ -773,7 +785,9 @@ static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
                 exit->reason = PVM_EXIT_HALT;
                 return 0;
             }
+            pvm__mem_leave(v->vm);
             halt_wait(nv);
+            pvm__mem_enter(v->vm);
             continue;
         }
         if (r == PVM_M_RESUME) {
@@ -800,7 +814,9 @@ static int native_run(pvm_vcpu *v, struct pvm_exit *exit)
             bool fast = setup_fast(nv, slot);
             if (fast)
                 irq_hand_over(nv, slot);
+            pvm__mem_leave(v->vm); /* guest code runs: pvm_vm_free_memory() may proceed */
             rc = nstub_run(nv->stubs[slot], &regs, &trap);
+            pvm__mem_enter(v->vm);
             __atomic_store_n(&nv->running_slot, -1, __ATOMIC_SEQ_CST);
             if (fast) /* before anything looks at the model: its pending interrupts are exact again */
                 irq_take_back(nv, slot);

@@ -440,9 +440,10 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, volatile s
     }
     uint32_t st = __atomic_load_n(&sl->state, __ATOMIC_SEQ_CST);
     if (st == NSTUB_Z_FAILED) {
-        set_err(err, errlen, "zygote %d: fork: %s", (int)z->pid, strerror(sl->status));
+        int e = sl->status;   /* before the release: the slot may be reused at once */
+        set_err(err, errlen, "zygote %d: fork: %s", (int)z->pid, strerror(e));
         slot_release(z, slot);
-        return sl->status == ENOMEM ? PVM_ENOMEM : PVM_EAGAIN;
+        return e == ENOMEM ? PVM_ENOMEM : PVM_EAGAIN;
     }
     *pid = sl->pid;
     *pidfd = (int)syscall(SYS_pidfd_open, *pid, 0);

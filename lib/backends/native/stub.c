@@ -61,6 +61,7 @@ struct nstub {
 
     uint32_t kicks;                   /* atomic: nstub_kick() calls */
     uint32_t kicks_seen;              /* kicks already reported */
+    uint32_t pokes;                   /* atomic: poke signals sent (watchdog) */
     int in_guest;                     /* atomic: inside nstub_run */
 
     bool stopped;                     /* at a trap: ctl may be written */
@@ -209,8 +210,8 @@ static void sleep_on_state(struct nstub *s, uint32_t st, uint64_t deadline)
 static int wait_trapped(struct nstub *s, bool boot)
 {
     volatile struct nstub_ctl *c = s->ctl;
-    uint64_t t0 = now_ns(), next_check = t0 + CHECK_PERIOD_NS, kick_since = 0;
-    uint32_t st;
+    uint64_t t0 = now_ns(), next_check = t0 + CHECK_PERIOD_NS, kick_since = 0, poke_since = 0;
+    uint32_t st, poke_seen = 0;
 
     /* At start-up the stub is known to be busy for ~100 us: spin (yielding) through it. */
     uint64_t spin = boot ? BOOT_SPIN_NS : s->spin_ns;
@@ -248,6 +249,15 @@ sleep:
                     make_dead(s, "stub process %d does not respond to kicks", (int)s->pid);
                     return -1;
                 }
+            }
+            /* Likewise the same poke signal still unconsumed (pending flag set, none sent since). */
+            uint32_t pk = __atomic_load_n(&s->pokes, __ATOMIC_SEQ_CST);
+            if (!__atomic_load_n(&c->fast.poke_pending, __ATOMIC_SEQ_CST) || pk != poke_seen || !poke_since) {
+                poke_seen = pk;
+                poke_since = __atomic_load_n(&c->fast.poke_pending, __ATOMIC_SEQ_CST) ? now : 0;
+            } else if (now - poke_since > KICK_TIMEOUT_NS) {
+                make_dead(s, "stub process %d does not respond to kicks", (int)s->pid);
+                return -1;
             }
         }
         uint32_t death = __atomic_load_n(&c->death, __ATOMIC_SEQ_CST);
@@ -830,10 +840,16 @@ void nstub_poke(struct nstub *s)
 {
     if (!s)
         return;
+    /* Coalesced (stub_abi.h): a poke still queued will see the bits posted before this. */
+    if (__atomic_exchange_n(&s->ctl->fast.poke_pending, 1, __ATOMIC_SEQ_CST))
+        return;
+    __atomic_add_fetch(&s->pokes, 1, __ATOMIC_SEQ_CST);
     /* Even outside nstub_run: a stopped stub gets the signal right after its next resume. */
-    int saved = errno;
-    if (syscall(SYS_pidfd_send_signal, s->pidfd, s->kick_signal, NULL, 0) < 0 && errno == ENOSYS)
-        kill(s->pid, s->kick_signal);
+    int saved = errno, r = (int)syscall(SYS_pidfd_send_signal, s->pidfd, s->kick_signal, NULL, 0);
+    if (r < 0 && errno == ENOSYS)
+        r = kill(s->pid, s->kick_signal);
+    if (r < 0) /* not sent (e.g. EAGAIN): let the next poke try */
+        __atomic_store_n(&s->ctl->fast.poke_pending, 0, __ATOMIC_SEQ_CST);
     errno = saved;
 }
 
@@ -847,6 +863,8 @@ void nstub_take_irqs(struct nstub *s, uint64_t out[4])
         out[w] |= m & s->irq_posted[w];
         s->irq_posted[w] = 0;
     }
+    /* Stopped: re-arm pokes (a signal still queued is then merely stale). */
+    __atomic_store_n(&s->ctl->fast.poke_pending, 0, __ATOMIC_SEQ_CST);
 }
 
 /* ---- FPU state ------------------------------------------------------------- */

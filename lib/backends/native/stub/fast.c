@@ -387,6 +387,9 @@ int nstub_fast(int sig, siginfo_t *si, struct ucontext *uc)
     struct sigcontext *sc = &uc->uc_mcontext;
     int done;
 
+    /* Any kick signal may be the poke: re-arm pokes before irq[] is read (stub_abi.h). */
+    if (sig == KICK_SIGNAL)
+        __atomic_store_n(&f->poke_pending, 0, __ATOMIC_SEQ_CST);
     if (f->enabled != NSTUB_FAST_ON || __atomic_load_n(&f->attention, __ATOMIC_ACQUIRE))
         return 0;
     /* §5.10: smod runs on __USER_CS/__USER_DS; anything else is the library's to judge. */

@@ -194,6 +194,13 @@ struct nstub_fast {
      * stopped.  So every posted vector is delivered exactly once, by one side.
      */
     uint64_t irq[4];
+    /*
+     * Poke coalescing: a library thread signals only if its atomic exchange of 1 found 0;
+     * the stub's kick handler stores 0 before it looks at irq[] (and attention), the library
+     * also at take-back.  So at most one poke signal is queued per stub (RT kick signals
+     * would otherwise queue one per interrupt while a guest blocks them).
+     */
+    uint32_t poke_pending, pad3;
     uint64_t irqs;          /* stub -> lib: interrupts delivered in the stub (statistics) */
     uint64_t sup_rsp;       /* both: MSR_PVM_SUPERVISOR_RSP (fast WRMSR, §2) */
     /* lib -> stub when the vCPU's table changes: the effective CPUID table (§6.1) */
