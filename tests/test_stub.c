@@ -999,6 +999,22 @@ END_TEST
  * the stub's pid through a pipe, then runs a guest that spins forever
  * (@spin) or leaves the stub stopped at a trap.  No Check calls in there.
  */
+/* Parent side of a forked library child: the stub pid it reports through pipe @p. */
+static pid_t child_stub_pid(pid_t pid, int p[2], pid_t *stub_pid)
+{
+    close(p[1]);
+    int sp = -1;
+    ssize_t n = read(p[0], &sp, sizeof(sp));
+    close(p[0]);
+    if (n != sizeof(sp)) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        ck_abort_msg("the library child could not start a stub");
+    }
+    *stub_pid = sp;
+    return pid;
+}
+
 static pid_t library_child(bool spin, pid_t *stub_pid)
 {
     int p[2];
@@ -1025,17 +1041,7 @@ static pid_t library_child(bool spin, pid_t *stub_pid)
         for (;;)
             pause();
     }
-    close(p[1]);
-    int sp = -1;
-    ssize_t n = read(p[0], &sp, sizeof(sp));
-    close(p[0]);
-    if (n != sizeof(sp)) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        ck_abort_msg("the library child could not start a stub");
-    }
-    *stub_pid = sp;
-    return pid;
+    return child_stub_pid(pid, p, stub_pid);
 }
 
 static void check_dies_with_library(bool spin)
@@ -1394,17 +1400,7 @@ static pid_t backstop_child(bool direct, pid_t *stub_pid)
         for (;;)
             pause();
     }
-    close(p[1]);
-    int sp = -1;
-    ssize_t n = read(p[0], &sp, sizeof(sp));
-    close(p[0]);
-    if (n != sizeof(sp)) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        ck_abort_msg("the library child could not start a stub");
-    }
-    *stub_pid = sp;
-    return pid;
+    return child_stub_pid(pid, p, stub_pid);
 }
 
 /* All signals blocked in /proc/<pid>/status (SigBlk)? */
