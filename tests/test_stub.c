@@ -1306,6 +1306,48 @@ START_TEST(test_zygote_reuse)
 }
 END_TEST
 
+/*
+ * A spawn the zygote does not answer in time (it is stopped) fails cleanly;
+ * when the zygote wakes up and forks the stub for nobody, the next spawn
+ * kills that orphan and frees its slot.
+ */
+START_TEST(test_zygote_timeout_reclaimed)
+{
+    if (no_zygote())
+        return;
+    warm_up();
+    struct guest a;
+    guest_init(&a, (const uint8_t[]){ 0x0f, 0x05 }, 2);
+    run(&a);
+    pid_t z = parent_of(nstub_pid(a.s));
+    int zc = children_of(z);
+    ck_assert_int_eq(kill(z, SIGSTOP), 0);
+    int memfd = memfd_create("test-timeout", MFD_CLOEXEC);
+    ck_assert_int_ge(memfd, 0);
+    ck_assert_int_eq(ftruncate(memfd, RAM_SIZE), 0);
+    struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
+    struct nstub *lost = NULL;
+    char err[256] = "";
+    ck_assert_int_lt(nstub_create(&lost, &cfg, err, sizeof(err)), 0);
+    ck_assert_ptr_null(lost);
+    ck_assert_msg(strstr(err, "did not answer"), "%s", err);
+    ck_assert_int_eq(kill(z, SIGCONT), 0);
+    /* The zygote now forks the abandoned request's stub. */
+    for (int i = 0; i < 100 && children_of(z) == zc; i++)
+        usleep(10000);
+    ck_assert_int_eq(children_of(z), zc + 1);
+    struct guest b;
+    guest_init(&b, (const uint8_t[]){ 0x0f, 0x05 }, 2);   /* reclaims: kills the orphan */
+    run(&b);
+    for (int i = 0; i < 100 && children_of(z) != zc + 1; i++)
+        usleep(10000);
+    ck_assert_int_eq(children_of(z), zc + 1);   /* a and b's stubs (zc counted a) */
+    guest_fini(&b);
+    guest_fini(&a);
+    close(memfd);
+}
+END_TEST
+
 /* More stubs than one zygote takes: a second zygote; one library fd per stub (its pidfd). */
 START_TEST(test_many_stubs)
 {
@@ -1506,6 +1548,7 @@ int main(void)
     TCase *spawn = tcase_create("creation");
     tcase_add_test(spawn, test_zygote_reuse);
     tcase_add_test(spawn, test_many_stubs);
+    tcase_add_test(spawn, test_zygote_timeout_reclaimed);
     tcase_add_test(spawn, test_backstop_direct);
     tcase_add_test(spawn, test_backstop_zygote);
     tcase_set_timeout(spawn, 60);

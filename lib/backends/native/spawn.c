@@ -355,10 +355,42 @@ fail:
     return NULL;
 }
 
+/* used[] values: a slot is free, owned by a spawn or stub, or abandoned by a timed-out spawn. */
+enum { SLOT_FREE = 0, SLOT_USED = 1, SLOT_ABANDONED = 2 };
+
+/*
+ * Slots whose spawn timed out: the zygote may still have answered.  Free them
+ * once the zygote reports failure or has reaped the stub, and kill a stub it
+ * forked for nobody (the pid is ours while the slot says "not yet reaped").
+ * Under zlock.
+ */
+static void reclaim_abandoned(struct nspawn_zygote *z)
+{
+    for (int i = 0; i < NSTUB_ZYG_SLOTS; i++) {
+        if (z->used[i] != SLOT_ABANDONED)
+            continue;
+        volatile struct nstub_zslot *sl = &z->page->slot[i];
+        uint32_t st = __atomic_load_n(&sl->state, __ATOMIC_SEQ_CST);
+        if (st == NSTUB_Z_FAILED || st == NSTUB_Z_REAPED || !alive(z->pidfd)) {
+            __atomic_store_n(&sl->state, NSTUB_Z_FREE, __ATOMIC_SEQ_CST);
+            z->used[i] = SLOT_FREE;
+            z->live--;
+        } else if (st == NSTUB_Z_SPAWNED) {
+            int fd = (int)syscall(SYS_pidfd_open, sl->pid, 0);
+            if (fd >= 0 && __atomic_load_n(&sl->state, __ATOMIC_SEQ_CST) == NSTUB_Z_SPAWNED)
+                syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
+            if (fd >= 0)
+                close(fd);
+        }
+    }
+}
+
 /* Pick a zygote with a free slot (starting one if needed) and take the slot; under zlock. */
 static struct nspawn_zygote *zygote_get(int *slot, char *err, size_t errlen)
 {
     struct nspawn_zygote *z = NULL;
+    for (unsigned i = 0; i < nzygotes; i++)
+        reclaim_abandoned(zygotes[i]);
     for (unsigned i = 0; i < nzygotes && !z; i++) {
         struct nspawn_zygote *c = zygotes[i];
         if (c->live < zygote_stubs && alive(c->pidfd))
@@ -376,8 +408,8 @@ static struct nspawn_zygote *zygote_get(int *slot, char *err, size_t errlen)
         zygotes[nzygotes++] = z;
     }
     for (int i = 0; i < NSTUB_ZYG_SLOTS; i++)
-        if (!z->used[i]) {
-            z->used[i] = 1;
+        if (z->used[i] == SLOT_FREE) {
+            z->used[i] = SLOT_USED;
             z->live++;
             *slot = i;
             return z;
@@ -389,7 +421,7 @@ static struct nspawn_zygote *zygote_get(int *slot, char *err, size_t errlen)
 static void slot_release(struct nspawn_zygote *z, int slot)
 {
     pthread_mutex_lock(&zlock);
-    z->used[slot] = 0;
+    z->used[slot] = SLOT_FREE;
     z->live--;
     pthread_mutex_unlock(&zlock);
 }
@@ -434,7 +466,10 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, volatile s
         return PVM_EIO;
     }
     if (!wait_word(&sl->state, NSTUB_Z_REQ, z->pidfd, START_TIMEOUT_NS)) {
-        /* Leave the slot taken: the zygote may still answer it. */
+        /* The zygote may still answer: a later spawn reclaims the slot (reclaim_abandoned). */
+        pthread_mutex_lock(&zlock);
+        z->used[slot] = SLOT_ABANDONED;
+        pthread_mutex_unlock(&zlock);
         set_err(err, errlen, "zygote %d did not answer", (int)z->pid);
         return PVM_EIO;
     }
