@@ -65,6 +65,8 @@ void gvm_start(struct gvm *g, uint64_t rip, uint64_t rsp);
 /* Run until an exit (failing the test on INTERNAL_ERROR); returns the exit reason. */
 uint32_t gvm_run(struct gvm *g, struct pvm_exit *e);
 struct pvm_vcpu_struct *gvm_pvcs(struct gvm *g);
+/* The §4 frame an exception taken at RSP = GVM_STACK_TOP is written to: ((RSP - redzone) & ~15) - 64. */
+#define GVM_FRAME_ADDR (((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64)
 void gvm_regs(struct gvm *g, struct pvm_regs *r);
 /* Expect a host-call exit with number PVM_HOSTCALL(@nr). */
 void gvm_expect_hc(const struct pvm_exit *e, uint32_t nr);

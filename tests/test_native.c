@@ -151,7 +151,7 @@ START_TEST(supervisor_pf_frame_and_erets)
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
     gvm_regs(&g, &r);
-    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    uint64_t frame_addr = GVM_FRAME_ADDR;
     ck_assert_uint_eq(r.r14, frame_addr);
     ck_assert_uint_eq(r.r12, GVM_ENTRY + 256);
     ck_assert_uint_eq(r.r13, 0x202);
@@ -190,7 +190,7 @@ START_TEST(exceptions_delivered)
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_exc_start, g_exc_end);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
-    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    uint64_t frame_addr = GVM_FRAME_ADDR;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
 
     gvm_run(&g, &e);
@@ -324,7 +324,7 @@ START_TEST(nmi_masked_until_erets)
     gvm_load(&g, GVM_CODE + 0x100, g_nmi_cont_start, g_nmi_cont_end);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
-    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    uint64_t frame_addr = GVM_FRAME_ADDR;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
 
     ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &nmi), 0);
@@ -734,7 +734,7 @@ START_TEST(fast_path_matches_model)
 
     /* Spot checks of the log against the ABI (§5.4, §5.6, §6.3, §7). */
     const uint64_t *l = (const uint64_t *)fast.data;
-    uint64_t frame = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    uint64_t frame = GVM_FRAME_ADDR;
     ck_assert_uint_eq(l[0], GVM_ENTRY + 256);        /* handler RCX */
     ck_assert_uint_eq(l[1], 0x202);                  /* handler R11 */
     ck_assert_uint_eq(l[2], frame);                  /* handler RSP */
@@ -907,7 +907,7 @@ START_TEST(fast_erets_and_nmi)
     gvm_load(&g, GVM_CODE + 0x100, g_nmi_fast_cont_start, g_nmi_fast_cont_end);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
-    uint64_t frame_addr = ((GVM_STACK_TOP - GVM_REDZONE) & ~15ull) - 64;
+    uint64_t frame_addr = GVM_FRAME_ADDR;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
 
     /* 1: NMI delivered; its handler loops on fast hypercalls while a second NMI is injected. */

@@ -657,20 +657,29 @@ START_TEST(test_escape_stub_code)
 END_TEST
 
 /* A guest that blocks the kick signal with a forged rt_sigreturn is wedged: DIED, not a hang. */
+/*
+ * A signal frame for a forged rt_sigreturn through the stub's own SYSCALL:
+ * resume the guest at CODE + 2 (after its ud2) with signal mask @mask.
+ */
+static void forged_frame(ucontext_t *uc, uint64_t mask)
+{
+    memset(uc, 0, sizeof(*uc));
+    uc->uc_flags = 2;   /* UC_SIGCONTEXT_SS */
+    uc->uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
+    uc->uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
+    uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(CODE + 2);
+    uc->uc_mcontext.gregs[REG_RSP] = (greg_t)(DATA + 0x800);
+    uc->uc_mcontext.gregs[REG_EFL] = 0x202;
+    uc->uc_mcontext.gregs[REG_CSGSFS] = (greg_t)(0x33 | (0x2bull << 48));
+    uc->uc_sigmask.__val[0] = mask;
+}
+
 START_TEST(test_guest_blocks_kicks)
 {
     struct guest g;
     guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b, 0xeb, 0xfe }, 4);   /* ud2; jmp . */
     ucontext_t uc;
-    memset(&uc, 0, sizeof(uc));
-    uc.uc_flags = 2;   /* UC_SIGCONTEXT_SS */
-    uc.uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
-    uc.uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
-    uc.uc_mcontext.gregs[REG_RIP] = (greg_t)(CODE + 2);
-    uc.uc_mcontext.gregs[REG_RSP] = (greg_t)(DATA + 0x800);
-    uc.uc_mcontext.gregs[REG_EFL] = 0x202;
-    uc.uc_mcontext.gregs[REG_CSGSFS] = (greg_t)(0x33 | (0x2bull << 48));
-    uc.uc_sigmask.__val[0] = 1ull << (KICK - 1);
+    forged_frame(&uc, 1ull << (KICK - 1));
     memcpy(g.ram + DATA_OFF + 0x900, &uc, offsetof(ucontext_t, uc_sigmask) + 8);
     g.r.rip = NSTUB_SYSCALL_INSN;
     g.r.gpr[RAX] = 15;   /* rt_sigreturn, from the stub's own SYSCALL */
@@ -1415,15 +1424,7 @@ static pid_t backstop_child(bool direct, pid_t *stub_pid)
         static const uint8_t code[] = { 0x0f, 0x0b, 0xeb, 0xfe };   /* ud2; jmp . */
         int memfd = memfd_create("test-guest", MFD_CLOEXEC);
         ucontext_t uc;
-        memset(&uc, 0, sizeof(uc));
-        uc.uc_flags = 2;   /* UC_SIGCONTEXT_SS */
-        uc.uc_stack.ss_sp = (void *)(NSTUB_CTL_ADDR + NSTUB_ALTSTACK_OFF);
-        uc.uc_stack.ss_size = NSTUB_ALTSTACK_SIZE;
-        uc.uc_mcontext.gregs[REG_RIP] = (greg_t)(CODE + 2);
-        uc.uc_mcontext.gregs[REG_RSP] = (greg_t)(DATA + 0x800);
-        uc.uc_mcontext.gregs[REG_EFL] = 0x202;
-        uc.uc_mcontext.gregs[REG_CSGSFS] = (greg_t)(0x33 | (0x2bull << 48));
-        uc.uc_sigmask.__val[0] = ~0ull;
+        forged_frame(&uc, ~0ull);
         struct nstub *s;
         struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
         struct nstub_regs r = { .rip = NSTUB_SYSCALL_INSN, .rflags = 0x202, .cs = 0x33, .ss = 0x2b };
