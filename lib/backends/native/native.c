@@ -429,13 +429,25 @@ static void regs_from_stub(struct native_vcpu *nv, const struct nstub_regs *r)
     c->rflags = fl;
 }
 
-/* Did the guest trap on INT 0x80 rather than SYSCALL?  Both arrive as a seccomp trap. */
-static bool trapped_on_int80(struct native_vcpu *nv)
+/* Is there an INT 0x80 instruction (cd 80) at @gva? */
+static bool int80_at(struct native_vcpu *nv, uint64_t gva)
 {
     uint8_t insn[2];
-    if (mem_read_virt(nv, nv->cpu.rip - 2, insn, 2) < 0)
+    if (mem_read_virt(nv, gva, insn, 2) < 0)
         return false;
     return insn[0] == 0xcd && insn[1] == 0x80;
+}
+
+/*
+ * INT 0x80 reaches the stub in one of two ways, depending on the host kernel:
+ * as a seccomp trap of the i386 syscall path (RIP after the instruction), or,
+ * where the host has no IDT gate for it (ia32 emulation off, some guest
+ * kernels), as #GP with the IDT error code of vector 0x80 (RIP at it).
+ */
+#define INT80_GP_ERROR ((0x80u << 3) | 2)
+static bool trapped_on_int80(struct native_vcpu *nv)
+{
+    return int80_at(nv, nv->cpu.rip - 2);
 }
 
 /*
@@ -554,6 +566,10 @@ static enum pvm_m_result handle_trap(struct native_vcpu *nv, const struct nstub_
                 *provider_error = true;
                 return PVM_M_SHUTDOWN;
             }
+        }
+        if (t->vector == PVM_VEC_GP && t->error_code == INT80_GP_ERROR && int80_at(nv, c->rip)) {
+            c->rip += 2;
+            return pvm_m_int80(c, &nv->mem);
         }
         {
             unsigned v = t->vector;

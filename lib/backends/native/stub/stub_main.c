@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include <asm/errno.h>
+#include <asm/prctl.h>
 #include <asm/signal.h>
 #include <asm/siginfo.h>
 #include <asm/sigcontext.h>
@@ -214,6 +215,20 @@ static void sane_return(struct ucontext *uc)
     uc->uc_stack.ss_flags = 0;
 }
 
+/*
+ * Set the FS or GS base the guest resumes with (@cur: what it is now).  By
+ * arch_prctl, not WRFSBASE: a kernel that does not itself use FSGSBASE (no
+ * "fsgsbase" in /proc/cpuinfo, yet CR4.FSGSBASE set for user mode, as under
+ * some PVM hosts) restores only the base it knows of at each context switch,
+ * and a WRFSBASE'd one is lost at the next preemption.  A non-canonical base
+ * is refused (the kernel would, and WRFSBASE would #GP).
+ */
+static void set_base(int code, uint64_t want, uint64_t cur)
+{
+    if (want != cur && canonical(want))
+        SYS(__NR_arch_prctl, code, want, 0, 0, 0, 0);
+}
+
 static void handler(int sig, siginfo_t *si, void *ucv)
 {
     struct ucontext *uc = ucv;
@@ -312,13 +327,8 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     sc->cs = r->cs;
     sc->ss = r->ss;
     uc->uc_flags |= UC_SIGCONTEXT_SS;
-    fs = r->fs_base;
-    gs = r->gs_base;
-    /* WRFSBASE of a non-canonical value would #GP here, with every signal blocked. */
-    if (canonical(fs))
-        __asm__ volatile("wrfsbase %0" ::"r"(fs));
-    if (canonical(gs))
-        __asm__ volatile("wrgsbase %0" ::"r"(gs));
+    set_base(ARCH_SET_FS, r->fs_base, fs);
+    set_base(ARCH_SET_GS, r->gs_base, gs);
     /* Undo whatever a forged sigreturn may have set: every trap unblocks all signals again. */
     sane_return(uc);
     __atomic_store_n(&c->state, NSTUB_ST_RUNNING, __ATOMIC_RELEASE);
@@ -326,7 +336,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
 /* ---- the seccomp filter ---------------------------------------------------- */
 
-enum { L_NEXT, L_ALLOW, L_TRAP, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
 
 struct bpf {
     struct sock_filter f[96];
@@ -391,9 +401,18 @@ static void install_filter(void)
     JEQ(__NR_exit_group, L_ALLOW, L_NEXT);
     JEQ(__NR_sched_yield, L_ALLOW, L_NEXT);
     JEQ(__NR_getppid, L_ALLOW, L_NEXT);
+    JEQ(__NR_arch_prctl, L_ARCH, L_NEXT);
     JEQ(__NR_futex, L_FUTEX, L_NEXT);
     JEQ(__NR_mmap, L_MMAP, L_NEXT);
     JEQ(__NR_munmap, L_RANGE, L_TRAP);
+
+    /* arch_prctl: only the FS and GS bases (the guest's own, which WRFSBASE sets too). */
+    LABEL(L_ARCH);
+    LD(D_ARG_HI(0));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(0));
+    JEQ(ARCH_SET_FS, L_ALLOW, L_NEXT);
+    JEQ(ARCH_SET_GS, L_ALLOW, L_TRAP);
 
     /* futex: only WAIT/WAKE (shared) on the control page's state word. */
     LABEL(L_FUTEX);
