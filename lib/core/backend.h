@@ -15,10 +15,14 @@
 /* Capabilities. */
 #define PVM_CAP_ANY_HOST_MEMORY (1u << 0) /* regions may use any host memory, not only the arena */
 
+struct pvm_cpu_provider;
+
 struct pvm_backend_ops {
     const char *name;
     enum pvm_backend id;
     uint32_t caps;
+    /* Backends built on the hypervisor core (lib/hv/): the provider that runs guest code. */
+    const struct pvm_cpu_provider *cpu;
 
     /* Required. */
     int (*probe)(void);                 /* 0 if usable, else pvm__error(PVM_ENODEV, why) */

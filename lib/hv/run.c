@@ -1,0 +1,333 @@
+/*
+ * lib/hv/run.c - the run loop of the hypervisor core: deliver what is
+ * pending, pick the address-space slot for (CR3, mode), let the cpu provider
+ * run guest code until a trap, hand the trap to the machine model and the
+ * shadow MMU, and return what the application must see.
+ */
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "hv.h"
+
+bool pvm_hv_irqs_pending(const struct pvm_cpu *c)
+{
+    return c->irq_pending[0] | c->irq_pending[1] | c->irq_pending[2] | c->irq_pending[3];
+}
+
+/*
+ * Anything the model must deliver first?  Interrupts held back by IF = 0
+ * (IP is set: pvm_m_check_events ran) are not.
+ */
+bool pvm_hv_events_pending(struct pvm_hv_vcpu *hv)
+{
+    const struct pvm_cpu *c = &hv->cpu;
+    return c->exc_pending || c->nmi_pending || (pvm_hv_irqs_pending(c) && pvm_m_irq_enabled(c, &hv->mem));
+}
+
+/* Move injected events into the model's pending state (vCPU thread only). */
+static void drain_inbox(struct pvm_hv_vcpu *hv)
+{
+    if (!__atomic_exchange_n(&hv->attention, 0, __ATOMIC_SEQ_CST))
+        return;
+    pthread_mutex_lock(&hv->inbox_lock);
+    unsigned keep = 0;
+    for (unsigned i = 0; i < hv->nr_inbox; i++)
+        if (pvm_m_queue_event(&hv->cpu, &hv->inbox[i]) == PVM_EBUSY)
+            hv->inbox[keep++] = hv->inbox[i]; /* an exception is still pending: keep it */
+    hv->nr_inbox = keep;
+    if (keep)
+        __atomic_store_n(&hv->attention, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&hv->inbox_lock);
+}
+
+/* Wait while halted until an event or a kick arrives. */
+static void halt_wait(struct pvm_hv_vcpu *hv)
+{
+    uint32_t seen = __atomic_load_n(&hv->wake, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&hv->attention, __ATOMIC_SEQ_CST) || __atomic_load_n(&hv->kick_pending, __ATOMIC_SEQ_CST))
+        return;
+    syscall(SYS_futex, &hv->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+}
+
+static int fatal(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fatal(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int code, const char *fmt, ...)
+{
+    va_list ap;
+    memset(&hv->fatal, 0, sizeof(hv->fatal));
+    hv->fatal.reason = PVM_EXIT_INTERNAL_ERROR;
+    hv->fatal.u.internal.code = code;
+    va_start(ap, fmt);
+    vsnprintf(hv->fatal.u.internal.msg, sizeof(hv->fatal.u.internal.msg), fmt, ap);
+    va_end(ap);
+    hv->dead = true;
+    *exit = hv->fatal;
+    pvm__log(PVM_LOG_ERROR, "vCPU %u: %s", hv->v->id, hv->fatal.u.internal.msg);
+    return 0;
+}
+
+static void regs_to_provider(const struct pvm_cpu *c, struct pvm_hv_regs *r)
+{
+    memcpy(r->gpr, c->gpr, sizeof(r->gpr));
+    r->rip = c->rip;
+    /* Underlying RFLAGS: IF always 1, only the allowed bits (§1.1). */
+    r->rflags = (c->rflags & PVM_RFLAGS_ALLOWED) | PVM_RFLAGS_IF | PVM_RFLAGS_FIXED;
+    r->fs_base = c->fs_base;
+    r->gs_base = c->gs_base;
+    r->cs = c->cs;
+    r->ss = c->ss;
+}
+
+static void regs_from_provider(struct pvm_hv_vcpu *hv, const struct pvm_hv_regs *r)
+{
+    struct pvm_cpu *c = &hv->cpu;
+    memcpy(c->gpr, r->gpr, sizeof(c->gpr));
+    c->rip = r->rip;
+    c->fs_base = r->fs_base;
+    c->gs_base = r->gs_base;
+    /* The guest cannot change hardware CS/SS without trapping (no far transfers succeed in a stub). */
+    /* §1.2: the guest-visible IF is virtual: re-read it from the PVCS after every exit in smod. */
+    uint64_t fl = r->rflags & ~PVM_RFLAGS_IF;
+    if (c->mode == PVM_MODE_USER || pvm_m_irq_enabled(c, &hv->mem))
+        fl |= PVM_RFLAGS_IF;
+    c->rflags = fl;
+}
+
+/*
+ * Prefetch after a guest #PF (docs/design.md "Fast path"): the guest's fault
+ * handler maps the page and returns (ERETU, §6.3; or ERETS) to the faulting
+ * instruction, whose retry would fault once more in hardware just to install
+ * the shadow mapping.  pf_note() remembers the faulting state; pf_prefetch()
+ * runs before each resume and, when the guest is about to run exactly that
+ * state again (mode, CR3, RIP, RFLAGS, GPRs, FS/GS bases: the same access to
+ * CR2) with nothing to deliver first, installs the mapping the retry would
+ * (pvm_shadow_prefetch: A bits may be set ahead of the access, as a
+ * speculative walk may set them, D bits never).
+ */
+static void pf_note(struct pvm_hv_vcpu *hv, uint64_t cr2, uint32_t access)
+{
+    const struct pvm_cpu *c = &hv->cpu;
+    if (!hv->prefetch_on)
+        return;
+    hv->pf.pending = true;
+    hv->pf.mode = c->mode;
+    hv->pf.access = access & (PVM_PFEC_W | PVM_PFEC_I);
+    hv->pf.cr2 = cr2;
+    hv->pf.cr3 = c->cr3;
+    hv->pf.rip = c->rip;
+    hv->pf.rflags = c->rflags;
+    hv->pf.fs_base = c->fs_base;
+    hv->pf.gs_base = c->gs_base;
+    memcpy(hv->pf.gpr, c->gpr, sizeof(hv->pf.gpr));
+}
+
+/* Before resuming in the active slot (pvm_shadow_activate done). */
+static void pf_prefetch(struct pvm_hv_vcpu *hv)
+{
+    const struct pvm_cpu *c = &hv->cpu;
+    if (!hv->pf.pending || c->mode != hv->pf.mode)
+        return;
+    if (c->rip != hv->pf.rip || c->cr3 != hv->pf.cr3 || c->rflags != hv->pf.rflags ||
+        c->fs_base != hv->pf.fs_base || c->gs_base != hv->pf.gs_base ||
+        memcmp(c->gpr, hv->pf.gpr, sizeof(c->gpr))) {
+        /* Back in user mode somewhere else: that fault is not being retried now. */
+        if (c->mode == PVM_MODE_USER)
+            hv->pf.pending = false;
+        return;
+    }
+    hv->pf.pending = false;
+    if (c->halted || pvm_hv_events_pending(hv) || pvm_hv_irqs_pending(c) ||
+        __atomic_load_n(&hv->attention, __ATOMIC_SEQ_CST) || __atomic_load_n(&hv->kick_pending, __ATOMIC_SEQ_CST))
+        return;
+    pvm_hv_refresh_env(hv);
+    if (pvm_shadow_prefetch(hv->shadow, &hv->env, hv->pf.cr2, hv->pf.access))
+        hv->prefetches++;
+}
+
+static enum pvm_m_result handle_fault(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error)
+{
+    struct pvm_cpu *c = &hv->cpu;
+    if (t->vector == PVM_VEC_INT80)
+        return pvm_m_int80(c, &hv->mem);
+    if (t->vector == PVM_VEC_PF) {
+        uint32_t access = (t->error_code & (PVM_PFEC_W | PVM_PFEC_I)) | (c->mode == PVM_MODE_USER ? PVM_PFEC_U : 0);
+        uint32_t pfec = 0;
+        uint64_t gpa = 0;
+        pvm_hv_refresh_env(hv);
+        if (t->cr2 < hv->p->window_lo || t->cr2 >= hv->p->window_hi) {
+            /* Outside what the provider can map: to the guest it is an unmapped address. */
+            return pvm_m_exception(c, &hv->mem, PVM_VEC_PF, true, access, t->cr2);
+        }
+        if (hv->pf.mode == c->mode)
+            hv->pf.pending = false; /* a retry that faulted after all (or another fault) */
+        switch (pvm_shadow_fault(hv->shadow, &hv->env, t->cr2, access, &pfec, &gpa)) {
+        case PVM_SHADOW_FIXED:
+            return PVM_M_RESUME;
+        case PVM_SHADOW_GUEST_PF:
+            pf_note(hv, t->cr2, access);
+            return pvm_m_exception(c, &hv->mem, PVM_VEC_PF, true, pfec, t->cr2);
+        case PVM_SHADOW_MMIO:
+            return pvm_m_mmio(c, &hv->mem, gpa, (access & PVM_PFEC_W) != 0);
+        default:
+            *provider_error = true;
+            return PVM_M_SHUTDOWN;
+        }
+    }
+    unsigned v = t->vector;
+    bool has_err = v == PVM_VEC_DF || (v >= PVM_VEC_TS && v <= PVM_VEC_GP) || v == PVM_VEC_AC || v == 21;
+    return pvm_m_exception(c, &hv->mem, v, has_err, has_err ? t->error_code : 0, 0);
+}
+
+static enum pvm_m_result handle_trap(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error)
+{
+    switch (t->kind) {
+    case PVM_HV_TRAP_SYSCALL:
+        return pvm_m_syscall(&hv->cpu, &hv->mem);
+    case PVM_HV_TRAP_FAULT:
+        return handle_fault(hv, t, provider_error);
+    case PVM_HV_TRAP_KICK:
+    default:
+        return PVM_M_RESUME;
+    }
+}
+
+/* Run guest code once: the provider's part of one loop turn. */
+static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int *fatal_rc)
+{
+    const struct pvm_cpu_provider *p = hv->p;
+    struct pvm_cpu *c = &hv->cpu;
+    pvm_vm *vm = hv->v->vm;
+    char err[160];
+
+    /* Memory the application unmapped must leave every shadow (TLB) at once. */
+    uint64_t gen = __atomic_load_n(&vm->regions_gen, __ATOMIC_ACQUIRE);
+    if (gen != hv->regions_gen) {
+        hv->regions_gen = gen;
+        pvm_shadow_flush_all(hv->shadow);
+    }
+    unsigned slot = pvm_shadow_activate(hv->shadow, c->cr3, c->mode == PVM_MODE_USER);
+    int rc = p->activate(hv, slot, err, sizeof(err));
+    if (rc < 0) {
+        *fatal_rc = fatal(hv, exit, rc, "%s: starting guest code: %s", p->name, err);
+        return PVM_M_EXIT;
+    }
+    struct pvm_hv_regs regs;
+    struct pvm_hv_trap trap;
+    regs_to_provider(c, &regs);
+    __atomic_store_n(&hv->running_slot, (int)slot, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&hv->kick_pending, __ATOMIC_SEQ_CST) || __atomic_load_n(&hv->attention, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
+        return PVM_M_RESUME;
+    }
+    pf_prefetch(hv);
+    if (p->prepare)
+        p->prepare(hv, slot);
+    pvm__mem_leave(vm); /* guest code runs: pvm_vm_free_memory() may proceed */
+    rc = p->run(hv, slot, &regs, &trap);
+    pvm__mem_enter(vm);
+    __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
+    if (rc < 0) {
+        *fatal_rc = fatal(hv, exit, rc, "%s: run failed: %s", p->name, pvm_last_error());
+        return PVM_M_EXIT;
+    }
+    if (trap.kind == PVM_HV_TRAP_DIED) {
+        *fatal_rc = fatal(hv, exit, PVM_EINTERNAL, "%s: vCPU %u: %s", p->name, hv->v->id, trap.msg);
+        return PVM_M_EXIT;
+    }
+    regs_from_provider(hv, &regs);
+    if (p->finish && p->finish(hv, slot, &trap) == PVM_M_SHUTDOWN)
+        return PVM_M_SHUTDOWN;
+    bool provider_error = false;
+    enum pvm_m_result r = handle_trap(hv, &trap, &provider_error);
+    if (provider_error) {
+        *fatal_rc = fatal(hv, exit, PVM_EINTERNAL, "shadow MMU could not install a mapping for 0x%llx",
+                          (unsigned long long)trap.cr2);
+        return PVM_M_EXIT;
+    }
+    return r;
+}
+
+static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
+{
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
+    struct pvm_cpu *c = &hv->cpu;
+
+    if (hv->dead) {
+        *exit = hv->fatal;
+        return 0;
+    }
+    if (c->pending_exit != PVM_EXIT_NONE)
+        pvm_m_complete(c, exit);
+
+    for (;;) {
+        enum pvm_m_result r;
+        if (__atomic_exchange_n(&hv->kick_pending, 0, __ATOMIC_SEQ_CST)) {
+            memset(exit, 0, sizeof(*exit));
+            exit->reason = PVM_EXIT_KICKED;
+            return 0;
+        }
+        drain_inbox(hv);
+        r = pvm_m_check_events(c, &hv->mem);
+        if (r == PVM_M_RESUME && c->halted) {
+            if (!pvm_m_irq_enabled(c, &hv->mem) && !c->nmi_pending && !c->exc_pending &&
+                !__atomic_load_n(&hv->attention, __ATOMIC_SEQ_CST)) {
+                /* Only an NMI could wake it: hand the decision to the application. */
+                c->halted = false;
+                memset(exit, 0, sizeof(*exit));
+                exit->reason = PVM_EXIT_HALT;
+                return 0;
+            }
+            pvm__mem_leave(v->vm);
+            halt_wait(hv);
+            pvm__mem_enter(v->vm);
+            continue;
+        }
+        if (r == PVM_M_RESUME) {
+            int rc = 0;
+            r = run_guest(hv, exit, &rc);
+            if (r == PVM_M_EXIT && hv->dead)
+                return rc;
+        }
+        switch (r) {
+        case PVM_M_RESUME:
+        case PVM_M_HALT:
+            continue;
+        case PVM_M_SHUTDOWN:
+            hv->fatal = c->exit;
+            hv->dead = true;
+            *exit = c->exit;
+            return 0;
+        case PVM_M_EXIT: {
+            pvm_vm *vm = v->vm;
+            if (c->exit.reason == PVM_EXIT_HYPERCALL && vm->hostcall &&
+                c->exit.u.hypercall.nr >= PVM_HOSTCALL_BASE &&
+                c->exit.u.hypercall.nr - PVM_HOSTCALL_BASE <= UINT32_MAX) {
+                uint64_t ret = c->exit.u.hypercall.nr;
+                if (vm->hostcall(vm->hostcall_opaque, v, (uint32_t)(c->exit.u.hypercall.nr - PVM_HOSTCALL_BASE),
+                                 c->exit.u.hypercall.args, &ret) == 0) {
+                    c->exit.u.hypercall.ret = ret;
+                    pvm_m_complete(c, &c->exit);
+                    continue;
+                }
+            }
+            *exit = c->exit;
+            return 0;
+        }
+        }
+    }
+}
+
+/* The run loop dereferences guest RAM only between provider runs: announce it (pvm_vm.mem_users). */
+int pvm_hv_run(pvm_vcpu *v, struct pvm_exit *exit)
+{
+    pvm__mem_enter(v->vm);
+    int rc = run_loop(v, exit);
+    pvm__mem_leave(v->vm);
+    return rc;
+}

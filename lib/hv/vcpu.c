@@ -1,0 +1,271 @@
+/*
+ * lib/hv/vcpu.c - a vCPU of the hypervisor core: its lifetime, the guest
+ * memory accessor the machine model uses, the shadow MMU's glue to the cpu
+ * provider, and the asynchronous paths (inject, kick).
+ */
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "hv.h"
+
+static const struct pvm_cpu_provider *provider_of(const pvm_vm *vm)
+{
+    return vm->ops->cpu;
+}
+
+int pvm_hv_vm_init(pvm_vm *vm)
+{
+    (void)vm;
+    return 0;
+}
+
+void pvm_hv_vm_fini(pvm_vm *vm)
+{
+    (void)vm;
+}
+
+uint64_t pvm_hv_linear_range(const pvm_vm *vm)
+{
+    return provider_of(vm)->linear_range;
+}
+
+void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi)
+{
+    *lo = provider_of(vm)->window_lo;
+    *hi = provider_of(vm)->window_hi;
+}
+
+/* ---- guest memory accessors ---------------------------------------------- */
+
+static uint64_t *pte_ptr(void *opaque, uint64_t gpa)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    if (gpa & 7)
+        return NULL;
+    return pvm__gpa_lookup(hv->v->vm, gpa, 8, NULL);
+}
+
+static void *mem_phys(void *opaque, uint64_t gpa, size_t len, bool write)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    struct pvm_region r;
+    void *p = pvm__gpa_lookup(hv->v->vm, gpa, len, &r);
+    if (p && write && (r.flags & PVM_MEM_READONLY))
+        return NULL;
+    return p;
+}
+
+void pvm_hv_refresh_env(struct pvm_hv_vcpu *hv)
+{
+    hv->env.la_range = hv->cpu.msr_linear_range;
+    hv->env.nxe = (hv->cpu.efer >> 11) & 1;
+}
+
+/* Copy between guest-virtual memory and @buf with supervisor privilege. */
+static int virt_access(struct pvm_hv_vcpu *hv, uint64_t gva, void *buf, size_t len, bool write)
+{
+    pvm_hv_refresh_env(hv);
+    uint8_t *b = buf;
+    while (len) {
+        struct pvm_walk_result res;
+        size_t chunk = PVM_PAGE_SIZE - (gva & PVM_PAGE_MASK);
+        if (chunk > len)
+            chunk = len;
+        if (pvm_mmu_walk(&hv->env, hv->cpu.cr3, gva, write ? PVM_PFEC_W : 0, true, &res) != PVM_WALK_OK)
+            return -1;
+        void *h = mem_phys(hv, res.gpa, chunk, write);
+        if (!h)
+            return -1;
+        if (write)
+            memcpy(h, b, chunk);
+        else
+            memcpy(b, h, chunk);
+        gva += chunk;
+        b += chunk;
+        len -= chunk;
+    }
+    return 0;
+}
+
+int pvm_hv_read_virt(struct pvm_hv_vcpu *hv, uint64_t gva, void *buf, size_t len)
+{
+    return virt_access(hv, gva, buf, len, false);
+}
+
+static int mem_read_virt(void *opaque, uint64_t gva, void *buf, size_t len)
+{
+    return virt_access(opaque, gva, buf, len, false);
+}
+
+static int mem_write_virt(void *opaque, uint64_t gva, const void *buf, size_t len)
+{
+    return virt_access(opaque, gva, (void *)buf, len, true);
+}
+
+static void mem_flush(void *opaque, enum pvm_flush_kind kind, uint64_t gva)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    switch (kind) {
+    case PVM_FLUSH_ALL:
+        pvm_shadow_flush_all(hv->shadow);
+        break;
+    case PVM_FLUSH_CURRENT:
+        pvm_shadow_flush_root(hv->shadow, hv->cpu.cr3);
+        pvm_shadow_flush_root(hv->shadow, hv->cpu.msr_switch_cr3);
+        break;
+    case PVM_FLUSH_ONE:
+        pvm_shadow_invlpg(hv->shadow, gva);
+        break;
+    }
+}
+
+/* ---- shadow MMU glue: the provider carries the mappings out ---------------- */
+
+static int sh_install(void *opaque, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa, unsigned prot)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    struct pvm_region r;
+    if (!pvm__gpa_lookup(hv->v->vm, gpa, len, &r) || r.memfd_off == PVM_NO_MEMFD)
+        return -1;
+    if (gva < hv->p->window_lo || gva + len > hv->p->window_hi || gva + len < gva)
+        return -1;
+    return hv->p->map(hv, slot, gva, len, gpa, &r, prot);
+}
+
+static int sh_remove(void *opaque, unsigned slot, uint64_t gva, uint64_t len)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    return hv->p->unmap(hv, slot, gva, len);
+}
+
+static void sh_reset_slot(void *opaque, unsigned slot)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    hv->p->reset(hv, slot);
+}
+
+static uint64_t sh_ram_extent(void *opaque, uint64_t gpa, uint32_t *flags)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    struct pvm_region r;
+    if (!pvm__gpa_lookup(hv->v->vm, gpa, 1, &r) || r.memfd_off == PVM_NO_MEMFD)
+        return 0;
+    *flags = r.flags;
+    return r.size - (gpa - r.gpa);
+}
+
+static const struct pvm_shadow_ops shadow_ops = {
+    .install = sh_install,
+    .remove = sh_remove,
+    .reset_slot = sh_reset_slot,
+    .ram_extent = sh_ram_extent,
+};
+
+/* ---- vCPU lifetime ----------------------------------------------------- */
+
+void pvm_hv_vcpu_fini(pvm_vcpu *v)
+{
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
+    if (!hv)
+        return;
+    pvm_shadow_destroy(hv->shadow);
+    hv->p->vcpu_fini(hv);
+    pthread_mutex_destroy(&hv->inbox_lock);
+    free(hv);
+    v->bdata = NULL;
+}
+
+int pvm_hv_vcpu_init(pvm_vcpu *v)
+{
+    struct pvm_hv_vcpu *hv = calloc(1, sizeof(*hv));
+    if (!hv)
+        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
+    v->bdata = hv;
+    hv->v = v;
+    hv->p = provider_of(v->vm);
+    hv->running_slot = -1;
+    hv->cpuid_gen = 1;
+    pthread_mutex_init(&hv->inbox_lock, NULL);
+    pvm_m_reset(&hv->cpu, hv->p->linear_range);
+    hv->cpu.vcpu_id = v->id;
+    hv->mem = (struct pvm_mem){ .opaque = hv, .phys = mem_phys, .read_virt = mem_read_virt,
+                                .write_virt = mem_write_virt, .flush = mem_flush };
+    hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .maxphyaddr_mask = PVM_PTE_ADDR };
+    hv->regions_gen = __atomic_load_n(&v->vm->regions_gen, __ATOMIC_ACQUIRE);
+    int rc = hv->p->vcpu_init(hv);
+    if (rc < 0) {
+        pvm_hv_vcpu_fini(v);
+        return rc;
+    }
+    hv->shadow = pvm_shadow_create(&shadow_ops, hv, PVM_SHADOW_MAX_ROOTS, 0);
+    if (!hv->shadow) {
+        pvm_hv_vcpu_fini(v);
+        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory for the shadow MMU");
+    }
+    pvm_shadow_set_window(hv->shadow, hv->p->window_lo, hv->p->window_hi);
+    return 0;
+}
+
+/* ---- asynchronous events ---------------------------------------------------- */
+
+static void wake_vcpu(struct pvm_hv_vcpu *hv)
+{
+    __atomic_store_n(&hv->attention, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&hv->wake, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &hv->wake, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    int slot = __atomic_load_n(&hv->running_slot, __ATOMIC_SEQ_CST);
+    if (slot >= 0)
+        hv->p->kick(hv, (unsigned)slot);
+}
+
+/* Unmapped memory must leave every shadow before the guest runs on: interrupt the vCPUs. */
+void pvm_hv_region_del(pvm_vm *vm, const struct pvm_region *r)
+{
+    (void)r;
+    /* Under vm->lock: a vCPU being created or destroyed is not listed as ready. */
+    pthread_mutex_lock(&vm->lock);
+    for (uint32_t i = 0; i < vm->opts.max_vcpus; i++)
+        if (vm->vcpus[i] && vm->vcpus[i]->ready)
+            wake_vcpu(vm->vcpus[i]->bdata);
+    pthread_mutex_unlock(&vm->lock);
+}
+
+int pvm_hv_kick(pvm_vcpu *v)
+{
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
+    __atomic_store_n(&hv->kick_pending, 1, __ATOMIC_SEQ_CST);
+    wake_vcpu(hv);
+    return 0;
+}
+
+int pvm_hv_inject(pvm_vcpu *v, const struct pvm_event *ev)
+{
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
+    int rc = 0;
+    pthread_mutex_lock(&hv->inbox_lock);
+    /* A provider that delivers interrupts itself while it runs takes them straight away. */
+    if (ev->type == PVM_EVENT_INTERRUPT && ev->vector >= 32 && hv->p->post_irq &&
+        hv->p->post_irq(hv, ev->vector)) {
+        pthread_mutex_unlock(&hv->inbox_lock);
+        return 0;
+    }
+    if (ev->type == PVM_EVENT_EXCEPTION) {
+        for (unsigned i = 0; i < hv->nr_inbox; i++)
+            if (hv->inbox[i].type == PVM_EVENT_EXCEPTION)
+                rc = pvm__error(PVM_EBUSY, "pvm_vcpu_inject: an exception is already queued for vCPU %u",
+                                v->id);
+    }
+    if (rc == 0 && hv->nr_inbox == PVM_HV_INBOX_MAX)
+        rc = pvm__error(PVM_EAGAIN, "pvm_vcpu_inject: %d events already queued for vCPU %u", PVM_HV_INBOX_MAX,
+                        v->id);
+    if (rc == 0)
+        hv->inbox[hv->nr_inbox++] = *ev;
+    pthread_mutex_unlock(&hv->inbox_lock);
+    if (rc == 0)
+        wake_vcpu(hv);
+    return rc;
+}
