@@ -41,6 +41,8 @@ struct pvm_backend_ops {
     int (*kick)(pvm_vcpu *vcpu);        /* async-signal-safe */
 
     /* Optional. */
+    /* auto picks this backend only if prefer() is 0 too; else its pvm__error says why not. */
+    int (*prefer)(void);
     /* region_add runs under the regions write lock; region_del after it is released. */
     int (*region_add)(pvm_vm *vm, const struct pvm_region *r);
     void (*region_del)(pvm_vm *vm, const struct pvm_region *r);

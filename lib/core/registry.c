@@ -11,9 +11,11 @@
 
 /* Backends built into this library.  Adding one touches its folder and this list. */
 extern const struct pvm_backend_ops pvm_native_backend;
+extern const struct pvm_backend_ops pvm_kvm_backend;
 
 static const struct pvm_backend_ops *const backends[] = {
     &pvm_native_backend,
+    &pvm_kvm_backend,
 };
 
 /* Backends the API names but this build does not contain, and why. */
@@ -21,8 +23,7 @@ static const struct {
     enum pvm_backend id;
     const char *why;
 } missing[] = {
-    { PVM_BACKEND_KVM, "kvm: this build of libpvm has no /dev/kvm backend yet "
-                       "(it lands with the /dev/kvm backend issue); use native" },
+    { PVM_BACKEND_AUTO, "auto is not a backend" },
 };
 
 static const char *const names[] = { "auto", "native", "kvm" };
@@ -104,14 +105,18 @@ int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **ou
         *out = o;
         return 0;
     }
-    /* auto: a real kvm-pvm host first (it is the hardware path), else native. */
+    /*
+     * auto: kvm first where it is the faster path for the guest's events (its
+     * prefer op decides), else native.  On success the thread's detail message
+     * (pvm_last_error) says what was chosen and why the others were not.
+     */
     static const enum pvm_backend order[] = { PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
     char reasons[512] = "";
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
         const struct pvm_backend_ops *o = pvm__backend_lookup(order[i], &why);
-        if (o && o->probe() == 0) {
+        if (o && o->probe() == 0 && (!o->prefer || o->prefer() == 0)) {
             *out = o;
-            pvm__clear_error();
+            pvm__error(0, "auto: chose %s%s%s%s", o->name, reasons[0] ? " (" : "", reasons, reasons[0] ? ")" : "");
             return 0;
         }
         size_t l = strlen(reasons);
