@@ -1,4 +1,6 @@
 /* tests/guestvm.c - see guestvm.h. */
+#include <stdlib.h>
+
 #include "guestvm.h"
 
 #include <check.h>
@@ -43,11 +45,20 @@ static void set_msr(struct gvm *g, uint32_t idx, uint64_t v)
     ck_assert_msg(rc == 0, "set MSR 0x%x: %s", idx, pvm_last_error());
 }
 
+enum pvm_backend gvm_backend(void)
+{
+    const char *b = getenv("PVM_TEST_BACKEND");
+    enum pvm_backend id = PVM_BACKEND_NATIVE;
+    if (b && *b)
+        ck_assert_msg(pvm_backend_from_name(b, &id) == 0, "PVM_TEST_BACKEND: %s", pvm_last_error());
+    return id;
+}
+
 void gvm_init(struct gvm *g)
 {
     memset(g, 0, sizeof(*g));
     struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
-    o.backend = PVM_BACKEND_NATIVE;
+    o.backend = gvm_backend();
     o.max_memory = 64ull << 20;
     ck_assert_msg(pvm_vm_create(&g->vm, &o) == 0, "vm: %s", pvm_last_error());
     ck_assert_int_eq(pvm_vm_alloc_memory(g->vm, GVM_RAM_SIZE, (void **)&g->ram), 0);

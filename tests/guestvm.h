@@ -54,6 +54,8 @@ struct gvm {
 };
 
 /* Create VM + vCPU, RAM, both roots, the standard mappings and entry stubs; MSRs set from the host. */
+/* The backend the e2e guests run on: $PVM_TEST_BACKEND ("native" when unset). */
+enum pvm_backend gvm_backend(void);
 void gvm_init(struct gvm *g);
 void gvm_fini(struct gvm *g);
 /* Map one 4 KiB page in @root (PTE flags: PVM_PTE_*; P is implied). */

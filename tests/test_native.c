@@ -1623,23 +1623,31 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("native");
-    TCase *tc = tcase_create("e2e");
+    /*
+     * "events": the guests and the ABI, on any backend (PVM_TEST_BACKEND, run
+     * on kvm inside QEMU by tests/qemu); "native": the stub provider itself.
+     */
+    TCase *ev = tcase_create("events");
+    tcase_set_timeout(ev, 300);
+    tcase_add_test(ev, hypercall_round_trip);
+    tcase_add_test(ev, user_syscall_and_eretu);
+    tcase_add_test(ev, supervisor_pf_frame_and_erets);
+    tcase_add_test(ev, exceptions_delivered);
+    tcase_add_test(ev, interrupt_pending_until_irq_win);
+    tcase_add_test(ev, kick_and_async_inject);
+    tcase_add_test(ev, nmi_masked_until_erets);
+    tcase_add_test(ev, synthetic_cpuid);
+    tcase_add_test(ev, many_exceptions_in_one_run);
+    tcase_add_test(ev, outside_ram_is_mmio);
+    tcase_add_test(ev, create_run_destroy_cycles);
+    tcase_add_test(ev, large_page_over_low_window);
+    suite_add_tcase(s, ev);
+    TCase *tc = tcase_create("native");
     tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, hypercall_round_trip);
-    tcase_add_test(tc, user_syscall_and_eretu);
-    tcase_add_test(tc, supervisor_pf_frame_and_erets);
-    tcase_add_test(tc, exceptions_delivered);
-    tcase_add_test(tc, interrupt_pending_until_irq_win);
-    tcase_add_test(tc, kick_and_async_inject);
-    tcase_add_test(tc, nmi_masked_until_erets);
-    tcase_add_test(tc, synthetic_cpuid);
-    tcase_add_test(tc, many_exceptions_in_one_run);
     tcase_add_test(tc, erets_with_rax_336);
     tcase_add_test(tc, raw_syscalls_contained);
     tcase_add_test(tc, stub_attacks_contained);
     tcase_add_test(tc, vsyscall_page_contained);
-    tcase_add_test(tc, outside_ram_is_mmio);
-    tcase_add_test(tc, create_run_destroy_cycles);
     tcase_add_test(tc, fast_path_matches_model);
     tcase_add_test(tc, fast_ud_erets_loop);
     tcase_add_test(tc, fast_hypercall_loop);
@@ -1652,7 +1660,6 @@ int main(void)
     tcase_add_test(tc, user_pf_prefetch_matches_model);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
-    tcase_add_test(tc, large_page_over_low_window);
     tcase_add_test(tc, pokes_coalesced_when_blocked);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);
