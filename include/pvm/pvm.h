@@ -136,15 +136,24 @@ typedef struct pvm_vcpu pvm_vcpu; /**< one virtual CPU (opaque) */
 /* ---- backends --------------------------------------------------------- */
 
 enum pvm_backend {
-    PVM_BACKEND_AUTO = 0,   /**< kvm if /dev/kvm is a usable PVM host, else native */
+    PVM_BACKEND_AUTO = 0,   /**< kvm where its guest events beat native's, else native */
     PVM_BACKEND_NATIVE = 1, /**< library-as-hypervisor; guest runs at host ring 3 */
-    PVM_BACKEND_KVM = 2,    /**< /dev/kvm with the kvm-pvm module */
+    /**
+     * /dev/kvm (any standard x86 KVM): the library is the hypervisor as on
+     * native, guest code runs at CPL 3 in a KVM vCPU whose page tables are
+     * the shadow tables; guest kernel and user get separate address spaces.
+     * Every guest event is one KVM exit.  (Gen A kvm-pvm hosts are detected
+     * and refused with the reason: no such host was reachable to test.)
+     */
+    PVM_BACKEND_KVM = 2,
 };
 
 /**
  * Whether @backend can be used on this machine.  Returns 0 if usable, else a
  * negative code (PVM_ENODEV) with pvm_last_error() saying why, e.g. "kvm:
- * /dev/kvm is not a PVM host (no CPUID leaf 0x40000002)".
+ * cannot open /dev/kvm: No such file or directory (no KVM on this machine)".
+ * For PVM_BACKEND_AUTO, 0 leaves in pvm_last_error() which backend auto
+ * chose and why it passed over the others.
  * Thread safety: any thread.
  */
 PVM_EXPORT int pvm_backend_probe(enum pvm_backend backend);
@@ -164,10 +173,12 @@ struct pvm_vm_options {
     uint32_t max_vcpus;       /**< 1..PVM_MAX_VCPUS; 0 means 64 */
     uint64_t max_memory;      /**< total guest RAM limit in bytes; 0 means 64 GiB */
     /**
-     * Signal the native backend uses to interrupt a running vCPU inside its
-     * stub process.  It is sent only to the stub processes, never to this
-     * process; 0 means SIGUSR2.  SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL,
-     * SIGTRAP, SIGFPE and SIGSYS are refused (PVM_EINVAL).
+     * Signal used to interrupt a running vCPU (pvm_vcpu_kick, injection).
+     * native: sent only to the stub processes, never to this process.  kvm:
+     * sent to the thread inside pvm_vcpu_run() to end KVM_RUN; the library
+     * installs an empty handler for it if it has none (SIG_DFL or SIG_IGN).
+     * 0 means SIGUSR2.  SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL, SIGTRAP,
+     * SIGFPE and SIGSYS are refused (PVM_EINVAL).
      */
     int kick_signal;
 };
