@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,30 +202,29 @@ static bool native_post_irq(struct pvm_hv_vcpu *hv, unsigned vector)
     return true;
 }
 
+/* The stub's register file is the provider contract's, field for field. */
+#define SAME_FIELD(f) _Static_assert(offsetof(struct nstub_regs, f) == offsetof(struct pvm_hv_regs, f), #f)
+SAME_FIELD(gpr);
+SAME_FIELD(rip);
+SAME_FIELD(rflags);
+SAME_FIELD(fs_base);
+SAME_FIELD(gs_base);
+SAME_FIELD(cs);
+SAME_FIELD(ss);
+_Static_assert(sizeof(struct nstub_regs) == sizeof(struct pvm_hv_regs), "register files");
+
 static int native_run(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap)
 {
     struct native_cpu *nc = nc_of(hv);
     struct nstub_regs r;
     struct nstub_trap t;
-    memcpy(r.gpr, regs->gpr, sizeof(r.gpr));
-    r.rip = regs->rip;
-    r.rflags = regs->rflags;
-    r.fs_base = regs->fs_base;
-    r.gs_base = regs->gs_base;
-    r.cs = regs->cs;
-    r.ss = regs->ss;
+    memcpy(&r, regs, sizeof(r));
     int rc = nstub_run(nc->stubs[slot], &r, &t);
     if (nc->fast) /* before anything looks at the model: its pending interrupts are exact again */
         irq_take_back(hv, slot);
     if (rc < 0)
         return rc;
-    memcpy(regs->gpr, r.gpr, sizeof(r.gpr));
-    regs->rip = r.rip;
-    regs->rflags = r.rflags;
-    regs->fs_base = r.fs_base;
-    regs->gs_base = r.gs_base;
-    regs->cs = r.cs;
-    regs->ss = r.ss;
+    memcpy(regs, &r, sizeof(r));
     memset(trap, 0, sizeof(*trap));
     trap->vector = t.vector;
     trap->error_code = t.error_code;
