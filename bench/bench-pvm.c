@@ -350,6 +350,7 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < runs; i++)
             printf("run %u: %.1f ns/op, guest stack leak %lld bytes\n", i, bg_run(&g, op, n) / (n ? n : 1),
                    (long long)g.done_a0);
+        pvm_vm_destroy(g.vm); /* PVM_LOG=debug: the backend's per-vCPU statistics */
         return 0;
     }
 
