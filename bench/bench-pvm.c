@@ -1,7 +1,7 @@
 /*
  * bench/bench-pvm.c - libpvm event round trips, injection latency and guest
  * compute, measured with bench-guest.elf on the native backend (or the one
- * --backend names: its rows are then "<backend>.*" instead of "pvm.*").
+ * --backend kvm: its rows are then "pvm_kvm.*" instead of "pvm.*").
  *
  * Each operation runs in a guest-side loop of n iterations between two host
  * calls; the host times the whole run and divides by n after subtracting the
@@ -43,7 +43,7 @@ static const char *guest_path;
 static enum pvm_backend backend = PVM_BACKEND_NATIVE;
 static const char *row_prefix = "pvm";
 
-/* Row @name ("pvm.x") under this run's prefix ("kvm.x" with --backend kvm); four live at a time. */
+/* Row @name ("pvm.x") under this run's prefix ("pvm_kvm.x" with --backend kvm); four live at a time. */
 static const char *row(const char *name)
 {
     static char buf[4][64];
@@ -324,7 +324,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench-pvm: --backend: native or kvm\n");
                 return 2;
             }
-            row_prefix = backend == PVM_BACKEND_NATIVE ? "pvm" : pvm_backend_name(backend);
+            row_prefix = backend == PVM_BACKEND_NATIVE ? "pvm" : "pvm_kvm";
         }
         else {
             fprintf(stderr, "usage: %s [--backend native|kvm] [--guest FILE] [--json FILE] [--quick]\n"

@@ -151,6 +151,20 @@ def main():
         row("/dev/kvm: user syscall round trip", "kvm.user_syscall_roundtrip",
             over(p50("pvm.user_syscall_eretu"), p50("kvm.user_syscall_roundtrip")), "libpvm / this")
 
+    # The kvm backend (bench-pvm --backend kvm): the same guest work, against native's rows.
+    kvm_rows = [("hypercall", "hypercall"), ("#UD -> handler -> ERETS", "exception_ud_erets"),
+                ("PVM WRMSR", "wrmsr_pvm_msr"), ("synthetic CPUID", "cpuid_synthetic"),
+                ("port I/O exit to the app", "pio_exit_to_app"),
+                ("user SYSCALL -> kernel -> ERETU", "user_syscall_eretu"),
+                ("user #PF -> kernel -> ERETU", "user_pf_eretu"),
+                ("inject -> handler, guest running", "inject_running_to_handler"),
+                ("inject -> handler, guest halted", "inject_halted_to_handler"),
+                ("guest compute (1000 units)", "guest_compute_1000")]
+    if peer("libpvm kvm backend", "pvm_kvm.hypercall", "pvm_kvm"):
+        for label, k in kvm_rows:
+            row("kvm backend: " + label, "pvm_kvm." + k, over(p50("pvm_kvm." + k), p50("pvm." + k)),
+                "x native")
+
     print("\n| what | p50 (p10, p90) | ratio | target | met |")
     print("|---|---|---|---|---|")
     for x in rows:
