@@ -71,22 +71,45 @@ const struct pvm_backend_ops *pvm__backend_lookup(enum pvm_backend id, const cha
     return NULL;
 }
 
+/*
+ * A backend may come in modes, one ops table each with the same id (kvm:
+ * standard x86 KVM, Gen A kvm-pvm); each mode's probe refuses the others'
+ * hosts.  The first mode whose probe passes is the backend; if none does, the
+ * reasons are joined.
+ */
+static int probe_modes(enum pvm_backend id, const struct pvm_backend_ops **out)
+{
+    const char *why;
+    if (!pvm__backend_lookup(id, &why))
+        return pvm__error(PVM_ENODEV, "%s", why);
+    char reasons[512] = "";
+    int rc = PVM_ENODEV;
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
+        if (backends[i]->id != id || !ops_complete(backends[i]))
+            continue;
+        rc = backends[i]->probe();
+        if (rc == 0) {
+            *out = backends[i];
+            return 0;
+        }
+        size_t l = strlen(reasons);
+        if (!strstr(reasons, pvm_last_error()))
+            snprintf(reasons + l, sizeof(reasons) - l, "%s%s", l ? "; " : "", pvm_last_error());
+    }
+    return pvm__error(rc, "%s", reasons);
+}
+
 int pvm_backend_probe(enum pvm_backend id)
 {
     pvm__clear_error();
     const struct pvm_backend_ops *o;
     if (id == PVM_BACKEND_AUTO)
         return pvm__backend_select(PVM_BACKEND_AUTO, &o);
-    const char *why;
-    o = pvm__backend_lookup(id, &why);
-    if (!o)
-        return pvm__error(PVM_ENODEV, "%s", why);
-    return o->probe();
+    return probe_modes(id, &o);
 }
 
 int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **out)
 {
-    const char *why;
     if (want == PVM_BACKEND_AUTO) {
         const char *env = getenv("PVM_BACKEND");
         if (env && *env && strcmp(env, "auto")) {
@@ -95,16 +118,8 @@ int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **ou
                                   "(expected auto, native or kvm)", env);
         }
     }
-    if (want != PVM_BACKEND_AUTO) {
-        const struct pvm_backend_ops *o = pvm__backend_lookup(want, &why);
-        if (!o)
-            return pvm__error(PVM_ENODEV, "%s", why);
-        int rc = o->probe();
-        if (rc < 0)
-            return rc;
-        *out = o;
-        return 0;
-    }
+    if (want != PVM_BACKEND_AUTO)
+        return probe_modes(want, out);
     /*
      * auto: kvm first where it is the faster path for the guest's events (its
      * prefer op decides), else native.  On success the thread's detail message
@@ -113,15 +128,14 @@ int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **ou
     static const enum pvm_backend order[] = { PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
     char reasons[512] = "";
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
-        const struct pvm_backend_ops *o = pvm__backend_lookup(order[i], &why);
-        if (o && o->probe() == 0 && (!o->prefer || o->prefer() == 0)) {
+        const struct pvm_backend_ops *o = NULL;
+        if (probe_modes(order[i], &o) == 0 && (!o->prefer || o->prefer() == 0)) {
             *out = o;
             pvm__error(0, "auto: chose %s%s%s%s", o->name, reasons[0] ? " (" : "", reasons, reasons[0] ? ")" : "");
             return 0;
         }
         size_t l = strlen(reasons);
-        snprintf(reasons + l, sizeof(reasons) - l, "%s%s", l ? "; " : "",
-                 o ? pvm_last_error() : why);
+        snprintf(reasons + l, sizeof(reasons) - l, "%s%s", l ? "; " : "", pvm_last_error());
     }
     return pvm__error(PVM_ENODEV, "no usable backend: %s", reasons);
 }

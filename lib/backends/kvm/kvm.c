@@ -45,17 +45,9 @@ extern const struct pvm_backend_ops pvm_kvm_backend;
 
 /* ---- probing /dev/kvm (once per process) ------------------------------------ */
 
-static struct {
-    pthread_once_t once;
-    int rc;                     /* 0 usable */
-    char why[256];
-    int mmap_size;
-    bool sync_regs;             /* regs + sregs in kvm_run */
-    bool tdp;                   /* KVM uses nested paging for its guests */
-    bool gen_a;                 /* a Gen A kvm-pvm host (the kernel does the PVM ABI) */
-    unsigned phys_bits;
-    struct kvm_cpuid2 *cpuid;
-} probe_state = { .once = PTHREAD_ONCE_INIT };
+static pthread_once_t probe_once_ctl = PTHREAD_ONCE_INIT;
+static struct kvm_host host = { .rc = PVM_ENODEV };
+static char host_why[256];
 
 static bool sysfs_yes(const char *path)
 {
@@ -68,73 +60,94 @@ static bool sysfs_yes(const char *path)
     return yes;
 }
 
+bool kvm_is_gen_a(const struct kvm_cpuid2 *c, const uint32_t *msrs, unsigned nr_msrs)
+{
+    bool leaf = false;
+    for (unsigned i = 0; c && i < c->nent; i++)
+        if (c->entries[i].function == 0x40000002 && c->entries[i].ebx == 0x4d5650)
+            leaf = true;
+    unsigned seen = 0;
+    for (unsigned i = 0; i < nr_msrs; i++)
+        if (msrs[i] - 0x4b564df0u < 8)
+            seen |= 1u << (msrs[i] - 0x4b564df0u);
+    return leaf && seen == 0xff;
+}
+
+/* A KVM_GET_* that fills a growing array: grow until it fits (E2BIG). */
+static void *get_list(int fd, unsigned long req, size_t hdr, size_t elem, unsigned n0)
+{
+    for (unsigned n = n0; n <= n0 * 16; n *= 2) {
+        uint32_t *p = calloc(1, hdr + n * elem);
+        if (!p)
+            return NULL;
+        p[0] = n;   /* nent / nmsrs: the first field of both headers */
+        if (ioctl(fd, req, p) == 0)
+            return p;
+        free(p);
+        if (errno != E2BIG)
+            return NULL;
+    }
+    return NULL;
+}
+
 static void probe_once(void)
 {
+    host.why = host_why;
     int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    probe_state.rc = PVM_ENODEV;
     if (fd < 0) {
-        snprintf(probe_state.why, sizeof(probe_state.why), "kvm: cannot open /dev/kvm: %s%s", strerror(errno),
+        snprintf(host_why, sizeof(host_why), "kvm: cannot open /dev/kvm: %s%s", strerror(errno),
                  errno == EACCES ? " (needs root or the kvm group)" : errno == ENOENT ? " (no KVM on this machine)" : "");
         return;
     }
     int api = ioctl(fd, KVM_GET_API_VERSION, 0);
-    probe_state.mmap_size = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    host.mmap_size = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     int sync = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
-    probe_state.sync_regs = sync > 0 && (sync & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)) ==
-                                            (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
-    if (api != KVM_API_VERSION) {
-        snprintf(probe_state.why, sizeof(probe_state.why), "kvm: /dev/kvm speaks API %d, not %d", api,
-                 KVM_API_VERSION);
-    } else if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0) {
-        snprintf(probe_state.why, sizeof(probe_state.why), "kvm: /dev/kvm lacks KVM_CAP_IMMEDIATE_EXIT");
-    } else if (probe_state.mmap_size < (int)sizeof(struct kvm_run)) {
-        snprintf(probe_state.why, sizeof(probe_state.why), "kvm: bad vCPU mmap size %d", probe_state.mmap_size);
-    } else {
-        unsigned n = 256;
-        struct kvm_cpuid2 *c = NULL;
-        for (int tries = 0; tries < 4; tries++, n *= 2) {
-            free(c);
-            c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
-            if (!c)
-                break;
-            c->nent = n;
-            if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) == 0)
-                break;
-            if (errno != E2BIG) {
-                free(c);
-                c = NULL;
-                break;
-            }
-        }
-        probe_state.cpuid = c;
-        probe_state.phys_bits = 36;
-        for (unsigned i = 0; c && i < c->nent; i++) {
-            if (c->entries[i].function == 0x80000008)
-                probe_state.phys_bits = c->entries[i].eax & 0xff;
-            /* Gen A: the PVM leaf with its signature (pvm-abi.md §6). */
-            if (c->entries[i].function == 0x40000002 && c->entries[i].ebx == 0x4d5650)
-                probe_state.gen_a = true;
-        }
-        if (!c)
-            snprintf(probe_state.why, sizeof(probe_state.why), "kvm: KVM_GET_SUPPORTED_CPUID failed: %s",
-                     strerror(errno));
-        else if (probe_state.gen_a)
-            snprintf(probe_state.why, sizeof(probe_state.why),
-                     "kvm: /dev/kvm is a Gen A kvm-pvm host, which runs only PVM guests at ring 3; this build "
-                     "drives standard x86 KVM only (no Gen A host was reachable to test that mode)");
-        else
-            probe_state.rc = 0;
+    host.sync_regs = sync > 0 && (sync & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)) ==
+                                     (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
+    struct kvm_cpuid2 *c = get_list(fd, KVM_GET_SUPPORTED_CPUID, sizeof(struct kvm_cpuid2),
+                                    sizeof(struct kvm_cpuid_entry2), 256);
+    struct kvm_msr_list *ml = get_list(fd, KVM_GET_MSR_INDEX_LIST, sizeof(struct kvm_msr_list), sizeof(uint32_t),
+                                       256);
+    host.cpuid = c;
+    if (ml) {
+        host.msrs = ml->indices;
+        host.nr_msrs = ml->nmsrs;
     }
-    probe_state.tdp = sysfs_yes("/sys/module/kvm_amd/parameters/npt") ||
-                      sysfs_yes("/sys/module/kvm_intel/parameters/ept");
+    host.phys_bits = 36;
+    for (unsigned i = 0; c && i < c->nent; i++)
+        if (c->entries[i].function == 0x80000008)
+            host.phys_bits = c->entries[i].eax & 0xff;
+    host.gen_a = kvm_is_gen_a(c, host.msrs, host.nr_msrs);
+    host.fd_ok = api == KVM_API_VERSION;
+    if (api != KVM_API_VERSION)
+        snprintf(host_why, sizeof(host_why), "kvm: /dev/kvm speaks API %d, not %d", api, KVM_API_VERSION);
+    else if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0)
+        snprintf(host_why, sizeof(host_why), "kvm: /dev/kvm lacks KVM_CAP_IMMEDIATE_EXIT");
+    else if (host.mmap_size < (int)sizeof(struct kvm_run))
+        snprintf(host_why, sizeof(host_why), "kvm: bad vCPU mmap size %d", host.mmap_size);
+    else if (!c)
+        snprintf(host_why, sizeof(host_why), "kvm: KVM_GET_SUPPORTED_CPUID failed: %s", strerror(errno));
+    else if (host.gen_a)
+        snprintf(host_why, sizeof(host_why),
+                 "kvm: /dev/kvm is a Gen A kvm-pvm host, which runs only PVM guests at ring 3 (the standard "
+                 "mode's CPL-0 trampoline cannot run there)");
+    else
+        host.rc = 0;
+    host.tdp = sysfs_yes("/sys/module/kvm_amd/parameters/npt") || sysfs_yes("/sys/module/kvm_intel/parameters/ept");
     close(fd);
+}
+
+const struct kvm_host *kvm_host(void)
+{
+    pthread_once(&probe_once_ctl, probe_once);
+    return &host;
 }
 
 static int kvm_probe(void)
 {
-    pthread_once(&probe_state.once, probe_once);
-    if (probe_state.rc < 0)
-        return pvm__error(probe_state.rc, "%s", probe_state.why);
+    const struct kvm_host *h = kvm_host();
+    if (h->rc < 0)
+        return pvm__error(h->rc, "%s", h->why);
     return 0;
 }
 
@@ -198,10 +211,10 @@ static int install_kick_handler(int sig)
     return rc;
 }
 
-static int set_slot(struct kvm_cpu *kc, uint32_t slot, uint64_t gpa, uint64_t size, void *host)
+static int set_slot(struct kvm_cpu *kc, uint32_t slot, uint64_t gpa, uint64_t size, void *hva)
 {
     struct kvm_userspace_memory_region m = { .slot = slot, .guest_phys_addr = gpa, .memory_size = size,
-                                             .userspace_addr = (uint64_t)(uintptr_t)host };
+                                             .userspace_addr = (uint64_t)(uintptr_t)hva };
     return ioctl(kc->vm_fd, KVM_SET_USER_MEMORY_REGION, &m);
 }
 
@@ -237,7 +250,7 @@ static int setup_msrs(struct kvm_cpu *kc)
 
 static bool cpuid_has(unsigned fn, unsigned reg, unsigned bit)
 {
-    const struct kvm_cpuid2 *c = probe_state.cpuid;
+    const struct kvm_cpuid2 *c = host.cpuid;
     for (unsigned i = 0; i < c->nent; i++)
         if (c->entries[i].function == fn && c->entries[i].index == 0) {
             uint32_t r[4] = { c->entries[i].eax, c->entries[i].ebx, c->entries[i].ecx, c->entries[i].edx };
@@ -254,7 +267,7 @@ static void kvm_vcpu_fini(struct pvm_hv_vcpu *hv)
     pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu KVM exits, %u page-table pages", hv->v->id,
              (unsigned long long)kc->exits, kc->pt.used);
     if (kc->run)
-        munmap(kc->run, (size_t)probe_state.mmap_size);
+        munmap(kc->run, (size_t)host.mmap_size);
     if (kc->vcpu_fd >= 0)
         close(kc->vcpu_fd);
     if (kc->vm_fd >= 0)
@@ -285,9 +298,9 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
     const char *what;
     kc->ram_size = (vm->opts.max_memory + 4095) & ~4095ull;
     kc->priv_gpa = kvm_priv_gpa(kc->ram_size);
-    if (kc->priv_gpa + KVM_PRIV_SIZE > (1ull << probe_state.phys_bits)) {
+    if (kc->priv_gpa + KVM_PRIV_SIZE > (1ull << host.phys_bits)) {
         rc = pvm__error(PVM_EINVAL, "kvm: max_memory 0x%llx does not fit the %u physical address bits of this KVM",
-                        (unsigned long long)vm->opts.max_memory, probe_state.phys_bits);
+                        (unsigned long long)vm->opts.max_memory, host.phys_bits);
         goto fail;
     }
     what = "opening /dev/kvm";
@@ -303,7 +316,7 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
     if ((kc->vcpu_fd = ioctl(kc->vm_fd, KVM_CREATE_VCPU, 0)) < 0)
         goto fail_errno;
     what = "mapping kvm_run";
-    kc->run = mmap(NULL, (size_t)probe_state.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, kc->vcpu_fd, 0);
+    kc->run = mmap(NULL, (size_t)host.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, kc->vcpu_fd, 0);
     if (kc->run == MAP_FAILED) {
         kc->run = NULL;
         goto fail_errno;
@@ -329,7 +342,7 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
         set_slot(kc, SLOT_PRIV, kc->priv_gpa, KVM_PRIV_SIZE, kc->priv) < 0)
         goto fail_errno;
     what = "KVM_SET_CPUID2";
-    if (ioctl(kc->vcpu_fd, KVM_SET_CPUID2, probe_state.cpuid) < 0)
+    if (ioctl(kc->vcpu_fd, KVM_SET_CPUID2, host.cpuid) < 0)
         goto fail_errno;
 
     /* Long mode, paging, CPL 3 from the first instruction. */
@@ -463,7 +476,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
 
     if (kc->flush) {
         kc->flush = false;
-        if (probe_state.tdp)
+        if (host.tdp)
             kc->cr3_flip ^= 1u << 3; /* another CR3 value: KVM flushes the guest TLB */
         else if (set_slot(kc, SLOT_PRIV, kc->priv_gpa, 0, kc->priv) < 0 ||
                  set_slot(kc, SLOT_PRIV, kc->priv_gpa, KVM_PRIV_SIZE, kc->priv) < 0) {
@@ -477,7 +490,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
         seg(&sr.cs, KVM_SEL_UCODE32, 11, 3, false);
     sr.fs.base = regs->fs_base;
     sr.gs.base = regs->gs_base;
-    if (probe_state.sync_regs) {
+    if (host.sync_regs) {
         run->s.regs.regs = kr;
         run->s.regs.sregs = sr;
         run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
@@ -518,7 +531,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
             died(trap, "unexpected KVM exit %u", run->exit_reason);
         return 0;
     }
-    if (probe_state.sync_regs) {
+    if (host.sync_regs) {
         kr = run->s.regs.regs;
         sr = run->s.regs.sregs;
     } else if (ioctl(kc->vcpu_fd, KVM_GET_REGS, &kr) < 0 || ioctl(kc->vcpu_fd, KVM_GET_SREGS, &sr) < 0) {

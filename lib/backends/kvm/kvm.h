@@ -74,6 +74,30 @@ static inline uint64_t kvm_priv_gpa(uint64_t max_memory)
     return (max_memory + (1ull << 30) - 1) & ~((1ull << 30) - 1);
 }
 
+/* ---- probe (kvm.c): /dev/kvm as probed once per process --------------------- */
+
+struct kvm_cpuid2;
+struct kvm_host {
+    int rc;                       /* 0: the standard mode can run here; else PVM_ENODEV and why */
+    const char *why;
+    int fd_ok;                    /* /dev/kvm opened and speaks API 12 */
+    int mmap_size;                /* KVM_GET_VCPU_MMAP_SIZE */
+    bool sync_regs;               /* KVM_CAP_SYNC_REGS with regs + sregs */
+    bool tdp;                     /* KVM uses nested paging (kvm_amd npt / kvm_intel ept) */
+    bool gen_a;                   /* a Gen A kvm-pvm host (kvm_is_gen_a) */
+    unsigned phys_bits;
+    const struct kvm_cpuid2 *cpuid;   /* KVM_GET_SUPPORTED_CPUID */
+    const uint32_t *msrs;             /* KVM_GET_MSR_INDEX_LIST */
+    unsigned nr_msrs;
+};
+const struct kvm_host *kvm_host(void);
+
+/*
+ * Gen A detection (pure): KVM_GET_SUPPORTED_CPUID has leaf 0x40000002 with
+ * EBX 0x4d5650 ("PVM") and the MSR index list holds all of 0x4b564df0-0x4b564df7.
+ */
+bool kvm_is_gen_a(const struct kvm_cpuid2 *cpuid, const uint32_t *msrs, unsigned nr_msrs);
+
 /* ---- layout.c: the private area's fixed contents (pure) ------------------- */
 
 /* Fill the first KVM_OFF_POOL bytes of the private area at guest-physical @priv_gpa. */
