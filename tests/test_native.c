@@ -310,6 +310,44 @@ START_TEST(kick_and_async_inject)
 }
 END_TEST
 
+/* ---- a far return to another DPL-3 selector in smod (§10.18) --------------- */
+
+/* lretq to 0x23:1f: the next instruction runs as 32-bit code and traps (#UD). */
+GVM_CODE_BLOCK(g_lret32, "lea 1f(%rip), %rax\n push $0x23\n push %rax\n lretq\n 1: ud2\n");
+
+START_TEST(smod_far_return_triple_faults)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_lret32_start, g_lret32_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    if (e.reason == PVM_EXIT_HYPERCALL) {
+        /*
+         * Hosts without ia32 emulation (Linux >= 6.7 with it off, some PVM guest
+         * kernels) have no usable 32-bit code segment: the far return itself
+         * faults, and the guest's handler gets exactly that fault, on __USER_CS.
+         */
+        /* The frame sits below the two words the far return had not popped yet (§5.4). */
+        uint64_t frame = ((GVM_STACK_TOP - 16 - GVM_REDZONE) & ~15ull) - 64;
+        const struct pvm_supervisor_event *f = (const void *)(g.ram + frame);
+        gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+        unsigned vec = (unsigned)(f->errcode >> 32);
+        ck_assert_msg(vec == 11 || vec == 13, "vector %u", vec); /* #NP(0x20), or #GP(0) on PVM-guest hosts */
+        ck_assert_uint_eq((uint32_t)f->errcode, vec == 11 ? 0x20 : 0);
+        ck_assert_uint_eq(f->rip, GVM_CODE + 10); /* at the lretq */
+        ck_assert_uint_eq(f->rsp, GVM_STACK_TOP - 16);
+        ck_assert_uint_eq(f->cs, 0x10); /* STAR[47:32] as gvm_init programs it: the fault was taken in smod */
+    } else {
+        /* §10.18 decision: smod on any CS but __USER_CS triple-faults at the next exit. */
+        ck_assert_msg(e.reason == PVM_EXIT_SHUTDOWN, "exit %u", e.reason);
+        ck_assert_msg(strstr(e.u.shutdown.reason, "hardware CS 0x23 SS 0x2b"), "%s", e.u.shutdown.reason);
+    }
+    gvm_fini(&g);
+}
+END_TEST
+
 /* ---- NMI masked until ERETS --------------------------------------------- */
 
 GVM_CODE_BLOCK(g_nmi_cont, HC(0x22) "movabs $0x104310, %rax\n jmp *%rax\n");
@@ -1637,6 +1675,7 @@ int main(void)
     tcase_add_test(ev, kick_and_async_inject);
     tcase_add_test(ev, nmi_masked_until_erets);
     tcase_add_test(ev, synthetic_cpuid);
+    tcase_add_test(ev, smod_far_return_triple_faults);
     tcase_add_test(ev, many_exceptions_in_one_run);
     tcase_add_test(ev, outside_ram_is_mmio);
     tcase_add_test(ev, create_run_destroy_cycles);

@@ -91,7 +91,13 @@ static void regs_from_provider(struct pvm_hv_vcpu *hv, const struct pvm_hv_regs 
     c->rip = r->rip;
     c->fs_base = r->fs_base;
     c->gs_base = r->gs_base;
-    /* The guest cannot change hardware CS/SS without trapping (no far transfers succeed in a stub). */
+    /*
+     * A far transfer to another DPL-3 selector succeeds in hardware (0x23 is
+     * 32-bit user code): the model must see it, §10.18 (smod on any CS but
+     * __USER_CS triple-faults at this exit; umod may run 32-bit code).
+     */
+    c->cs = r->cs;
+    c->ss = r->ss;
     /* §1.2: the guest-visible IF is virtual: re-read it from the PVCS after every exit in smod. */
     uint64_t fl = r->rflags & ~PVM_RFLAGS_IF;
     if (c->mode == PVM_MODE_USER || pvm_m_irq_enabled(c, &hv->mem))
