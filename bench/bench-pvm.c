@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "pvm/abi.h"
@@ -166,8 +167,17 @@ static void restart(struct bg *g, FILE *json, const char *name)
     bg_start(g, guest_path);
 }
 
+/* BENCH_ROWS=substring (env): measure only the rows whose name contains it. */
+static bool skip_row(const char *name)
+{
+    const char *only = getenv("BENCH_ROWS");
+    return only && *only && !strstr(name, only);
+}
+
 static void measure(struct bg *g, FILE *json, const char *name, unsigned op, unsigned batches, unsigned n)
 {
+    if (skip_row(name))
+        return;
     double *volatile s = calloc(batches, sizeof(*s));
     jmp_buf jb;
     if (setjmp(jb)) {
@@ -233,6 +243,8 @@ static void *injector(void *arg)
 
 static void measure_inject(struct bg *g, FILE *json, const char *name, unsigned op, unsigned n)
 {
+    if (skip_row(name))
+        return;
     static struct inj in;
     static pthread_t th;
     in = (struct inj){ .g = g, .n = n, .lat_ns = calloc(n, sizeof(double)) };
@@ -330,7 +342,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "usage: %s [--backend native|kvm] [--guest FILE] [--json FILE] [--quick]\n"
                             "Measures libpvm round trips (hypercall, #UD, WRMSR, CPUID, port I/O, user\n"
                             "syscall, user #PF), injection latency and guest compute with bench-guest.elf.\n"
-                            "BENCH_ONLY=op:n:runs (env) runs one operation alone, e.g. under perf or strace.\n",
+                            "BENCH_ONLY=op:n:runs (env) runs one operation alone, e.g. under perf or strace;\n"
+                            "BENCH_ROWS=text (env) measures only the rows whose name contains text.\n",
                     argv[0]);
             return strcmp(argv[i], "--help") ? 2 : 0;
         }

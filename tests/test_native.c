@@ -310,6 +310,37 @@ START_TEST(kick_and_async_inject)
 }
 END_TEST
 
+/* ---- a kick stops the guest where it is, with the progress it made ---------- */
+
+/* Count in RBX forever, from 0. */
+GVM_CODE_BLOCK(g_count, "xor %ebx, %ebx\n 1: inc %rbx\n jmp 1b\n");
+
+START_TEST(kick_keeps_progress)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    pthread_t t;
+    uint64_t last = 0;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_count_start, g_count_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    struct async_arg a = { g.cpu, 0 };
+    for (int i = 0; i < 3; i++) {
+        pthread_create(&t, NULL, async_thread, &a);
+        ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_KICKED);
+        pthread_join(t, NULL);
+        gvm_regs(&g, &r);
+        /* 30 ms of counting, kept across kicks: the guest is not rewound to where it last entered. */
+        ck_assert_msg(r.rbx > last + 1000, "kick %d: rbx %llu after %llu", i, (unsigned long long)r.rbx,
+                      (unsigned long long)last);
+        ck_assert_msg(r.rip >= GVM_CODE + 2 && r.rip < GVM_CODE + 8, "rip %#llx", (unsigned long long)r.rip);
+        last = r.rbx;
+    }
+    gvm_fini(&g);
+}
+END_TEST
+
 /* ---- a far return to another DPL-3 selector in smod (§10.18) --------------- */
 
 /* lretq to 0x23:1f: the next instruction runs as 32-bit code and traps (#UD). */
@@ -1673,6 +1704,7 @@ int main(void)
     tcase_add_test(ev, exceptions_delivered);
     tcase_add_test(ev, interrupt_pending_until_irq_win);
     tcase_add_test(ev, kick_and_async_inject);
+    tcase_add_test(ev, kick_keeps_progress);
     tcase_add_test(ev, nmi_masked_until_erets);
     tcase_add_test(ev, synthetic_cpuid);
     tcase_add_test(ev, smod_far_return_triple_faults);

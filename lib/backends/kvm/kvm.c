@@ -379,6 +379,20 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
         if (ioctl(kc->vcpu_fd, KVM_SET_XCRS, &x) < 0)
             goto fail_errno;
     }
+    /* The guest reads the host's TSC, as guest code on native does: offset 0, else start it at the host's. */
+    uint64_t zero = 0;
+    struct kvm_device_attr tsc = { .group = KVM_VCPU_TSC_CTRL, .attr = KVM_VCPU_TSC_OFFSET,
+                                   .addr = (uint64_t)(uintptr_t)&zero };
+    if (ioctl(kc->vcpu_fd, KVM_SET_DEVICE_ATTR, &tsc) < 0) {
+        uint32_t lo, hi;
+        __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+        struct {
+            struct kvm_msrs h;
+            struct kvm_msr_entry e[1];
+        } m = { .h.nmsrs = 1, .e[0] = { .index = 0x10 /* IA32_TSC */, .data = ((uint64_t)hi << 32) | lo } };
+        if (ioctl(kc->vcpu_fd, KVM_SET_MSRS, &m) != 1)
+            pvm__log(PVM_LOG_DEBUG, "kvm: the guest TSC is KVM's own (neither TSC offset nor IA32_TSC settable)");
+    }
     rc = install_kick_handler(kc->kick_signal);
     if (rc < 0)
         goto fail;
@@ -507,19 +521,12 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
     __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
     kc->exits++;
     memset(trap, 0, sizeof(*trap));
-    if (rc < 0 && (err == EINTR || err == EAGAIN)) {
-        trap->kind = PVM_HV_TRAP_KICK; /* *regs as they were: the guest did not move */
-        return 0;
-    }
-    if (rc < 0) {
+    bool interrupted = (rc < 0 && (err == EINTR || err == EAGAIN)) || (rc == 0 && run->exit_reason == KVM_EXIT_INTR);
+    if (rc < 0 && !interrupted) {
         died(trap, "KVM_RUN failed: %s", strerror(err));
         return 0;
     }
-    if (run->exit_reason == KVM_EXIT_INTR) {
-        trap->kind = PVM_HV_TRAP_KICK;
-        return 0;
-    }
-    if (run->exit_reason != KVM_EXIT_HLT) {
+    if (!interrupted && run->exit_reason != KVM_EXIT_HLT) {
         if (run->exit_reason == KVM_EXIT_SHUTDOWN)
             died(trap, "KVM reports a triple fault (the trampoline machine is broken)");
         else if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
@@ -531,6 +538,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
             died(trap, "unexpected KVM exit %u", run->exit_reason);
         return 0;
     }
+    /* The state at the exit: a signal may have stopped the guest anywhere, even after it ran. */
     if (host.sync_regs) {
         kr = run->s.regs.regs;
         sr = run->s.regs.sregs;
@@ -538,8 +546,28 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
         died(trap, "KVM_GET_REGS/SREGS failed: %s", strerror(errno));
         return 0;
     }
+    uint64_t rip = kr.rip;
+    if (interrupted) {
+        /*
+         * Stopped at CPL 3: a kick, with the guest's registers as they are now.
+         * Stopped on a trampoline entry (the event was delivered, its HLT not
+         * yet run): the trap, as if the HLT had exited.
+         */
+        if (rip - (KVM_KBASE + KVM_OFF_TRAMP) >= KVM_TRAMP_SIZE) {
+            from_kvm(&kr, regs);
+            regs->rip = kr.rip;
+            regs->rflags = kr.rflags;
+            regs->fs_base = sr.fs.base;
+            regs->gs_base = sr.gs.base;
+            regs->cs = sr.cs.selector;
+            regs->ss = sr.ss.selector;
+            trap->kind = PVM_HV_TRAP_KICK;
+            return 0;
+        }
+        rip++;
+    }
     struct kvm_trap_frame f;
-    if (kvm_decode_exit(kc->priv, kr.rip, kr.rsp, &f) < 0) {
+    if (kvm_decode_exit(kc->priv, rip, kr.rsp, &f) < 0) {
         died(trap, "HLT exit at %#llx (RSP %#llx) is no trampoline entry", (unsigned long long)kr.rip,
              (unsigned long long)kr.rsp);
         return 0;
