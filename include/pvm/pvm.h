@@ -136,7 +136,7 @@ typedef struct pvm_vcpu pvm_vcpu; /**< one virtual CPU (opaque) */
 /* ---- backends --------------------------------------------------------- */
 
 enum pvm_backend {
-    PVM_BACKEND_AUTO = 0,   /**< kvm where its guest events beat native's, else native */
+    PVM_BACKEND_AUTO = 0,   /**< kvm where its guest events beat native's, else native; else whichever works */
     PVM_BACKEND_NATIVE = 1, /**< library-as-hypervisor; guest runs at host ring 3 */
     /**
      * /dev/kvm (any standard x86 KVM): the library is the hypervisor as on

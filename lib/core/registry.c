@@ -3,6 +3,7 @@
  * option, then $PVM_BACKEND, then probing (kvm only if it is a usable PVM
  * host, else native).
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,16 +127,28 @@ int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **ou
      * (pvm_last_error) says what was chosen and why the others were not.
      */
     static const enum pvm_backend order[] = { PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
+    const size_t n = sizeof(order) / sizeof(order[0]);
+    const struct pvm_backend_ops *usable[sizeof(order) / sizeof(order[0])] = { NULL };
     char reasons[512] = "";
-    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+    for (size_t i = 0; i < n; i++) {
         const struct pvm_backend_ops *o = NULL;
-        if (probe_modes(order[i], &o) == 0 && (!o->prefer || o->prefer() == 0)) {
+        bool ok = probe_modes(order[i], &o) == 0;
+        if (ok && (!o->prefer || o->prefer() == 0)) {
             *out = o;
             pvm__error(0, "auto: chose %s%s%s%s", o->name, reasons[0] ? " (" : "", reasons, reasons[0] ? ")" : "");
             return 0;
         }
+        if (ok)
+            usable[i] = o;
         size_t l = strlen(reasons);
         snprintf(reasons + l, sizeof(reasons) - l, "%s%s", l ? "; " : "", pvm_last_error());
     }
+    /* None preferred: a usable one still beats none. */
+    for (size_t i = 0; i < n; i++)
+        if (usable[i]) {
+            *out = usable[i];
+            pvm__error(0, "auto: chose %s, the only usable backend (%s)", usable[i]->name, reasons);
+            return 0;
+        }
     return pvm__error(PVM_ENODEV, "no usable backend: %s", reasons);
 }

@@ -162,7 +162,7 @@ static int kvm_prefer(void)
     if (rc < 0)
         return rc;
     return pvm__error(PVM_ENODEV, "kvm: usable (standard x86 KVM), but every guest event is a KVM exit to the "
-                      "library; auto keeps native, whose events stay in the process (choose kvm explicitly)");
+                      "library, so auto prefers native where it is usable (choose kvm explicitly)");
 }
 
 /* ---- a vCPU ---------------------------------------------------------------- */

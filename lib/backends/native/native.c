@@ -9,12 +9,14 @@
  * provider contract's terms, and drives the smod fast path (stub/fast.c):
  * events the stub answers itself, without a report.
  */
+#include <cpuid.h>
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -60,6 +62,15 @@ static int native_probe(void)
     if (!f || !strstr(buf, "trap"))
         return pvm__error(PVM_ENODEV, "native: the kernel offers no seccomp filters with the trap action "
                           "(/proc/sys/kernel/seccomp/actions_avail)");
+    /*
+     * The stub reads the guest's FS/GS bases with RDFSBASE/RDGSBASE at every
+     * trap.  Some hosts enable them for user mode without advertising them
+     * (HWCAP2), so the CPU's own CPUID bit counts too.
+     */
+    unsigned a, b, c, d;
+    if (!(getauxval(AT_HWCAP2) & (1ul << 1)) && !(__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & 1)))
+        return pvm__error(PVM_ENODEV, "native: this CPU has no FSGSBASE instructions (RDFSBASE), which the "
+                          "stub processes need");
     return 0;
 }
 
