@@ -22,6 +22,7 @@
 #include "pvm/pvm.h"
 
 #include "bench-guest.h"
+#include "bench-backend.h"
 #include "bench.h"
 #include "compute.h"
 
@@ -41,20 +42,6 @@ static double tsc_per_ns;
 /* A failed measurement jumps back here; the guest is restarted and the row skipped. */
 static jmp_buf *fail_jmp;
 static const char *guest_path;
-static enum pvm_backend backend = PVM_BACKEND_NATIVE;
-static const char *row_prefix = "pvm";
-
-/* Row @name ("pvm.x") under this run's prefix ("pvm_kvm.x" with --backend kvm); four live at a time. */
-static const char *row(const char *name)
-{
-    static char buf[4][64];
-    static unsigned i;
-    char *b = buf[i++ % 4];
-    const char *dot = strchr(name, '.');
-    snprintf(b, sizeof(buf[0]), "%s%s", row_prefix, dot ? dot : name);
-    return b;
-}
-
 static int die(const char *what)
 {
     fprintf(stderr, "bench-pvm: %s: %s\n", what, pvm_last_error());
@@ -103,7 +90,7 @@ static void *host_ptr(struct bg *g, uint64_t gva, size_t len)
 static void bg_start(struct bg *g, const char *path)
 {
     struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
-    o.backend = backend;
+    o.backend = bench_backend;
     struct pvm_load_options lo = PVM_LOAD_OPTIONS_INIT;
     struct pvm_load_info info;
     lo.ram_size = 32ull << 20;
@@ -306,11 +293,11 @@ static void measure_compute(struct bg *g, FILE *json, unsigned batches, unsigned
         hs[b] = (double)(bench_rdtsc() - t0) / tsc_per_ns / n;
     }
     struct bench_result r;
-    bench_from_samples(&r, row("pvm.guest_compute_1000"), gs, batches);
+    bench_from_samples(&r, bench_row("pvm.guest_compute_1000"), gs, batches);
     r.iters = n;
     bench_print(&r);
     bench_json(json, &r);
-    bench_from_samples(&r, row("pvm.host_compute_1000"), hs, batches);
+    bench_from_samples(&r, bench_row("pvm.host_compute_1000"), hs, batches);
     r.iters = n;
     bench_print(&r);
     bench_json(json, &r);
@@ -332,13 +319,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--quick"))
             q = 4;
         else if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
-            if (pvm_backend_from_name(argv[++i], &backend) < 0 || backend == PVM_BACKEND_AUTO) {
-                fprintf(stderr, "bench-pvm: --backend: native or kvm\n");
+            if (bench_set_backend(argv[++i]) < 0)
                 return 2;
-            }
-            row_prefix = backend == PVM_BACKEND_NATIVE ? "pvm" : "pvm_kvm";
-        }
-        else {
+        } else {
             fprintf(stderr, "usage: %s [--backend native|kvm] [--guest FILE] [--json FILE] [--quick]\n"
                             "Measures libpvm round trips (hypercall, #UD, WRMSR, CPUID, port I/O, user\n"
                             "syscall, user #PF), injection latency and guest compute with bench-guest.elf.\n"
@@ -372,25 +355,25 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < 41; i++)
         e[i] = bg_run(&g, BG_OP_EMPTY, 0);
     struct bench_result r;
-    bench_from_samples(&r, row("pvm.hostcall_exit_pair"), e, 41);
+    bench_from_samples(&r, bench_row("pvm.hostcall_exit_pair"), e, 41);
     bench_print(&r), bench_json(json, &r);
     g.empty_ns = r.p50;
 
-    measure(&g, json, row("pvm.hypercall"), BG_OP_HYPERCALL, 30, 2000 / q);
+    measure(&g, json, bench_row("pvm.hypercall"), BG_OP_HYPERCALL, 30, 2000 / q);
     /* Events per run for the fault-page and injection rows (bounded by BG_PF_PAGES). */
     const unsigned EV_RUN = 200 / q;
-    measure(&g, json, row("pvm.exception_ud_erets"), BG_OP_UD, 30, 2000 / q);
-    measure(&g, json, row("pvm.wrmsr_pvm_msr"), BG_OP_WRMSR, 30, 2000 / q);
-    measure(&g, json, row("pvm.cpuid_synthetic"), BG_OP_CPUID, 30, 2000 / q);
-    measure(&g, json, row("pvm.pio_exit_to_app"), BG_OP_PIO, 30, 2000 / q);
-    measure(&g, json, row("pvm.user_syscall_eretu"), BG_OP_USER_SYSCALL, 30, 1000 / q);
+    measure(&g, json, bench_row("pvm.exception_ud_erets"), BG_OP_UD, 30, 2000 / q);
+    measure(&g, json, bench_row("pvm.wrmsr_pvm_msr"), BG_OP_WRMSR, 30, 2000 / q);
+    measure(&g, json, bench_row("pvm.cpuid_synthetic"), BG_OP_CPUID, 30, 2000 / q);
+    measure(&g, json, bench_row("pvm.pio_exit_to_app"), BG_OP_PIO, 30, 2000 / q);
+    measure(&g, json, bench_row("pvm.user_syscall_eretu"), BG_OP_USER_SYSCALL, 30, 1000 / q);
     /* Fresh pages: (1 + 40) * EV_RUN must fit BG_PF_PAGES. */
-    measure(&g, json, row("pvm.user_pf_eretu"), BG_OP_USER_PF, 40, EV_RUN);
+    measure(&g, json, bench_row("pvm.user_pf_eretu"), BG_OP_USER_PF, 40, EV_RUN);
 
     measure_compute(&g, json, 20, 2000 / q);
 
-    measure_inject(&g, json, row("pvm.inject_running_to_handler"), BG_OP_IRQ_SPIN, EV_RUN);
-    measure_inject(&g, json, row("pvm.inject_halted_to_handler"), BG_OP_IRQ_HALT, 400 / q);
+    measure_inject(&g, json, bench_row("pvm.inject_running_to_handler"), BG_OP_IRQ_SPIN, EV_RUN);
+    measure_inject(&g, json, bench_row("pvm.inject_halted_to_handler"), BG_OP_IRQ_HALT, 400 / q);
 
     g.e.u.hypercall.ret = (uint64_t)BG_OP_QUIT << 32;
     pvm_vcpu_run(g.cpu, &g.e);

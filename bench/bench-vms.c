@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -20,6 +21,7 @@
 #include "pvm/abi.h"
 #include "pvm/pvm.h"
 
+#include "bench-backend.h"
 #include "bench.h"
 
 static double tsc_per_ns;
@@ -58,7 +60,7 @@ static const char *mini_err;
 static int mini_start(struct mini *m, uint64_t root)
 {
     struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
-    o.backend = PVM_BACKEND_NATIVE;
+    o.backend = bench_backend;
     o.max_vcpus = 1;
     uint8_t *ram;
     memset(m, 0, sizeof(*m));
@@ -210,7 +212,7 @@ static int create_call_destroy(const void *img, size_t len)
     pvm_gva_t fn;
     struct pvm_exit e;
     const uint64_t args[2] = { 2, 3 };
-    o.backend = PVM_BACKEND_NATIVE;
+    o.backend = bench_backend;
     o.max_vcpus = 1;
     lo.ram_size = 4ull << 20;
     int ok = pvm_vm_create(&vm, &o) == 0;
@@ -236,6 +238,7 @@ int main(int argc, char **argv)
 {
     FILE *json = NULL;
     unsigned q = 1, max_vms = 2000, extra_fds = 0;
+    bool max_vms_set = false;
     char guest[PATH_MAX];
     bench_sibling_path(guest, sizeof(guest), "bench-guest.elf");
     for (int i = 1; i < argc; i++) {
@@ -244,13 +247,19 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--guest") && i + 1 < argc)
             snprintf(guest, sizeof(guest), "%s", argv[++i]);
         else if (!strcmp(argv[i], "--max-vms") && i + 1 < argc)
-            max_vms = (unsigned)atoi(argv[++i]);
+            max_vms = (unsigned)atoi(argv[++i]), max_vms_set = true;
         else if (!strcmp(argv[i], "--quick"))
             q = 4;
         else if (!strcmp(argv[i], "--extra-fds") && i + 1 < argc)
             extra_fds = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
+            if (bench_set_backend(argv[++i]) < 0)
+                return 2;
+            if (bench_backend != PVM_BACKEND_NATIVE && !max_vms_set)
+                max_vms = 0; /* a KVM VM per vCPU: density only when asked (--max-vms) */
+        }
         else {
-            fprintf(stderr, "usage: %s [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N]\n"
+            fprintf(stderr, "usage: %s [--backend native|kvm] [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N]\n"
                             "Measures VM create -> first instruction, create+load+call+destroy, memory\n"
                             "per idle VM and how many idle VMs fit (default cap 2000).\n"
                             "--extra-fds N: open N more fds first (an application with many fds).\n", argv[0]);
@@ -295,9 +304,9 @@ int main(int argc, char **argv)
             }
             pvm_vm_destroy(m.vm);
         }
-        bench_from_samples(&r, kinds[k].first, first, n);
+        bench_from_samples(&r, bench_row(kinds[k].first), first, n);
         bench_print(&r), bench_json(json, &r);
-        bench_from_samples(&r, kinds[k].exit, exit1, n);
+        bench_from_samples(&r, bench_row(kinds[k].exit), exit1, n);
         bench_print(&r), bench_json(json, &r);
     }
 
@@ -317,7 +326,7 @@ int main(int argc, char **argv)
         if (i >= 10)
             first[i - 10] = (double)(bench_now_ns() - t0);
     }
-    bench_from_samples(&r, "pvm.create_load_call_destroy", first, n);
+    bench_from_samples(&r, bench_row("pvm.create_load_call_destroy"), first, n);
     bench_print(&r), bench_json(json, &r);
     free(img);
 
@@ -351,24 +360,24 @@ int main(int argc, char **argv)
             slow_at = count + 1;
     }
     if (count >= MEM_AT) {
-        bench_json_value(json, "pvm.idle_vm_rss_kib", (m1.rss_kib - m0.rss_kib) / MEM_AT, "KiB/VM");
-        bench_json_value(json, "pvm.idle_vm_pss_kib", (m1.pss_kib - m0.pss_kib) / MEM_AT, "KiB/VM");
-        bench_json_value(json, "pvm.idle_vm_pagetables_kib", (m1.pte_kib - m0.pte_kib) / MEM_AT, "KiB/VM");
-        bench_json_value(json, "pvm.idle_vm_memavailable_kib", (avail0 - avail1) / MEM_AT, "KiB/VM");
-        bench_json_value(json, "pvm.idle_vm_procs", (double)(m1.procs - m0.procs) / MEM_AT, "proc/VM");
+        bench_json_value(json, bench_row("pvm.idle_vm_rss_kib"), (m1.rss_kib - m0.rss_kib) / MEM_AT, "KiB/VM");
+        bench_json_value(json, bench_row("pvm.idle_vm_pss_kib"), (m1.pss_kib - m0.pss_kib) / MEM_AT, "KiB/VM");
+        bench_json_value(json, bench_row("pvm.idle_vm_pagetables_kib"), (m1.pte_kib - m0.pte_kib) / MEM_AT, "KiB/VM");
+        bench_json_value(json, bench_row("pvm.idle_vm_memavailable_kib"), (avail0 - avail1) / MEM_AT, "KiB/VM");
+        bench_json_value(json, bench_row("pvm.idle_vm_procs"), (double)(m1.procs - m0.procs) / MEM_AT, "proc/VM");
     }
-    bench_json_value(json, "pvm.idle_vms_before_2x_slower", slow_at ? slow_at : count,
+    bench_json_value(json, bench_row("pvm.idle_vms_before_2x_slower"), slow_at ? slow_at : count,
                      slow_at ? "creation slowed past 2x" : why);
-    bench_json_value(json, "pvm.idle_vms_created", count, why);
+    bench_json_value(json, bench_row("pvm.idle_vms_created"), count, why);
     if (count >= W) {
-        bench_json_value(json, "pvm.idle_vms_first_create_us", base / 1000, "us (median, first 50)");
-        bench_json_value(json, "pvm.idle_vms_last_create_us", median(ct + count - W, W) / 1000,
+        bench_json_value(json, bench_row("pvm.idle_vms_first_create_us"), base / 1000, "us (median, first 50)");
+        bench_json_value(json, bench_row("pvm.idle_vms_last_create_us"), median(ct + count - W, W) / 1000,
                          "us (median, last 50)");
     }
     uint64_t t0 = bench_now_ns();
     for (unsigned i = 0; i < count; i++)
         pvm_vm_destroy(vms[i].vm);
-    bench_json_value(json, "pvm.idle_vms_destroy_all_ms", (double)(bench_now_ns() - t0) / 1e6, "ms");
+    bench_json_value(json, bench_row("pvm.idle_vms_destroy_all_ms"), (double)(bench_now_ns() - t0) / 1e6, "ms");
     free(vms);
     free(ct);
     free(first);

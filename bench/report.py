@@ -159,7 +159,9 @@ def main():
                 ("user #PF -> kernel -> ERETU", "user_pf_eretu"),
                 ("inject -> handler, guest running", "inject_running_to_handler"),
                 ("inject -> handler, guest halted", "inject_halted_to_handler"),
-                ("guest compute (1000 units)", "guest_compute_1000")]
+                ("guest compute (1000 units)", "guest_compute_1000"),
+                ("VM create -> first exit", "vm_create_to_first_exit"),
+                ("create + load ELF + call + destroy", "create_load_call_destroy")]
     if peer("libpvm kvm backend", "pvm_kvm.hypercall", "pvm_kvm"):
         for label, k in kvm_rows:
             row("kvm backend: " + label, "pvm_kvm." + k, over(p50("pvm_kvm." + k), p50("pvm." + k)),
