@@ -4,6 +4,7 @@
  * processes; every PVM path is checked register by register and byte by byte.
  */
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -306,6 +307,51 @@ START_TEST(kick_and_async_inject)
     struct pvm_exit e;
     kick_then_inject(&g, g_spin_start, g_spin_end, &e);
     ck_assert_uint_lt(gvm_pvcs(&g)->rip - GVM_CODE, 4); /* interrupted inside the spin loop */
+    gvm_fini(&g);
+}
+END_TEST
+
+/* ---- ERETS restores every allowed RFLAGS bit, NT and ID included (§1.1) ---- */
+
+GVM_CODE_BLOCK(g_flags, "ud2\n .globl g_flags_after\ng_flags_after:\n pushfq\n pop %rbx\n" HC(0x31));
+extern const uint8_t g_flags_after[];
+
+/* Does this host kernel keep a user RFLAGS.NT across a syscall?  (PVM-guest hosts clear it.) */
+static bool host_keeps_nt(void)
+{
+    uint64_t f;
+    long nr = SYS_getpid;
+    __asm__ volatile("pushfq; orq $0x4000, (%%rsp); popfq; syscall; pushfq; pop %0;"
+                     "pushfq; andq $~0x4000, (%%rsp); popfq"
+                     : "=r"(f), "+a"(nr) : : "rcx", "r11", "memory");
+    return (f >> 14) & 1;
+}
+
+START_TEST(erets_restores_nt_and_id)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_flags_start, g_flags_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    struct pvm_supervisor_event *f = (void *)(g.ram + GVM_FRAME_ADDR);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    ck_assert_uint_eq(f->errcode, 6ull << 32);
+    f->rip = gaddr(g_flags_start, g_flags_after);
+    f->rflags = 0x247ed7; /* IOPL 3 and bit 11 (OF) in too: IOPL is not the guest's (§10.8) */
+    e.u.hypercall.ret = GVM_RETS_SITE;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x31);
+    /*
+     * The allowed bits of the frame (0x254fd7: CF PF AF ZF SF TF IF DF OF NT AC
+     * ID + bit 1).  Guest code in a stub runs on the host's return to user
+     * mode: where that drops NT, native cannot keep it.
+     */
+    uint64_t want = 0x244ed7;
+    if (gvm_backend() == PVM_BACKEND_NATIVE && !host_keeps_nt())
+        want &= ~0x4000ull;
+    ck_assert_uint_eq(e.u.hypercall.args[0], want);
     gvm_fini(&g);
 }
 END_TEST
@@ -1705,6 +1751,7 @@ int main(void)
     tcase_add_test(ev, interrupt_pending_until_irq_win);
     tcase_add_test(ev, kick_and_async_inject);
     tcase_add_test(ev, kick_keeps_progress);
+    tcase_add_test(ev, erets_restores_nt_and_id);
     tcase_add_test(ev, nmi_masked_until_erets);
     tcase_add_test(ev, synthetic_cpuid);
     tcase_add_test(ev, smod_far_return_triple_faults);

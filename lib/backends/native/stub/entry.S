@@ -31,10 +31,25 @@ nstub_sys:
     ret
     .size nstub_sys, . - nstub_sys
 
-/* sa_restorer: rt_sigreturn through the one syscall instruction. */
+/*
+ * sa_restorer: rt_sigreturn through the one syscall instruction.  The
+ * kernel's sigreturn takes only some RFLAGS bits from the frame and keeps NT
+ * and ID from the RFLAGS the rt_sigreturn SYSCALL was made with (R11): give
+ * ours those two bits of the frame's, so the guest resumes with them (§1.1:
+ * ERETU/ERETS restore NT and ID).  RSP points at the ucontext here; its
+ * uc_mcontext.eflags is at 40 + 136.  RAX and RCX are free: sigreturn loads all.
+ */
+#define UC_EFLAGS 176
+#define NT_ID 0x204000
     .globl nstub_restorer
     .type nstub_restorer, @function
 nstub_restorer:
+    mov UC_EFLAGS(%rsp), %rcx
+    and $NT_ID, %ecx
+    pushfq
+    andq $~NT_ID, (%rsp)
+    or %rcx, (%rsp)
+    popfq
     mov $15, %eax
     jmp sys_insn
     .size nstub_restorer, . - nstub_restorer
