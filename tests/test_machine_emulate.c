@@ -274,6 +274,28 @@ START_TEST(in_dx_dword)
 }
 END_TEST
 
+/* An application that moves RIP after an IO exit abandons the instruction (KVM's rule). */
+START_TEST(in_abandoned_when_rip_moves)
+{
+    static const uint8_t insn[] = { 0xed }; /* in eax, dx */
+    cpu->gpr[PVM_RAX] = 0x1122334455667788ull;
+    cpu->gpr[PVM_RDX] = 0xcfc;
+    ck_assert_int_eq(gp_on(insn, 1), PVM_M_EXIT);
+    struct pvm_exit ans = cpu->exit;
+    ans.u.io.data = 0x12345678;
+    cpu->rip = CODE + 0x40;
+    pvm_m_complete(cpu, &ans);
+    ck_assert_uint_eq(cpu->rip, CODE + 0x40);                  /* no skip at the new RIP */
+    ck_assert_uint_eq(cpu->gpr[PVM_RAX], 0x1122334455667788ull); /* no IN result */
+    ck_assert_uint_eq(cpu->pending_exit, PVM_EXIT_NONE);
+    /* Unchanged RIP: completed as before. */
+    ck_assert_int_eq(gp_on(insn, 1), PVM_M_EXIT);
+    pvm_m_complete(cpu, &ans);
+    ck_assert_uint_eq(cpu->rip, CODE + 1);
+    ck_assert_uint_eq(cpu->gpr[PVM_RAX], 0x12345678);
+}
+END_TEST
+
 START_TEST(in_al_keeps_upper_bits)
 {
     static const uint8_t insn[] = { 0xe4, 0x60 }; /* in al, 0x60 */
@@ -509,6 +531,7 @@ static Suite *suite(void)
     tcase_add_test(tc, out_dx_word);
     tcase_add_test(tc, in_dx_dword);
     tcase_add_test(tc, in_al_keeps_upper_bits);
+    tcase_add_test(tc, in_abandoned_when_rip_moves);
     tcase_add_test(tc, plain_cpuid);
     tcase_add_test(tc, unemulated_is_gp0);
     tcase_add_test(tc, hardware_error_code_replaced_by_zero);

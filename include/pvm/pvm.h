@@ -354,7 +354,10 @@ enum pvm_exit_reason {
  * Why pvm_vcpu_run() returned.  For HYPERCALL, IO (in) and MMIO (read) exits
  * the application writes the result into the struct (hypercall.ret,
  * io.data, mmio.data) and passes the same struct to the next
- * pvm_vcpu_run(), which completes the instruction with it.
+ * pvm_vcpu_run(), which completes the instruction with it.  An application
+ * that moves RIP (pvm_vcpu_set_regs) after an IO or MMIO exit abandons the
+ * instruction, as on KVM: no IN/read result is written and the new RIP is
+ * not advanced.
  */
 struct pvm_exit {
     uint32_t reason; /**< enum pvm_exit_reason */

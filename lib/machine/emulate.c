@@ -156,6 +156,7 @@ static enum pvm_m_result io_exit(struct pvm_cpu *cpu, const ZydisDecodedInstruct
     cpu->pending_exit = PVM_EXIT_IO;
     cpu->pending_io_size = is_out ? 0 : (uint8_t)size;
     cpu->pending_insn_len = in->length; /* RIP advances on completion */
+    cpu->pending_rip = cpu->rip;
     return PVM_M_EXIT;
 }
 

@@ -114,6 +114,7 @@ struct pvm_cpu {
     uint8_t pending_mmio_size;
     /* Added by the machine model: completion details for pvm_m_complete(). */
     uint8_t pending_insn_len;  /* IO/MMIO: RIP advance applied on completion */
+    uint64_t pending_rip;      /* IO/MMIO: RIP of the instruction; completion only if RIP is still it */
     uint8_t pending_mmio_ext;  /* PVM_M_MMIO_* : how a read lands in the register */
     uint8_t pending_mmio_dst_size; /* destination register width in bytes */
     bool pending_mmio_high8;   /* destination is AH/CH/DH/BH */

@@ -94,6 +94,7 @@ enum pvm_m_result pvm_m_mmio(struct pvm_cpu *cpu, const struct pvm_mem *mem, uin
     cpu->pending_mmio_dst_size = (uint8_t)dst_size;
     cpu->pending_mmio_ext = ext;
     cpu->pending_insn_len = in.length;
+    cpu->pending_rip = cpu->rip;
     return PVM_M_EXIT;
 }
 
@@ -105,6 +106,15 @@ static uint64_t sign_extend(uint64_t v, unsigned bytes)
 
 void pvm_m_complete(struct pvm_cpu *cpu, const struct pvm_exit *exit)
 {
+    /*
+     * Decision (as KVM's completion of PIO and MMIO exits): an application
+     * that moved RIP away from the IN/OUT/MMIO instruction has abandoned it:
+     * no read result is written and RIP is not advanced.
+     */
+    if ((cpu->pending_exit == PVM_EXIT_IO || cpu->pending_exit == PVM_EXIT_MMIO) && cpu->rip != cpu->pending_rip) {
+        cpu->pending_exit = PVM_EXIT_NONE;
+        return;
+    }
     switch (cpu->pending_exit) {
     case PVM_EXIT_HYPERCALL:
         /* RIP is already past the SYSCALL: nothing to skip (§10.10). */
