@@ -153,7 +153,9 @@ enum pvm_backend {
  * negative code (PVM_ENODEV) with pvm_last_error() saying why, e.g. "kvm:
  * cannot open /dev/kvm: No such file or directory (no KVM on this machine)".
  * For PVM_BACKEND_AUTO, 0 leaves in pvm_last_error() which backend auto
- * chose and why it passed over the others.
+ * chose and why it passed over the others.  Where /dev/kvm is usable, the
+ * first auto choice in a process runs a calibration (a throw-away KVM VM, a
+ * few milliseconds) that compares a guest event through KVM with native's.
  * Thread safety: any thread.
  */
 PVM_EXPORT int pvm_backend_probe(enum pvm_backend backend);

@@ -28,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hv/hv.h"
@@ -151,20 +152,6 @@ static int kvm_probe(void)
     return 0;
 }
 
-/*
- * auto picks this backend only where its events beat the native backend's:
- * a CPL-3 event costs one KVM exit here (45-65 us on a PVM-based /dev/kvm,
- * 1-2 us on hardware KVM, 40-90 us under QEMU TCG) against 3-20 us there.
- */
-static int kvm_prefer(void)
-{
-    int rc = kvm_probe();
-    if (rc < 0)
-        return rc;
-    return pvm__error(PVM_ENODEV, "kvm: usable (standard x86 KVM), but every guest event is a KVM exit to the "
-                      "library, so auto prefers native where it is usable (choose kvm explicitly)");
-}
-
 /* ---- a vCPU ---------------------------------------------------------------- */
 
 struct kvm_cpu {
@@ -259,13 +246,9 @@ static bool cpuid_has(unsigned fn, unsigned reg, unsigned bit)
     return false;
 }
 
-static void kvm_vcpu_fini(struct pvm_hv_vcpu *hv)
+/* Close what machine_open() made (any part of it). */
+static void machine_close(struct kvm_cpu *kc)
 {
-    struct kvm_cpu *kc = kc_of(hv);
-    if (!kc)
-        return;
-    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu KVM exits, %u page-table pages", hv->v->id,
-             (unsigned long long)kc->exits, kc->pt.used);
     if (kc->run)
         munmap(kc->run, (size_t)host.mmap_size);
     if (kc->vcpu_fd >= 0)
@@ -277,32 +260,35 @@ static void kvm_vcpu_fini(struct pvm_hv_vcpu *hv)
     if (kc->priv)
         munmap(kc->priv, KVM_PRIV_SIZE);
     kvm_pt_fini(&kc->pt);
+}
+
+static void kvm_vcpu_fini(struct pvm_hv_vcpu *hv)
+{
+    struct kvm_cpu *kc = kc_of(hv);
+    if (!kc)
+        return;
+    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu KVM exits, %u page-table pages", hv->v->id,
+             (unsigned long long)kc->exits, kc->pt.used);
+    machine_close(kc);
     free(kc);
     hv->pdata = NULL;
 }
 
-static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
+/*
+ * The KVM side of a vCPU: a KVM VM and vCPU in long mode at CPL 3, guest RAM
+ * (@memfd by offset, @ram_size bytes) and the private area as memslots.
+ * 0 or pvm__error(); machine_close() undoes any part.
+ */
+static int machine_open(struct kvm_cpu *kc, int memfd, uint64_t ram_size)
 {
-    pvm_vm *vm = hv->v->vm;
-    int rc = kvm_probe();
-    if (rc < 0)
-        return rc;
-    struct kvm_cpu *kc = calloc(1, sizeof(*kc));
-    if (!kc)
-        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
-    hv->pdata = kc;
-    kc->vm_fd = kc->vcpu_fd = -1;
-    kc->kick_signal = vm->opts.kick_signal;
-    hv->prefetch_on = true; /* a hardware fault costs a whole KVM exit: prefetch what the retry would fault */
-
+    int rc;
     const char *what;
-    kc->ram_size = (vm->opts.max_memory + 4095) & ~4095ull;
+    kc->vm_fd = kc->vcpu_fd = -1;
+    kc->ram_size = (ram_size + 4095) & ~4095ull;
     kc->priv_gpa = kvm_priv_gpa(kc->ram_size);
-    if (kc->priv_gpa + KVM_PRIV_SIZE > (1ull << host.phys_bits)) {
-        rc = pvm__error(PVM_EINVAL, "kvm: max_memory 0x%llx does not fit the %u physical address bits of this KVM",
-                        (unsigned long long)vm->opts.max_memory, host.phys_bits);
-        goto fail;
-    }
+    if (kc->priv_gpa + KVM_PRIV_SIZE > (1ull << host.phys_bits))
+        return pvm__error(PVM_EINVAL, "kvm: max_memory 0x%llx does not fit the %u physical address bits of this KVM",
+                          (unsigned long long)ram_size, host.phys_bits);
     what = "opening /dev/kvm";
     int kfd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kfd < 0)
@@ -322,7 +308,7 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
         goto fail_errno;
     }
     what = "mapping guest RAM";
-    kc->ram = mmap(NULL, kc->ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, vm->memfd, 0);
+    kc->ram = mmap(NULL, kc->ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, 0);
     if (kc->ram == MAP_FAILED) {
         kc->ram = NULL;
         goto fail_errno;
@@ -393,16 +379,32 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
         if (ioctl(kc->vcpu_fd, KVM_SET_MSRS, &m) != 1)
             pvm__log(PVM_LOG_DEBUG, "kvm: the guest TSC is KVM's own (neither TSC offset nor IA32_TSC settable)");
     }
-    rc = install_kick_handler(kc->kick_signal);
-    if (rc < 0)
-        goto fail;
     return 0;
 
 fail_errno:
     rc = pvm__error(PVM_ENODEV, "kvm: %s failed: %s", what, strerror(errno));
 fail:
-    return rc; /* the core calls kvm_vcpu_fini */
+    return rc;
 }
+
+static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
+{
+    pvm_vm *vm = hv->v->vm;
+    int rc = kvm_probe();
+    if (rc < 0)
+        return rc;
+    struct kvm_cpu *kc = calloc(1, sizeof(*kc));
+    if (!kc)
+        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
+    hv->pdata = kc; /* on failure the core calls kvm_vcpu_fini */
+    kc->kick_signal = vm->opts.kick_signal;
+    hv->prefetch_on = true; /* a hardware fault costs a whole KVM exit: prefetch what the retry would fault */
+    rc = machine_open(kc, vm->memfd, vm->opts.max_memory);
+    if (rc == 0)
+        rc = install_kick_handler(kc->kick_signal);
+    return rc;
+}
+
 
 /* ---- slots ------------------------------------------------------------------- */
 
@@ -593,6 +595,102 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
     if (f.vector == PVM_VEC_PF)
         trap->cr2 = sr.cr2;
     return 0;
+}
+
+/* ---- auto: a one-time calibration ------------------------------------------------ */
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * The round trip of one CPL-3 event here: a guest SYSCALL through the
+ * trampoline to the library and back, the median of 16 (0 if it cannot run).
+ */
+static double kvm_event_us(void)
+{
+    static const uint8_t code[] = { 0x0f, 0x05, 0xeb, 0xfc }; /* 1: syscall; jmp 1b */
+    const uint64_t gva = 0x400000, ram = 2ull << 20;
+    double t[24], us = 0;
+    struct kvm_cpu *kc = calloc(1, sizeof(*kc));
+    int memfd = memfd_create("pvm-kvm-calibrate", MFD_CLOEXEC);
+    if (!kc || memfd < 0 || ftruncate(memfd, (off_t)ram) < 0 || pwrite(memfd, code, sizeof(code), 0) != sizeof(code))
+        goto out;
+    if (machine_open(kc, memfd, ram) < 0 || kvm_pt_map(&kc->pt, 0, gva, 4096, 0, false, true) < 0)
+        goto out;
+    struct pvm_hv_vcpu hv = { .pdata = kc };
+    struct pvm_hv_regs r = { .rip = gva, .rflags = 0x202, .cs = PVM_USER_CS, .ss = PVM_USER_DS };
+    for (unsigned i = 0; i < 24; i++) {
+        struct pvm_hv_trap trap;
+        double t0 = now_us();
+        if (kvm_run_slot(&hv, 0, &r, &trap) < 0 || trap.kind != PVM_HV_TRAP_SYSCALL)
+            goto out;
+        t[i] = now_us() - t0;
+        r.rip = gva;
+    }
+    qsort(t + 8, 16, sizeof(t[0]), cmp_double);
+    us = t[8 + 8];
+out:
+    if (kc) {
+        machine_close(kc);
+        free(kc);
+    }
+    if (memfd >= 0)
+        close(memfd);
+    return us;
+}
+
+/* A host getpid, the yardstick for the native backend's events. */
+static double getpid_us(void)
+{
+    double best = 1e9;
+    for (int round = 0; round < 5; round++) {
+        double t0 = now_us();
+        for (int i = 0; i < 200; i++)
+            syscall(SYS_getpid);
+        double d = (now_us() - t0) / 200;
+        best = d < best ? d : best;
+    }
+    return best;
+}
+
+static pthread_once_t calibrate_once = PTHREAD_ONCE_INIT;
+static double calib_kvm_us, calib_native_us;
+
+static void calibrate(void)
+{
+    calib_kvm_us = kvm_event_us();
+    /*
+     * ARCHITECTURE.md: T (a seccomp trap + handler + sigreturn) is about 12.5
+     * getpids on these machines, and a native event (exception or interrupt
+     * to the guest and back) costs about 3 T.
+     */
+    calib_native_us = 3 * getpid_us() / 0.08;
+}
+
+/* auto picks this backend only where a guest event costs less here than on native. */
+static int kvm_prefer(void)
+{
+    int rc = kvm_probe();
+    if (rc < 0)
+        return rc;
+    pthread_once(&calibrate_once, calibrate);
+    if (calib_kvm_us <= 0)
+        return pvm__error(PVM_ENODEV, "kvm: usable, but its calibration run failed: auto prefers native");
+    if (calib_kvm_us < calib_native_us)
+        return 0;
+    return pvm__error(PVM_ENODEV, "kvm: usable (standard x86 KVM), but a guest event costs %.1f us through KVM "
+                      "here against about %.1f us on native, so auto prefers native where it is usable",
+                      calib_kvm_us, calib_native_us);
 }
 
 static const struct pvm_cpu_provider kvm_cpu = {
