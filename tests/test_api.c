@@ -322,7 +322,11 @@ START_TEST(vcpu_args)
     ck_assert_int_eq(pvm_vcpu_inject(v, &ev), PVM_EINVAL);
     ck_assert_int_eq(pvm_vcpu_inject(v, NULL), PVM_EINVAL);
     ck_assert_int_eq(pvm_vcpu_run(v, NULL), PVM_EINVAL);
-    ck_assert_int_eq(pvm_vcpu_kick(NULL), PVM_EINVAL);
+    ck_assert_int_eq(pvm_vcpu_run(v, NULL), PVM_EINVAL); /* leaves a message behind ... */
+    ck_assert_int_eq(pvm_vcpu_kick(NULL), PVM_EINVAL);   /* ... which the kick replaces with its own */
+    ck_assert_str_eq(pvm_last_error(), "pvm_vcpu_kick: NULL vCPU");
+    ck_assert_int_eq(pvm_vcpu_kick(v), 0);
+    ck_assert_str_eq(pvm_last_error(), "");
     ck_assert_int_eq(pvm_vcpu_set_cpuid(v, NULL, 1), PVM_EINVAL);
     ck_assert_int_eq(pvm_vcpu_set_cpuid(v, (struct pvm_cpuid_entry *)&r, 257), PVM_EINVAL);
 

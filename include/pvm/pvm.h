@@ -407,7 +407,8 @@ PVM_EXPORT int pvm_vcpu_run(pvm_vcpu *vcpu, struct pvm_exit *exit);
 
 /**
  * Make the current or next pvm_vcpu_run() of @vcpu return PVM_EXIT_KICKED
- * promptly.  Thread safety: any thread, and async-signal-safe.
+ * promptly.  Returns 0, or PVM_EINVAL for a NULL @vcpu (pvm_last_error()
+ * says so).  Thread safety: any thread, and async-signal-safe.
  */
 PVM_EXPORT int pvm_vcpu_kick(pvm_vcpu *vcpu);
 

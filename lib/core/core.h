@@ -25,6 +25,8 @@ int pvm__error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 
 int pvm__verror(int code, const char *fmt, va_list ap);
 /* Reset the calling thread's detail message to "". */
 void pvm__clear_error(void);
+/* Set it to the constant @msg, async-signal-safely (for pvm_vcpu_kick). */
+void pvm__set_error_const(const char *msg);
 void pvm__log(enum pvm_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- memory (memory.c) ---------------------------------------------------- */

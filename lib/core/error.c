@@ -40,6 +40,15 @@ void pvm__clear_error(void)
     last_error[0] = '\0';
 }
 
+void pvm__set_error_const(const char *msg)
+{
+    /* A plain byte copy: no formatting, no logging, no locks (async-signal-safe callers). */
+    size_t i = 0;
+    for (; msg[i] && i + 1 < sizeof(last_error); i++)
+        last_error[i] = msg[i];
+    last_error[i] = '\0';
+}
+
 int pvm__verror(int code, const char *fmt, va_list ap)
 {
     vsnprintf(last_error, sizeof(last_error), fmt, ap);

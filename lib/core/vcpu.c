@@ -133,9 +133,12 @@ int pvm_vcpu_run(pvm_vcpu *v, struct pvm_exit *exit)
 
 int pvm_vcpu_kick(pvm_vcpu *v)
 {
-    /* Async-signal-safe: no error message, no locks. */
-    if (!v)
+    /* Async-signal-safe: no locks, no formatting; the detail message is a constant copy. */
+    if (!v) {
+        pvm__set_error_const("pvm_vcpu_kick: NULL vCPU");
         return PVM_EINVAL;
+    }
+    pvm__clear_error();
     return v->vm->ops->kick(v);
 }
 
