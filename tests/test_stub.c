@@ -620,6 +620,50 @@ static void jump_into_stub(uint64_t nr, const uint64_t args[6], pid_t sentinel, 
     guest_fini(&g);
 }
 
+/* Capability bits of @pid's @field ("CapEff", "CapPrm") from /proc. */
+static uint64_t proc_caps(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    uint64_t v = ~0ull;
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, field, strlen(field)) && line[strlen(field)] == ':')
+            v = strtoull(line + strlen(field) + 1, NULL, 16);
+    fclose(f);
+    return v;
+}
+
+/* Guest code has no capabilities: even under a root library, page 0 stays out of reach. */
+START_TEST(test_no_capabilities)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2);
+    run(&g); /* the stub is up and stopped at the ud2 */
+    ck_assert_uint_eq(proc_caps(nstub_pid(g.s), "CapEff"), 0);
+    ck_assert_uint_eq(proc_caps(nstub_pid(g.s), "CapPrm"), 0);
+    /* mmap(0, 4096, RW, MAP_SHARED|MAP_FIXED, RAM, 0) through the stub's own SYSCALL: the filter lets it
+     * by, vm.mmap_min_addr refuses it without CAP_SYS_RAWIO. */
+    uint64_t ret = CODE;
+    memcpy(g.ram + DATA_OFF + 0xff8, &ret, 8);
+    g.r.gpr[RSP] = DATA + 0xff8;
+    g.r.rip = NSTUB_SYSCALL_INSN;
+    g.r.gpr[RAX] = 9;
+    g.r.gpr[RDI] = 0;
+    g.r.gpr[RSI] = 4096;
+    g.r.gpr[RDX] = PROT_READ | PROT_WRITE;
+    g.r.gpr[R10] = MAP_SHARED | MAP_FIXED;
+    g.r.gpr[R8] = 3; /* NSTUB_FD_RAM */
+    g.r.gpr[R9] = 0;
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_FAULT && g.r.rip == CODE, "kind %u rip %#llx", g.t.kind,
+                  (unsigned long long)g.r.rip);
+    ck_assert_int_eq((int64_t)g.r.gpr[RAX], -EPERM);
+    guest_fini(&g);
+}
+END_TEST
+
 START_TEST(test_escape_stub_code)
 {
     warm_up();
@@ -1539,6 +1583,7 @@ int main(void)
     TCase *esc = tcase_create("containment");
     tcase_add_test(esc, test_escape_syscalls);
     tcase_add_test(esc, test_escape_stub_code);
+    tcase_add_test(esc, test_no_capabilities);
     tcase_add_test(esc, test_guest_writes_control_page);
     tcase_add_test(esc, test_guest_blocks_kicks);
     tcase_add_test(esc, test_vsyscall_page);

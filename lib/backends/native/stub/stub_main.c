@@ -17,6 +17,7 @@
 #include <asm/ucontext.h>
 #include <asm/unistd.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/futex.h>
 #include <linux/mman.h>
@@ -540,6 +541,17 @@ void stub_main(const uint64_t *sp)
     SYS(__NR_setsid, 0, 0, 0, 0, 0, 0);
     /* No core dumps, even if the guest gets us killed by SIGSYS. */
     SYS(__NR_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0, 0);
+    /*
+     * No capabilities for guest code: a root library's stub would otherwise
+     * keep CAP_SYS_RAWIO and could map page 0 despite vm.mmap_min_addr.  The
+     * uid stays: a stub running as nobody could be signalled by any other
+     * nobody process.  Nothing regains them: no_new_privs and the filter
+     * forbid execve.
+     */
+    struct __user_cap_header_struct caph = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct capd[2] = { { 0 } };
+    if (SYS(__NR_capset, &caph, capd, 0, 0, 0, 0) != 0)
+        die("capset failed");
 
     long pid = SYS(__NR_getpid, 0, 0, 0, 0, 0, 0);
     c->death = (uint32_t)pid | FUTEX_WAITERS;
