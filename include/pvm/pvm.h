@@ -142,8 +142,9 @@ enum pvm_backend {
      * /dev/kvm (any standard x86 KVM): the library is the hypervisor as on
      * native, guest code runs at CPL 3 in a KVM vCPU whose page tables are
      * the shadow tables; guest kernel and user get separate address spaces.
-     * Every guest event is one KVM exit.  (Gen A kvm-pvm hosts are detected
-     * and refused with the reason: no such host was reachable to test.)
+     * Every guest event is one KVM exit.  On a Gen A kvm-pvm host the
+     * kernel does the PVM ABI itself and the library only programs KVM
+     * (docs/design.md; never run: no such host was reachable to test).
      */
     PVM_BACKEND_KVM = 2,
 };

@@ -13,10 +13,12 @@
 /* Backends built into this library.  Adding one touches its folder and this list. */
 extern const struct pvm_backend_ops pvm_native_backend;
 extern const struct pvm_backend_ops pvm_kvm_backend;
+extern const struct pvm_backend_ops pvm_kvm_gena_backend;
 
 static const struct pvm_backend_ops *const backends[] = {
     &pvm_native_backend,
     &pvm_kvm_backend,
+    &pvm_kvm_gena_backend,
 };
 
 /* Backends the API names but this build does not contain, and why. */

@@ -120,9 +120,10 @@ static void probe_once(void)
             host.phys_bits = c->entries[i].eax & 0xff;
     host.gen_a = kvm_is_gen_a(c, host.msrs, host.nr_msrs);
     host.fd_ok = api == KVM_API_VERSION;
+    host.immediate_exit = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) > 0;
     if (api != KVM_API_VERSION)
         snprintf(host_why, sizeof(host_why), "kvm: /dev/kvm speaks API %d, not %d", api, KVM_API_VERSION);
-    else if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0)
+    else if (!host.immediate_exit)
         snprintf(host_why, sizeof(host_why), "kvm: /dev/kvm lacks KVM_CAP_IMMEDIATE_EXIT");
     else if (host.mmap_size < (int)sizeof(struct kvm_run))
         snprintf(host_why, sizeof(host_why), "kvm: bad vCPU mmap size %d", host.mmap_size);
@@ -180,8 +181,7 @@ static void kick_handler(int sig)
     (void)sig; /* only there to make KVM_RUN return EINTR */
 }
 
-/* The kick signal must interrupt KVM_RUN: give it an empty handler if it has none. */
-static int install_kick_handler(int sig)
+int kvm_install_kick_handler(int sig)
 {
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     struct sigaction old;
@@ -401,7 +401,7 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
     hv->prefetch_on = true; /* a hardware fault costs a whole KVM exit: prefetch what the retry would fault */
     rc = machine_open(kc, vm->memfd, vm->opts.max_memory);
     if (rc == 0)
-        rc = install_kick_handler(kc->kick_signal);
+        rc = kvm_install_kick_handler(kc->kick_signal);
     return rc;
 }
 
@@ -444,14 +444,19 @@ static void kvm_reset(struct pvm_hv_vcpu *hv, unsigned slot)
 
 /* ---- running ------------------------------------------------------------------ */
 
+void kvm_kick_run(struct kvm_run *run, const int *tid, int sig)
+{
+    __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    int t = __atomic_load_n(tid, __ATOMIC_SEQ_CST);
+    if (t)
+        syscall(SYS_tgkill, getpid(), t, sig);
+}
+
 static void kvm_kick(struct pvm_hv_vcpu *hv, unsigned slot)
 {
     (void)slot;
     struct kvm_cpu *kc = kc_of(hv);
-    __atomic_store_n(&kc->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-    int tid = __atomic_load_n(&kc->tid, __ATOMIC_SEQ_CST);
-    if (tid)
-        syscall(SYS_tgkill, getpid(), tid, kc->kick_signal);
+    kvm_kick_run(kc->run, &kc->tid, kc->kick_signal);
 }
 
 static void to_kvm(const struct pvm_hv_regs *r, struct kvm_regs *k)

@@ -18,6 +18,9 @@
  * Guest-virtual: the guest window is the native backend's (lower half,
  * [KVM_GUEST_LO, KVM_GUEST_HI)), so a guest sees the same machine on both;
  * the private area is mapped supervisor-only at KVM_KBASE (PML4 slot 511).
+ *
+ * The other mode, for Gen A kvm-pvm hosts, is gena.h; it shares the probe
+ * (kvm_host) and the kick helpers declared here.
  */
 #ifndef PVM_KVM_H
 #define PVM_KVM_H
@@ -77,11 +80,13 @@ static inline uint64_t kvm_priv_gpa(uint64_t max_memory)
 /* ---- probe (kvm.c): /dev/kvm as probed once per process --------------------- */
 
 struct kvm_cpuid2;
+struct kvm_run;
 struct kvm_host {
     int rc;                       /* 0: the standard mode can run here; else PVM_ENODEV and why */
     const char *why;
     int fd_ok;                    /* /dev/kvm opened and speaks API 12 */
     int mmap_size;                /* KVM_GET_VCPU_MMAP_SIZE */
+    bool immediate_exit;          /* KVM_CAP_IMMEDIATE_EXIT (kicks need it) */
     bool sync_regs;               /* KVM_CAP_SYNC_REGS with regs + sregs */
     bool tdp;                     /* KVM uses nested paging (kvm_amd npt / kvm_intel ept) */
     bool gen_a;                   /* a Gen A kvm-pvm host (kvm_is_gen_a) */
@@ -97,6 +102,21 @@ const struct kvm_host *kvm_host(void);
  * EBX 0x4d5650 ("PVM") and the MSR index list holds all of 0x4b564df0-0x4b564df7.
  */
 bool kvm_is_gen_a(const struct kvm_cpuid2 *cpuid, const uint32_t *msrs, unsigned nr_msrs);
+
+/* ---- kicks (kvm.c), shared by both modes ------------------------------------ */
+
+/*
+ * The kick signal must interrupt KVM_RUN: give @sig an empty handler if it
+ * has none (SIG_DFL or SIG_IGN), as pvm_vm_options.kick_signal documents.
+ * 0 or pvm__error().
+ */
+int kvm_install_kick_handler(int sig);
+/*
+ * End the KVM_RUN on @run promptly: set immediate_exit (a KVM_RUN about to
+ * start returns -EINTR at once) and send @sig to the thread in *@tid (0:
+ * none).  Any thread, async-signal-safe.
+ */
+void kvm_kick_run(struct kvm_run *run, const int *tid, int sig);
 
 /* ---- layout.c: the private area's fixed contents (pure) ------------------- */
 
