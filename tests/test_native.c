@@ -402,6 +402,39 @@ START_TEST(int80_keeps_rax)
 }
 END_TEST
 
+/* ---- PVM_LOG_TRACE: one line per delivered event ----------------------------- */
+
+static char trace_lines[8][160];
+static unsigned nr_trace;
+
+static void trace_sink(void *opaque, enum pvm_log_level level, const char *msg)
+{
+    (void)opaque;
+    if (level == PVM_LOG_TRACE && nr_trace < 8)
+        snprintf(trace_lines[nr_trace++], sizeof(trace_lines[0]), "%s", msg);
+}
+
+START_TEST(trace_names_each_event)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    nr_trace = 0;
+    pvm_set_log_callback(trace_sink, NULL, PVM_LOG_TRACE); /* before the vCPU: native runs without its fast path */
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_exc_start, g_exc_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
+    pvm_set_log_callback(NULL, NULL, PVM_LOG_ERROR);
+    ck_assert_uint_eq(nr_trace, 1);
+    char want[160];
+    snprintf(want, sizeof(want), "vCPU 0: event vector 6 error 0 from smod RIP %#llx -> %#llx",
+             (unsigned long long)gaddr(g_exc_start, g_ud_insn), (unsigned long long)(GVM_ENTRY + 256));
+    ck_assert_str_eq(trace_lines[0], want);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* ---- a kick stops the guest where it is, with the progress it made ---------- */
 
 /* Count in RBX forever, from 0. */
@@ -1799,6 +1832,7 @@ int main(void)
     tcase_add_test(ev, kick_keeps_progress);
     tcase_add_test(ev, erets_restores_nt_and_id);
     tcase_add_test(ev, int80_keeps_rax);
+    tcase_add_test(ev, trace_names_each_event);
     tcase_add_test(ev, nmi_masked_until_erets);
     tcase_add_test(ev, synthetic_cpuid);
     tcase_add_test(ev, smod_far_return_triple_faults);

@@ -111,6 +111,14 @@ enum pvm_log_level {
     PVM_LOG_WARN = 1,
     PVM_LOG_INFO = 2,
     PVM_LOG_DEBUG = 3,
+    /**
+     * One line per guest event the library delivers (vector, mode and RIP it
+     * interrupted, entry it went to).  On the native backend a vCPU created
+     * while trace messages are wanted runs without the stub fast path, so
+     * that every event is seen; otherwise the cost when off is one check per
+     * event (docs/benchmarks.md).
+     */
+    PVM_LOG_TRACE = 4,
 };
 
 /** Log sink: @msg is one line without trailing newline, valid only during the call. */
@@ -119,8 +127,8 @@ typedef void (*pvm_log_fn)(void *opaque, enum pvm_log_level level, const char *m
 /**
  * Install a process-wide log sink; messages with level <= @max_level are
  * passed to @fn.  @fn == NULL (the default) discards all messages, except
- * that the environment variable PVM_LOG=error|warn|info|debug sends them to
- * stderr.  @fn may be called from any thread that calls into libpvm.
+ * that the environment variable PVM_LOG=error|warn|info|debug|trace sends
+ * them to stderr.  @fn may be called from any thread that calls into libpvm.
  * Thread safety: any thread; takes effect for messages issued afterwards.
  */
 PVM_EXPORT void pvm_set_log_callback(pvm_log_fn fn, void *opaque, enum pvm_log_level max_level);

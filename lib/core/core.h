@@ -28,6 +28,8 @@ void pvm__clear_error(void);
 /* Set it to the constant @msg, async-signal-safely (for pvm_vcpu_kick). */
 void pvm__set_error_const(const char *msg);
 void pvm__log(enum pvm_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Would a message of @level go anywhere?  Cheap: one atomic load once $PVM_LOG is read. */
+bool pvm__log_on(enum pvm_log_level level);
 
 /* ---- memory (memory.c) ---------------------------------------------------- */
 

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <linux/futex.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -123,6 +124,22 @@ static void mem_flush(void *opaque, enum pvm_flush_kind kind, uint64_t gva)
     }
 }
 
+/* PVM_LOG=trace: one line per delivered event (lib/machine calls this after each delivery). */
+static void mem_trace(void *opaque, unsigned vector, uint32_t error_code, uint8_t from_mode, uint64_t from_rip,
+                      uint64_t entry)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    if (!pvm__log_on(PVM_LOG_TRACE))
+        return;
+    char what[32];
+    if (vector == PVM_M_VEC_SYSCALL)
+        snprintf(what, sizeof(what), "syscall");
+    else
+        snprintf(what, sizeof(what), "vector %u error %#x", vector, error_code);
+    pvm__log(PVM_LOG_TRACE, "vCPU %u: event %s from %s RIP %#llx -> %#llx", hv->v->id, what,
+             from_mode == PVM_MODE_USER ? "umod" : "smod", (unsigned long long)from_rip, (unsigned long long)entry);
+}
+
 /* ---- shadow MMU glue: the provider carries the mappings out ---------------- */
 
 static int sh_install(void *opaque, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa, unsigned prot)
@@ -193,7 +210,7 @@ int pvm_hv_vcpu_init(pvm_vcpu *v)
     pvm_m_reset(&hv->cpu, hv->p->linear_range);
     hv->cpu.vcpu_id = v->id;
     hv->mem = (struct pvm_mem){ .opaque = hv, .phys = mem_phys, .read_virt = mem_read_virt,
-                                .write_virt = mem_write_virt, .flush = mem_flush };
+                                .write_virt = mem_write_virt, .flush = mem_flush, .trace = mem_trace };
     hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .maxphyaddr_mask = PVM_PTE_ADDR };
     hv->regions_gen = __atomic_load_n(&v->vm->regions_gen, __ATOMIC_ACQUIRE);
     int rc = hv->p->vcpu_init(hv);

@@ -144,15 +144,22 @@ enum pvm_m_result pvm_m_deliver(struct pvm_cpu *cpu, const struct pvm_mem *mem, 
         return pvm_m__internal_error(cpu, PVM_EINVAL, "machine: deliver of bad vector %u", vector);
     /* §10.23 decision: libpvm has no non-PVM mode, so every injection is a PVM event. */
     pvm_m__sync_if(cpu, mem);
+    uint8_t from_mode = cpu->mode;
+    uint64_t from_rip = cpu->rip;
+    enum pvm_m_result r;
     if (cpu->mode == PVM_MODE_USER)
-        return user_event(cpu, mem, vector, has_error_code, error_code);
-    if (cpu->mode != PVM_MODE_SUPERVISOR)
+        r = user_event(cpu, mem, vector, has_error_code, error_code);
+    else if (cpu->mode != PVM_MODE_SUPERVISOR)
         return pvm_m__internal_error(cpu, PVM_EINTERNAL, "machine: invalid mode %u", cpu->mode);
-    if (vector == PVM_M_VEC_SYSCALL)
+    else if (vector == PVM_M_VEC_SYSCALL)
         return pvm_m__internal_error(cpu, PVM_EINTERNAL, "machine: SYSCALL event in smod");
-    if (vector < 32)
-        return supervisor_exception(cpu, mem, vector, has_error_code, error_code);
-    return supervisor_interrupt(cpu, mem, vector, has_error_code, error_code);
+    else if (vector < 32)
+        r = supervisor_exception(cpu, mem, vector, has_error_code, error_code);
+    else
+        r = supervisor_interrupt(cpu, mem, vector, has_error_code, error_code);
+    if (r == PVM_M_RESUME && mem->trace)
+        mem->trace(mem->opaque, vector, has_error_code ? error_code : 0, from_mode, from_rip, cpu->rip);
+    return r;
 }
 
 enum pvm_m_result pvm_m_int80(struct pvm_cpu *cpu, const struct pvm_mem *mem)

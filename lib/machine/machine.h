@@ -58,6 +58,13 @@ struct pvm_mem {
     int (*write_virt)(void *opaque, uint64_t gva, const void *buf, size_t len);
     /* TLB maintenance (may be NULL in tests). */
     void (*flush)(void *opaque, enum pvm_flush_kind kind, uint64_t gva);
+    /*
+     * (Optional) Called after each event is delivered: @vector (or
+     * PVM_M_VEC_SYSCALL), the mode and RIP it interrupted, and the entry RIP
+     * it went to.  For traces; must not change the vCPU.
+     */
+    void (*trace)(void *opaque, unsigned vector, uint32_t error_code, uint8_t from_mode, uint64_t from_rip,
+                  uint64_t entry);
 };
 
 /* What the provider must do after a pvm_m_* call. */
