@@ -1171,6 +1171,46 @@ START_TEST(fast_block_forgery_contained)
 }
 END_TEST
 
+/*
+ * A forged stop: guest code writes a host-call report into its control page
+ * and keeps counting (the library's wait sees the state word change without a
+ * wake-up).  The exit must not reach the application while the guest runs.
+ * RDI = control page, RSI/RDX/R8 = offsets of regs, state, signo.  It counts
+ * in RBX and makes no syscall: a fault or a trapped syscall would have the
+ * stub report it genuinely, and a genuine report is a genuine stop.
+ */
+GVM_CODE_BLOCK(g_forge_stop,
+    "movabs $0x4c50564d00000046, %rax\n mov %rax, (%rdi,%rsi)\n"
+    "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
+    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
+    "movl $31, (%rdi,%r8)\n movl $2, (%rdi,%rdx)\n"
+    "1: inc %rbx\n jmp 1b\n"
+    "2: ud2\n");
+
+START_TEST(forged_stop_refused)
+{
+    _Static_assert(offsetof(struct nstub_abi_regs, rip) == 128 && offsetof(struct nstub_abi_regs, cs) == 160,
+                   "offsets used by g_forge_stop");
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_forge_stop_start, g_forge_stop_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_regs(&g, &r);
+    r.rdi = NSTUB_CTL_ADDR;
+    r.rsi = offsetof(struct nstub_ctl, regs);
+    r.rdx = offsetof(struct nstub_ctl, state);
+    r.r8 = offsetof(struct nstub_ctl, signo);
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+    /* Never the forged host call: the guest kept running, so the vCPU is lost, with the reason. */
+    ck_assert_msg(e.reason == PVM_EXIT_INTERNAL_ERROR, "exit %u", e.reason);
+    ck_assert_msg(strstr(e.u.internal.msg, "keeps running guest code (a forged report)"), "%s", e.u.internal.msg);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* §10.12: a non-canonical EVENT_ENTRY block (here only +512 is) is a triple fault, fast path or not. */
 GVM_CODE_BLOCK(g_wrmsr_entry_bad,
     "mov $0x4b564df3, %ecx\n mov $0x40, %eax\n xor %edx, %edx\n wrmsr\n"   /* fast */
@@ -1854,6 +1894,7 @@ int main(void)
     tcase_add_test(tc, fast_loop_kick_and_inject);
     tcase_add_test(tc, fast_erets_and_nmi);
     tcase_add_test(tc, fast_block_forgery_contained);
+    tcase_add_test(tc, forged_stop_refused);
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
     tcase_add_test(tc, fast_msr_readback_checked);
     tcase_add_test(tc, user_pf_prefetch_matches_model);

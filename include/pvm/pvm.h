@@ -408,7 +408,11 @@ struct pvm_exit {
  * 0, or returns a negative code if the call itself was invalid (NULL args,
  * PVM_EBUSY when another thread is running @vcpu).  A backend failure is an
  * exit (PVM_EXIT_INTERNAL_ERROR), not a return code.  After a SHUTDOWN or
- * INTERNAL_ERROR exit, further runs return the same exit.
+ * INTERNAL_ERROR exit, further runs return the same exit.  An exit means the
+ * guest is stopped until the next pvm_vcpu_run(): the library confirms it
+ * before returning (and before calling a host-call handler), so a guest
+ * cannot fake an exit and keep running; one that tries loses the vCPU
+ * (PVM_EXIT_INTERNAL_ERROR).
  * Thread safety: one thread runs a given vCPU at a time; different vCPUs may
  * run concurrently on different threads.
  */

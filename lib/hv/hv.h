@@ -81,6 +81,14 @@ struct pvm_cpu_provider {
     /* End run() on @slot promptly with PVM_HV_TRAP_KICK.  Any thread, async-signal-safe. */
     void (*kick)(struct pvm_hv_vcpu *hv, unsigned slot);
 
+    /*
+     * Optional: make sure the guest that ran in @slot cannot run again until
+     * the next run(), before the application sees an exit or a host call runs
+     * (a provider whose trap reports the guest could forge).  0, or <0 with a
+     * reason in err: the vCPU is then lost (INTERNAL_ERROR).
+     */
+    int (*stopped)(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen);
+
     /* Optional hooks (the native fast path). */
     /* Before run(), guest RAM held: what may the provider handle itself this run? */
     void (*prepare)(struct pvm_hv_vcpu *hv, unsigned slot);
@@ -120,6 +128,7 @@ struct pvm_hv_vcpu {
     int kick_pending;            /* atomic */
     int attention;               /* atomic: inbox non-empty or kick */
     int running_slot;            /* atomic: slot running guest code, or -1 */
+    int ran_slot;                /* slot of the last run() in this pvm_vcpu_run, or -1 */
     uint32_t wake;               /* futex word for halt waits */
 
     bool dead;                   /* SHUTDOWN or INTERNAL_ERROR reached */

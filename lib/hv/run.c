@@ -238,6 +238,7 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     rc = p->run(hv, slot, &regs, &trap);
     pvm__mem_enter(vm);
     __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
+    hv->ran_slot = (int)slot;
     if (rc < 0) {
         *fatal_rc = fatal(hv, exit, rc, "%s: run failed: %s", p->name, pvm_last_error());
         return PVM_M_EXIT;
@@ -257,6 +258,24 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         return PVM_M_EXIT;
     }
     return r;
+}
+
+/*
+ * Before the application sees guest state (an exit, a host call): the guest
+ * must really be stopped (pvm_cpu_provider.stopped).  False: the vCPU is lost
+ * and *exit says why.
+ */
+static bool guest_stopped(struct pvm_hv_vcpu *hv, struct pvm_exit *exit)
+{
+    char err[160];
+    if (!hv->p->stopped || hv->ran_slot < 0)
+        return true;
+    if (hv->p->stopped(hv, (unsigned)hv->ran_slot, err, sizeof(err)) == 0) {
+        hv->ran_slot = -1; /* confirmed: nothing ran since */
+        return true;
+    }
+    fatal(hv, exit, PVM_EINTERNAL, "%s: vCPU %u: %s", hv->p->name, hv->v->id, err);
+    return false;
 }
 
 static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
@@ -311,6 +330,8 @@ static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
             return 0;
         case PVM_M_EXIT: {
             pvm_vm *vm = v->vm;
+            if (!guest_stopped(hv, exit))
+                return 0;
             if (c->exit.reason == PVM_EXIT_HYPERCALL && vm->hostcall &&
                 c->exit.u.hypercall.nr >= PVM_HOSTCALL_BASE &&
                 c->exit.u.hypercall.nr - PVM_HOSTCALL_BASE <= UINT32_MAX) {
@@ -332,8 +353,13 @@ static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
 /* The run loop dereferences guest RAM only between provider runs: announce it (pvm_vm.mem_users). */
 int pvm_hv_run(pvm_vcpu *v, struct pvm_exit *exit)
 {
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
     pvm__mem_enter(v->vm);
+    hv->ran_slot = -1;
     int rc = run_loop(v, exit);
+    /* Every exit, not only the model's: HALT and KICKED show registers too. */
+    if (rc == 0 && !hv->dead)
+        guest_stopped(hv, exit);
     pvm__mem_leave(v->vm);
     return rc;
 }

@@ -36,6 +36,7 @@ struct native_cpu {
     /* The smod fast path (stub/fast.c). */
     bool fast_on;                /* PVM_NATIVE_FASTPATH != "0" at creation */
     bool fast;                   /* on for the current run */
+    bool trust_exits;            /* PVM_NATIVE_TRUST_EXITS=1 at creation: no stop check (cooperative guests) */
     int irq_slot;                /* under hv->inbox_lock: stub taking posted interrupts, or -1 */
     uint64_t fast_events;        /* handled in the stubs (statistics) */
     uint64_t fast_irqs;          /* of which interrupts delivered in the stubs */
@@ -88,6 +89,8 @@ static int native_vcpu_init(struct pvm_hv_vcpu *hv)
     /* Events the stub answers itself never reach the library: a trace must see them all. */
     nc->fast_on = !(fp && !strcmp(fp, "0")) && !pvm__log_on(PVM_LOG_TRACE);
     hv->prefetch_on = nc->fast_on;
+    const char *te = getenv("PVM_NATIVE_TRUST_EXITS");
+    nc->trust_exits = te && !strcmp(te, "1");
     return 0;
 }
 
@@ -391,6 +394,21 @@ static enum pvm_m_result apply_fast_msrs(struct pvm_hv_vcpu *hv, const struct ns
     return PVM_M_RESUME;
 }
 
+/*
+ * A report in the control page may be forged by the guest: before the
+ * application sees an exit or a host call runs, the stub must be asleep in
+ * its wait (docs/design.md "Exits mean stopped"; the cost is in
+ * docs/benchmarks.md).
+ */
+#define STOP_TIMEOUT_MS 100
+static int native_stopped(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen)
+{
+    struct native_cpu *nc = nc_of(hv);
+    if (nc->trust_exits)
+        return 0;
+    return nstub_confirm_stopped(nc->stubs[slot], STOP_TIMEOUT_MS, err, errlen);
+}
+
 static void native_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
 {
     struct native_cpu *nc = nc_of(hv);
@@ -460,6 +478,7 @@ static const struct pvm_cpu_provider native_cpu = {
     .reset = native_reset,
     .run = native_run,
     .kick = native_kick,
+    .stopped = native_stopped,
     .prepare = native_prepare,
     .finish = native_finish,
     .post_irq = native_post_irq,

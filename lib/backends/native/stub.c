@@ -65,6 +65,7 @@ struct nstub {
     int in_guest;                     /* atomic: inside nstub_run */
 
     bool stopped;                     /* at a trap: ctl may be written */
+    int stat_fd;                      /* /proc/<pid>/stat, opened by the first nstub_confirm_stopped */
     bool dead;
     char dead_msg[128];
 
@@ -343,6 +344,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         return set_err(err, errlen, "nstub_create: out of memory"), PVM_ENOMEM;
     s->pid = -1;
     s->pidfd = -1;
+    s->stat_fd = -1;
     s->kick_signal = cfg->kick_signal;
     s->spin_ns = DEFAULT_SPIN_NS;
     s->ctl = MAP_FAILED;
@@ -430,6 +432,8 @@ void nstub_destroy(struct nstub *s)
         munmap((void *)s->ctl, NSTUB_CTL_SIZE);
     if (s->ctl_fd >= 0)
         close(s->ctl_fd);
+    if (s->stat_fd >= 0)
+        close(s->stat_fd);
     free(s);
 }
 
@@ -772,6 +776,7 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
         return 0;
     }
     write_regs(s, regs);
+    __atomic_store_n(&s->ctl->park, 0, __ATOMIC_SEQ_CST);
     for (;;) {
         flush_cmds(s);
         s->ctl->cmd_err = 0;
@@ -806,6 +811,57 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
     memset(trap, 0, sizeof(*trap));
     report_died(s, trap);
     return 0;
+}
+
+/* The state letter of /proc/<pid>/stat ("S" sleeping, "R" running, ...), or 0. */
+static char proc_state(struct nstub *s)
+{
+    char buf[256];
+    if (s->stat_fd < 0) {
+        char path[48];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)s->pid);
+        s->stat_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (s->stat_fd < 0)
+            return 0;
+    }
+    ssize_t n = pread(s->stat_fd, buf, sizeof(buf) - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the name may hold anything: the state follows its last ')' */
+    return p && p[1] == ' ' ? p[2] : 0;
+}
+
+int nstub_confirm_stopped(struct nstub *s, unsigned timeout_ms, char *err, size_t errlen)
+{
+    if (!s || !s->stopped)
+        return set_err(err, errlen, "nstub_confirm_stopped: no stopped stub"), -1;
+    if (s->dead)
+        return set_err(err, errlen, "%s", s->dead_msg), -1;
+    /*
+     * Asleep ("S") can only mean its untimed futex wait on ctl->state: the
+     * filter allows no other sleep.  Whether the stub's own handler or a
+     * guest that jumped there sleeps, no guest code runs until we wake it.
+     */
+    __atomic_store_n(&s->ctl->park, 1, __ATOMIC_SEQ_CST);
+    uint64_t t0 = now_ns();
+    for (unsigned i = 0;; i++) {
+        char st = proc_state(s);
+        if (st == 'S')
+            return 0;
+        if (st == 0 || st == 'Z' || st == 'X') {
+            explain_death(s);
+            return set_err(err, errlen, "%s", s->dead_msg), -1;
+        }
+        if (now_ns() - t0 > (uint64_t)timeout_ms * 1000000ull)
+            break;
+        if (i < 100)
+            sched_yield();
+        else
+            usleep(100);
+    }
+    make_dead(s, "stub process %d reported a stop but keeps running guest code (a forged report)", (int)s->pid);
+    return set_err(err, errlen, "%s", s->dead_msg), -1;
 }
 
 int nstub_kick(struct nstub *s)

@@ -25,8 +25,8 @@
  * fires when the creating *thread* exits; instead it checks itself that
  * getppid() is still the library's pid (the kernel reparents it to another
  * live thread of the process, so this changes only when the whole process is
- * gone) each time its wait for the library times out (1 s) and on every
- * SIGPROF of an ITIMER_PROF armed before the seccomp filter (every 0.5 s of
+ * gone) while it waits for the library, and is killed by the kernel when the
+ * library's end of its death pipe closes; and on every SIGPROF of an ITIMER_PROF armed before the seccomp filter (every 0.5 s of
  * CPU time, so a guest that spins is checked too).  SIGPROF is handled inside
  * the stub and is invisible to the guest; if SIGPROF is the kick signal, each
  * tick is a spurious kick that nstub_run() resumes without reporting.  These
@@ -107,6 +107,15 @@ int nstub_sync(struct nstub *s);
  * filled, including NSTUB_TRAP_DIED) or a negative code for misuse.
  */
 int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap);
+
+/*
+ * Make sure the stub, stopped at a trap, really is: asleep in its untimed wait
+ * for the library, where no guest code can run until the next nstub_run().  A
+ * guest can forge a trap report and keep running; then this waits up to
+ * @timeout_ms for it to stop, marks the stub dead (NSTUB_TRAP_DIED from then
+ * on) and returns -1 with the reason in err.  Returns 0 when stopped.
+ */
+int nstub_confirm_stopped(struct nstub *s, unsigned timeout_ms, char *err, size_t errlen);
 
 /* Interrupt nstub_run() promptly (NSTUB_TRAP_KICK).  Any thread, async-signal-safe. */
 int nstub_kick(struct nstub *s);

@@ -23,9 +23,13 @@
  * futex word holding the stub's pid: when the stub dies the kernel sets
  * FUTEX_OWNER_DIED in it and wakes the library (futex_waitv on both words).
  * The other way round, the stub exits on its own once getppid() is no longer
- * ctl->parent_pid (the library process died): it looks whenever its wait for
- * the library times out (NSTUB_ORPHAN_WAIT_S) and at every SIGPROF of its
- * CPU-time timer (NSTUB_ORPHAN_CPU_US), which it handles without a report.
+ * ctl->parent_pid (the library process died): it looks while it spins, after
+ * each wake-up and at every SIGPROF of its CPU-time timer
+ * (NSTUB_ORPHAN_CPU_US), which it handles without a report; asleep, it is
+ * killed by the kernel when the death pipe loses its writer (nstub_backstop).
+ * Its sleep is untimed (the filter allows no other FUTEX_WAIT): a stub asleep
+ * on ctl->state runs no guest code until the library wakes it, the stop that
+ * nstub_confirm_stopped() checks (ctl->park asks the stub to stop spinning).
  */
 #ifndef PVM_NSTUB_ABI_H
 #define PVM_NSTUB_ABI_H
@@ -33,7 +37,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 4u
+#define NSTUB_ABI_VERSION 5u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -48,7 +52,6 @@
 #define NSTUB_PVCS_ADDR   (NSTUB_CTL_ADDR + NSTUB_CTL_SIZE)
 
 /* How soon a stub notices that the library process died: idle, and running guest code. */
-#define NSTUB_ORPHAN_WAIT_S   1         /* wall-clock seconds between checks while it waits */
 #define NSTUB_ORPHAN_CPU_US   500000    /* ITIMER_PROF period: CPU time between checks */
 
 /* The stub's file descriptors. */
@@ -220,6 +223,8 @@ struct nstub_ctl {
     int32_t kick_signal;
     int32_t parent_pid;     /* the library's pid: the stub exits once getppid() differs */
     uint64_t spin_tsc;      /* how long the stub spins (sched_yield) for RESUME, in TSC ticks */
+    uint32_t park;          /* lib -> stub at a trap: stop spinning, sleep (nstub_confirm_stopped) */
+    uint32_t pad_park;
 
     /* trap report (stub -> library) */
     uint64_t trap_seq;

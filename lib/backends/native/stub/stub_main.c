@@ -143,7 +143,7 @@ static uint32_t wait_change(uint32_t old)
         st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
         if (st != old)
             return st;
-        if (rdtsc() - t0 >= spin)
+        if (rdtsc() - t0 >= spin || __atomic_load_n(&c->park, __ATOMIC_ACQUIRE))
             break;
         /* spin_tsc sits in the guest-writable page: do not let a huge value hide a dead library. */
         if (!(n & 1023))
@@ -160,10 +160,14 @@ static uint32_t wait_change(uint32_t old)
         st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
         if (st != old)
             break;
-        /* A library that died will never answer: look for that every NSTUB_ORPHAN_WAIT_S. */
-        struct timespec ts = { .tv_sec = NSTUB_ORPHAN_WAIT_S, .tv_nsec = 0 };
-        if (SYS(__NR_futex, &c->state, FUTEX_WAIT, old, &ts, 0, 0) == -ETIMEDOUT)
-            exit_if_orphaned();
+        /*
+         * Untimed, as the filter demands: a stub asleep here runs no guest code
+         * until the library wakes it, which is what nstub_confirm_stopped()
+         * checks.  A library that dies closes the death pipe: the kernel's
+         * SIGKILL (nstub_backstop) ends this sleep.
+         */
+        SYS(__NR_futex, &c->state, FUTEX_WAIT, old, 0, 0, 0);
+        exit_if_orphaned();
     }
     __atomic_store_n(&c->stub_sleeping, 0, __ATOMIC_RELAXED);
     return st;
@@ -422,8 +426,13 @@ static void install_filter(void)
     LD(D_ARG_LO(0));
     JEQ((uint32_t)fw, L_NEXT, L_TRAP);
     LD(D_ARG_LO(1));
-    JEQ(FUTEX_WAIT, L_ALLOW, L_NEXT);
-    JEQ(FUTEX_WAKE, L_ALLOW, L_TRAP);
+    JEQ(FUTEX_WAKE, L_ALLOW, L_NEXT);
+    JEQ(FUTEX_WAIT, L_NEXT, L_TRAP);
+    /* WAIT only untimed: a stub (or guest) asleep on the state word wakes only when the library says. */
+    LD(D_ARG_LO(3));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_HI(3));
+    JEQ(0, L_ALLOW, L_TRAP);
 
     /* mmap: only the guest-RAM memfd, MAP_SHARED|MAP_FIXED, plain prot bits ... */
     LABEL(L_MMAP);
