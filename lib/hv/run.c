@@ -60,11 +60,8 @@ static int fatal(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int code, const 
 static int fatal(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int code, const char *fmt, ...)
 {
     va_list ap;
-    memset(&hv->fatal, 0, sizeof(hv->fatal));
-    hv->fatal.reason = PVM_EXIT_INTERNAL_ERROR;
-    hv->fatal.u.internal.code = code;
     va_start(ap, fmt);
-    vsnprintf(hv->fatal.u.internal.msg, sizeof(hv->fatal.u.internal.msg), fmt, ap);
+    pvm_m_internal_exit(&hv->fatal, code, fmt, ap);
     va_end(ap);
     hv->dead = true;
     *exit = hv->fatal;

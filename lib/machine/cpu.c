@@ -141,14 +141,19 @@ enum pvm_m_result pvm_m_shutdown(struct pvm_cpu *cpu, const char *fmt, ...)
     return PVM_M_SHUTDOWN;
 }
 
+void pvm_m_internal_exit(struct pvm_exit *e, int code, const char *fmt, va_list ap)
+{
+    memset(e, 0, sizeof(*e));
+    e->reason = PVM_EXIT_INTERNAL_ERROR;
+    e->u.internal.code = code;
+    vsnprintf(e->u.internal.msg, sizeof(e->u.internal.msg), fmt, ap);
+}
+
 enum pvm_m_result pvm_m__internal_error(struct pvm_cpu *cpu, int code, const char *fmt, ...)
 {
     va_list ap;
-    memset(&cpu->exit, 0, sizeof(cpu->exit));
-    cpu->exit.reason = PVM_EXIT_INTERNAL_ERROR;
-    cpu->exit.u.internal.code = code;
     va_start(ap, fmt);
-    vsnprintf(cpu->exit.u.internal.msg, sizeof(cpu->exit.u.internal.msg), fmt, ap);
+    pvm_m_internal_exit(&cpu->exit, code, fmt, ap);
     va_end(ap);
     cpu->pending_exit = PVM_EXIT_NONE;
     return PVM_M_EXIT;

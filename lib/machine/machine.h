@@ -15,6 +15,7 @@
 #ifndef PVM_MACHINE_H
 #define PVM_MACHINE_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -167,6 +168,9 @@ size_t pvm_m_cpuid_effective(const struct pvm_cpu *cpu, struct pvm_cpuid_entry *
  * is the umod SYSCALL event.  No masking checks (callers did them).
  */
 #define PVM_M_VEC_SYSCALL 0x100
+/* Fill *e as a PVM_EXIT_INTERNAL_ERROR with @code and the formatted message (for every backend). */
+void pvm_m_internal_exit(struct pvm_exit *e, int code, const char *fmt, va_list ap);
+
 enum pvm_m_result pvm_m_deliver(struct pvm_cpu *cpu, const struct pvm_mem *mem, unsigned vector,
                                 bool has_error_code, uint32_t error_code);
 

@@ -27,6 +27,7 @@
 
 #include "core/backend.h"
 #include "gena.h"
+#include "machine/machine.h"
 #include "kvm.h"
 
 extern const struct pvm_backend_ops pvm_kvm_gena_backend;
@@ -599,11 +600,8 @@ static int fatal(pvm_vcpu *v, struct pvm_exit *exit, const char *fmt, ...)
 {
     struct gena_cpu *gc = gc_of(v);
     va_list ap;
-    memset(&gc->fatal, 0, sizeof(gc->fatal));
-    gc->fatal.reason = PVM_EXIT_INTERNAL_ERROR;
-    gc->fatal.u.internal.code = PVM_EINTERNAL;
     va_start(ap, fmt);
-    vsnprintf(gc->fatal.u.internal.msg, sizeof(gc->fatal.u.internal.msg), fmt, ap);
+    pvm_m_internal_exit(&gc->fatal, PVM_EINTERNAL, fmt, ap);
     va_end(ap);
     gc->dead = true;
     *exit = gc->fatal;
