@@ -136,3 +136,10 @@ void gvm_expect_hc(const struct pvm_exit *e, uint32_t nr)
                   e->reason == PVM_EXIT_SHUTDOWN ? e->u.shutdown.reason : "");
     ck_assert_uint_eq(e->u.hypercall.nr, PVM_HOSTCALL(nr));
 }
+
+void gvm_boot(struct gvm *g, const uint8_t *start, const uint8_t *end)
+{
+    gvm_init(g);
+    gvm_load(g, GVM_CODE, start, end);
+    gvm_start(g, GVM_CODE, GVM_STACK_TOP);
+}

@@ -58,6 +58,8 @@ struct gvm {
 enum pvm_backend gvm_backend(void);
 void gvm_init(struct gvm *g);
 void gvm_fini(struct gvm *g);
+/* gvm_init, the code block [start, end) at GVM_CODE, and the vCPU started there in smod. */
+void gvm_boot(struct gvm *g, const uint8_t *start, const uint8_t *end);
 /* Map one 4 KiB page in @root (PTE flags: PVM_PTE_*; P is implied). */
 void gvm_map(struct gvm *g, uint64_t root, uint64_t gva, uint64_t gpa, uint64_t flags);
 /* Copy [start, end) of host bytes to guest-physical @gpa. */

@@ -48,9 +48,7 @@ START_TEST(hypercall_round_trip)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_hc_start, g_hc_end);
 
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 7);
@@ -146,9 +144,7 @@ START_TEST(supervisor_pf_frame_and_erets)
     struct gvm g;
     struct pvm_exit e;
     struct pvm_regs r;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_pf_start, g_pf_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_pf_start, g_pf_end);
 
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
@@ -189,9 +185,7 @@ START_TEST(exceptions_delivered)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_exc_start, g_exc_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_exc_start, g_exc_end);
     uint64_t frame_addr = GVM_FRAME_ADDR;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
 
@@ -230,9 +224,7 @@ START_TEST(interrupt_pending_until_irq_win)
     struct gvm g;
     struct pvm_exit e;
     struct pvm_regs r;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_irq_start, g_irq_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_irq_start, g_irq_end);
     struct pvm_vcpu_struct *p = gvm_pvcs(&g);
     struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = 0x40 };
     ck_assert_int_eq(pvm_vcpu_inject(g.cpu, &ev), 0);
@@ -332,9 +324,7 @@ START_TEST(erets_restores_nt_and_id)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_flags_start, g_flags_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_flags_start, g_flags_end);
     struct pvm_supervisor_event *f = (void *)(g.ram + GVM_FRAME_ADDR);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
@@ -420,9 +410,7 @@ START_TEST(trace_names_each_event)
     struct pvm_exit e;
     nr_trace = 0;
     pvm_set_log_callback(trace_sink, NULL, PVM_LOG_TRACE); /* before the vCPU: native runs without its fast path */
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_exc_start, g_exc_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_exc_start, g_exc_end);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
     pvm_set_log_callback(NULL, NULL, PVM_LOG_ERROR);
@@ -447,9 +435,7 @@ START_TEST(kick_keeps_progress)
     struct pvm_regs r;
     pthread_t t;
     uint64_t last = 0;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_count_start, g_count_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_count_start, g_count_end);
     struct async_arg a = { g.cpu, 0 };
     for (int i = 0; i < 3; i++) {
         pthread_create(&t, NULL, async_thread, &a);
@@ -475,9 +461,7 @@ START_TEST(smod_far_return_triple_faults)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_lret32_start, g_lret32_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_lret32_start, g_lret32_end);
     gvm_run(&g, &e);
     if (e.reason == PVM_EXIT_HYPERCALL) {
         /*
@@ -552,9 +536,7 @@ START_TEST(synthetic_cpuid)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_cpuid_start, g_cpuid_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_cpuid_start, g_cpuid_end);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x23);
     ck_assert_uint_eq(e.u.hypercall.args[0], 0x4b4d564b); /* "KVMK" */
@@ -686,9 +668,7 @@ static void run_hc_guest_ok(void)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_hc_start, g_hc_end);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 7);
     gvm_fini(&g);
@@ -739,18 +719,14 @@ START_TEST(vsyscall_page_contained)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_vsys_read_start, g_vsys_read_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_vsys_read_start, g_vsys_read_end);
     gvm_run(&g, &e);
     /* Outside the guest's address space: a #PF at that address, never host data. */
     gvm_expect_hc(&e, GVM_HC_REPORT_EXC);
     ck_assert_uint_eq(gvm_pvcs(&g)->cr2, 0xffffffffff600000ull);
     gvm_fini(&g);
 
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_vsys_exec_start, g_vsys_exec_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_vsys_exec_start, g_vsys_exec_end);
     gvm_run(&g, &e);
     if (e.u.hypercall.nr == PVM_HOSTCALL(0x29)) {
         /* The kernel's vsyscall emulation asked seccomp, which trapped: a hypercall, -KVM_ENOSYS. */
@@ -990,9 +966,7 @@ START_TEST(fast_hypercall_loop)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_hc_loop_start, g_hc_loop_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_hc_loop_start, g_hc_loop_end);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x42);
     ck_assert_uint_eq(e.u.hypercall.args[0], 0);   /* rbx: all 10000 iterations passed */
@@ -1023,9 +997,7 @@ START_TEST(fast_cpuid_loop)
     };
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_cpuid_loop_start, g_cpuid_loop_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_cpuid_loop_start, g_cpuid_loop_end);
     ck_assert_int_eq(pvm_vcpu_set_cpuid(g.cpu, tbl, 2), 0);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x43);
@@ -1153,9 +1125,7 @@ START_TEST(fast_block_forgery_contained)
     struct gvm g;
     struct pvm_exit e;
     struct pvm_regs r;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_forge_fast_start, g_forge_fast_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_forge_fast_start, g_forge_fast_end);
     gvm_regs(&g, &r);
     r.rsi = offsetof(struct nstub_ctl, fast);
     ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
@@ -1194,9 +1164,7 @@ START_TEST(forged_stop_refused)
     struct gvm g;
     struct pvm_exit e;
     struct pvm_regs r;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_forge_stop_start, g_forge_stop_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_forge_stop_start, g_forge_stop_end);
     gvm_regs(&g, &r);
     r.rdi = NSTUB_CTL_ADDR;
     r.rsi = offsetof(struct nstub_ctl, regs);
@@ -1221,9 +1189,7 @@ START_TEST(fast_wrmsr_event_entry_triple)
     struct gvm g;
     struct pvm_exit e;
     uint64_t v;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_wrmsr_entry_bad_start, g_wrmsr_entry_bad_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_wrmsr_entry_bad_start, g_wrmsr_entry_bad_end);
     ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
     ck_assert_uint_eq(e.reason, PVM_EXIT_SHUTDOWN);
     ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_EVENT_ENTRY, &v), 0);
@@ -1253,9 +1219,7 @@ START_TEST(fast_msr_readback_checked)
     struct pvm_exit e;
     struct pvm_regs r;
     uint64_t v;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_forge_msrs_start, g_forge_msrs_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    gvm_boot(&g, g_forge_msrs_start, g_forge_msrs_end);
     gvm_regs(&g, &r);
     r.rsi = offsetof(struct nstub_ctl, fast);
     ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
