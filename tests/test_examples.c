@@ -199,6 +199,33 @@ START_TEST(triple_fault)
 }
 END_TEST
 
+/* --core-on-crash: the crash also leaves an ELF core file, named on stderr. */
+START_TEST(core_on_crash)
+{
+    SKIP_IF_NO_BACKEND();
+    char dir[] = "/tmp/pvm-run-core-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    struct result r;
+    run(&r, (char *[]){ PVM_RUN, "--core-on-crash", dir, BIN "triple-fault.elf", NULL });
+    expect(&r, "triple-fault: crashing on purpose\n", 124);
+    char want[128];
+    snprintf(want, sizeof(want), "pvm-run: core written to %s/pvm-core.", dir);
+    const char *at = strstr(r.err, want);
+    ck_assert_msg(at, "stderr: %s", r.err);
+    char path[256];
+    ck_assert_int_eq(sscanf(at, "pvm-run: core written to %255s", path), 1);
+    unsigned char hdr[18];
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fread(hdr, 1, sizeof(hdr), f), sizeof(hdr));
+    fclose(f);
+    ck_assert_int_eq(memcmp(hdr, "\177ELF", 4), 0);
+    ck_assert_uint_eq(hdr[16] | hdr[17] << 8, 4); /* ET_CORE */
+    unlink(path);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 START_TEST(stats_and_trace)
 {
     SKIP_IF_NO_BACKEND();
@@ -237,7 +264,7 @@ START_TEST(run_usage)
     run(&r, (char *[]){ PVM_RUN, "--help", NULL });
     ck_assert_int_eq(r.status, 0);
     const char *opts[] = { "--backend", "--mem", "--vcpus", "--timer-hz", "--trace", "--stats",
-                           "--help", "--version" };
+                           "--core-on-crash", "--help", "--version" };
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
         ck_assert_msg(strstr(r.out, opts[i]), "--help does not document %s", opts[i]);
     run(&r, (char *[]){ PVM_RUN, "--version", NULL });
@@ -277,6 +304,7 @@ int main(void)
     tcase_add_test(t, multi_vcpu);
     tcase_add_test(t, embed);
     tcase_add_test(t, triple_fault);
+    tcase_add_test(t, core_on_crash);
     tcase_add_test(t, stats_and_trace);
     tcase_add_test(t, run_missing_file);
     tcase_add_test(t, run_bad_elf);

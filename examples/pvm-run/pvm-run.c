@@ -39,6 +39,7 @@ struct opts {
     unsigned vcpus;
     unsigned timer_hz;
     bool trace, stats;
+    const char *core_dir;     /* --core-on-crash */
 };
 
 struct runner {
@@ -69,6 +70,8 @@ static void usage(FILE *f)
         "                       from a host thread (default 0: no timer)\n"
         "      --trace          print every exit to stderr\n"
         "      --stats          print exits by kind and the run time to stderr at the end\n"
+        "      --core-on-crash=DIR  when the guest crashes, write an ELF core file\n"
+        "                       DIR/pvm-core.<pid> (open it with: gdb guest.elf DIR/pvm-core.<pid>)\n"
         "  -h, --help           show this help and exit\n"
         "  -V, --version        show the pvm-run and libpvm versions and exit\n"
         "\n"
@@ -343,13 +346,14 @@ int main(int argc, char **argv)
         { "timer-hz", required_argument, NULL, 't' },
         { "trace", no_argument, NULL, 'T' },
         { "stats", no_argument, NULL, 'S' },
+        { "core-on-crash", required_argument, NULL, 'C' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
     struct runner r;
     memset(&r, 0, sizeof(r));
-    r.o = (struct opts){ PVM_BACKEND_AUTO, 64ull << 20, 1, 0, false, false };
+    r.o = (struct opts){ PVM_BACKEND_AUTO, 64ull << 20, 1, 0, false, false, NULL };
     pthread_mutex_init(&r.lock, NULL);
 
     int c;
@@ -374,6 +378,7 @@ int main(int argc, char **argv)
             break;
         case 'T': r.o.trace = true; break;
         case 'S': r.o.stats = true; break;
+        case 'C': r.o.core_dir = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V':
             printf("pvm-run %d.%d.%d (libpvm %s, PVM ABI generation A)\n", PVM_VERSION_MAJOR,
@@ -467,6 +472,14 @@ int main(int argc, char **argv)
                 fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, reason_names[i], r.exits[i]);
         }
         fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, "total exits", total);
+    }
+    if (r.o.core_dir && r.status == EXIT_CRASH) {
+        char core[4096];
+        snprintf(core, sizeof(core), "%s/pvm-core.%d", r.o.core_dir, (int)getpid());
+        if (pvm_vm_write_core(r.vm, core) == 0)
+            fprintf(stderr, "%s: core written to %s\n", prog, core);
+        else
+            fprintf(stderr, "%s: no core written: %s\n", prog, pvm_last_error());
     }
     pvm_vm_destroy(r.vm);
     free(r.vcpus);

@@ -531,6 +531,19 @@ PVM_EXPORT int pvm_vcpu_setup_boot(pvm_vcpu *vcpu, pvm_gva_t entry);
  * Thread safety: any thread once pvm_vm_load_elf() has returned.
  */
 PVM_EXPORT int pvm_vm_elf_symbol(pvm_vm *vm, const char *name, pvm_gva_t *gva);
+
+/**
+ * Write an ELF core file of @vm to @path (created with mode 0600, replaced if
+ * it exists) that gdb opens with the guest's ELF ("gdb guest.elf core"): the
+ * guest memory vCPU 0's page tables map, as PT_LOAD segments by
+ * guest-virtual address, and each vCPU's registers as an NT_PRSTATUS note
+ * (vCPU n is gdb's "LWP n+1").  For crash dumps: call it after a
+ * PVM_EXIT_SHUTDOWN or PVM_EXIT_INTERNAL_ERROR, or any time no vCPU runs.
+ * Returns 0, PVM_EBUSY if a vCPU is running, PVM_ERANGE if the guest maps
+ * more than 16384 segments or 4 GiB, PVM_EIO (the file is removed).
+ * Thread safety: no vCPU of @vm may run; do not unmap memory meanwhile.
+ */
+PVM_EXPORT int pvm_vm_write_core(pvm_vm *vm, const char *path);
 /**
  * Put @vcpu in the boot state (as pvm_vcpu_setup_boot) to call the guest
  * function at @fn with @nargs (at most 6) integer arguments in RDI, RSI,
