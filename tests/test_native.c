@@ -371,10 +371,8 @@ START_TEST(int80_keeps_rax)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_int80_start, g_int80_end);
+    gvm_boot(&g, g_int80_start, g_int80_end);
     gvm_load(&g, GVM_ENTRY + 512, g_int80_entry_start, g_int80_entry_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_IRQ);
     ck_assert_uint_eq(gvm_pvcs(&g)->event_vector, 0x80);
@@ -496,11 +494,9 @@ START_TEST(nmi_masked_until_erets)
 {
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_spin_start, g_spin_end);
+    gvm_boot(&g, g_spin_start, g_spin_end);
     /* The continuation lives in the code page, after the spin loop. */
     gvm_load(&g, GVM_CODE + 0x100, g_nmi_cont_start, g_nmi_cont_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
     struct pvm_event nmi = { .type = PVM_EVENT_NMI, .vector = 2 };
     uint64_t frame_addr = GVM_FRAME_ADDR;
     struct pvm_supervisor_event *f = (void *)(g.ram + frame_addr);
