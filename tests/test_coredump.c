@@ -92,6 +92,32 @@ START_TEST(core_holds_registers_and_memory)
 }
 END_TEST
 
+/*
+ * Hostile page tables: every entry of each level points at the one table of
+ * the next, whose leaves are not RAM: 512^4 paths that map nothing.
+ */
+START_TEST(core_of_self_referencing_tables_is_bounded)
+{
+    struct gvm g;
+    gvm_boot(&g, g_core_start, g_core_end);
+    const uint64_t tables[4] = { g.kroot, 0x300000, 0x301000, 0x302000 };
+    for (unsigned l = 0; l < 4; l++) {
+        uint64_t *t = (uint64_t *)(g.ram + tables[l]);
+        uint64_t next = l < 3 ? tables[l + 1] : 1ull << 40; /* leaves: not RAM */
+        for (unsigned i = 0; i < 512; i++)
+            t[i] = next | PVM_PTE_P | PVM_PTE_W;
+    }
+    char dir[] = "/tmp/pvm-core-XXXXXX", path[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/core", dir);
+    ck_assert_int_eq(pvm_vm_write_core(g.vm, path), PVM_ERANGE);
+    ck_assert_ptr_nonnull(strstr(pvm_last_error(), "65536 tables"));
+    ck_assert_int_ne(access(path, F_OK), 0); /* no file: nothing half-written */
+    ck_assert_int_eq(rmdir(dir), 0);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* gdb opens the core of a crashed SDK guest beside its ELF and names the function it died in. */
 START_TEST(gdb_backtrace_of_a_crash)
 {
@@ -142,6 +168,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, core_holds_registers_and_memory);
+    tcase_add_test(tc, core_of_self_referencing_tables_is_bounded);
     tcase_add_test(tc, gdb_backtrace_of_a_crash);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);

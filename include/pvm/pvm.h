@@ -539,8 +539,9 @@ PVM_EXPORT int pvm_vm_elf_symbol(pvm_vm *vm, const char *name, pvm_gva_t *gva);
  * guest-virtual address, and each vCPU's registers as an NT_PRSTATUS note
  * (vCPU n is gdb's "LWP n+1").  For crash dumps: call it after a
  * PVM_EXIT_SHUTDOWN or PVM_EXIT_INTERNAL_ERROR, or any time no vCPU runs.
- * Returns 0, PVM_EBUSY if a vCPU is running, PVM_ERANGE if the guest maps
- * more than 16384 segments or 4 GiB, PVM_EIO (the file is removed).
+ * Returns 0, PVM_EBUSY if a vCPU is running, PVM_ERANGE if the guest's page
+ * tables map more than 16384 segments or 4 GiB or span more than 65536
+ * tables (hostile tables cannot make it loop), PVM_EIO (the file is removed).
  * Thread safety: no vCPU of @vm may run; do not unmap memory meanwhile.
  */
 PVM_EXPORT int pvm_vm_write_core(pvm_vm *vm, const char *path);

@@ -21,6 +21,8 @@
 
 #define CORE_MAX_SEGMENTS 16384
 #define CORE_MAX_BYTES (4ull << 30)
+/* Tables visited: the guest's tables may point at themselves (512^4 paths); bounded work. */
+#define CORE_MAX_TABLES 65536
 
 struct seg {
     uint64_t gva, len;
@@ -32,6 +34,7 @@ struct segs {
     struct seg *v;
     size_t n, cap;
     uint64_t bytes;
+    unsigned tables; /* visited so far */
 };
 
 /* Add a page-table leaf, merged with the previous segment when it continues it. */
@@ -67,6 +70,8 @@ static int walk(pvm_vm *vm, struct segs *s, uint64_t table_gpa, int level, uint6
     const uint64_t *t = pvm__gpa_lookup(vm, table_gpa & PVM_PTE_ADDR, 4096, NULL);
     if (!t)
         return 0; /* not RAM: nothing mapped below */
+    if (++s->tables > CORE_MAX_TABLES)
+        return -1;
     for (unsigned i = 0; i < 512; i++) {
         uint64_t e = t[i];
         if (!(e & PVM_PTE_P))
@@ -162,8 +167,9 @@ int pvm_vm_write_core(pvm_vm *vm, const char *path)
         pvm__mem_leave(vm);
         free(ps);
         free(s.v);
-        return pvm__error(PVM_ERANGE, "pvm_vm_write_core: the guest maps more than %u segments or %llu bytes",
-                          CORE_MAX_SEGMENTS, (unsigned long long)CORE_MAX_BYTES);
+        return pvm__error(PVM_ERANGE, "pvm_vm_write_core: the guest's page tables map more than %u segments, "
+                          "%llu bytes or %u tables", CORE_MAX_SEGMENTS, (unsigned long long)CORE_MAX_BYTES,
+                          CORE_MAX_TABLES);
     }
 
     /* Layout: ELF header, program headers (PT_NOTE, then one PT_LOAD per segment), notes, data. */
