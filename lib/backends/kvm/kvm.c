@@ -424,7 +424,12 @@ static int kvm_map(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t
     uint64_t kgpa = r->memfd_off + (gpa - r->gpa);
     if (kgpa + len > kc->ram_size || kgpa + len < kgpa)
         return -1;
-    return kvm_pt_map(&kc->pt, slot, gva, len, kgpa, prot & PVM_PROT_WRITE, prot & PVM_PROT_EXEC);
+    int rc = kvm_pt_map(&kc->pt, slot, gva, len, kgpa, prot & PVM_PROT_WRITE, prot & PVM_PROT_EXEC);
+    if (kc->pt.replaced) { /* a changed translation, not only a new one: flush as for a removal */
+        kc->pt.replaced = false;
+        kc->flush = true;
+    }
+    return rc;
 }
 
 static int kvm_unmap(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len)

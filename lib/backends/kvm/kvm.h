@@ -151,6 +151,7 @@ struct kvm_ptables {
     uint8_t *owner;                 /* per pool page: slot + 1, 0 = free */
     uint32_t next_free;             /* search hint */
     uint32_t used;
+    bool replaced;                  /* kvm_pt_map overwrote a present entry: the TLB may hold it */
 };
 int kvm_pt_init(struct kvm_ptables *pt, uint8_t *priv, uint64_t priv_gpa);
 void kvm_pt_fini(struct kvm_ptables *pt);

@@ -93,6 +93,7 @@ int kvm_pt_map(struct kvm_ptables *pt, unsigned slot, uint64_t gva, uint64_t len
             uint64_t *e = &t[index_of(gva, l)];
             if (!(*e & KVM_PTE_P) || (*e & KVM_PTE_PS)) {
                 /* (A large page in the way was removed by the shadow MMU first; drop it if not.) */
+                pt->replaced |= (*e & KVM_PTE_P) != 0;
                 uint32_t p = alloc_page(pt, slot);
                 if (!p)
                     return -1;
@@ -101,7 +102,9 @@ int kvm_pt_map(struct kvm_ptables *pt, unsigned slot, uint64_t gva, uint64_t len
             t = table(pt, *e & KVM_PTE_ADDR);
         }
         uint64_t size = PG << (9 * leaf);
-        t[index_of(gva, leaf)] = gpa | leaf_flags | (leaf ? KVM_PTE_PS : 0);
+        uint64_t *e = &t[index_of(gva, leaf)];
+        pt->replaced |= (*e & KVM_PTE_P) != 0;
+        *e = gpa | leaf_flags | (leaf ? KVM_PTE_PS : 0);
         gva += size;
         gpa += size;
         len -= size;
