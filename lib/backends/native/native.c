@@ -400,7 +400,7 @@ static enum pvm_m_result apply_fast_msrs(struct pvm_hv_vcpu *hv, const struct ns
  * its wait (docs/design.md "Exits mean stopped"; the cost is in
  * docs/benchmarks.md).
  */
-#define STOP_TIMEOUT_MS 100
+#define STOP_TIMEOUT_MS 1000 /* generous: a genuine stub parks in microseconds, but a loaded machine may not run it for a while */
 static int native_stopped(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen)
 {
     struct native_cpu *nc = nc_of(hv);
