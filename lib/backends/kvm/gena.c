@@ -426,15 +426,6 @@ static int get_msr(struct gena_cpu *gc, uint32_t index, uint64_t *value)
     return 0;
 }
 
-static int set_msr(struct gena_cpu *gc, uint32_t index, uint64_t value)
-{
-    struct {
-        struct kvm_msrs h;
-        struct kvm_msr_entry e[1];
-    } m = { .h.nmsrs = 1, .e[0] = { .index = index, .data = value } };
-    return ioctl(gc->fd, KVM_SET_MSRS, &m) == 1 ? 0 : -1;
-}
-
 static int gena_get_regs(pvm_vcpu *v, struct pvm_regs *r)
 {
     struct kvm_regs k;
@@ -481,7 +472,7 @@ static int gena_set_sregs(pvm_vcpu *v, const struct pvm_sregs *s)
     if (ioctl(gc->fd, KVM_SET_SREGS, &k) < 0)
         return ioctl_failed("pvm_vcpu_set_sregs", "KVM_SET_SREGS");
     /* kvm-pvm rewrites STAR from an smod CS once the vCPU has run; set_sregs never changes STAR. */
-    if (set_msr(gc, PVM_MSR_STAR, star) < 0)
+    if (kvm_set_msr(gc->fd, PVM_MSR_STAR, star) < 0)
         return ioctl_failed("pvm_vcpu_set_sregs", "restoring MSR_STAR with KVM_SET_MSRS");
     return 0;
 }
@@ -511,7 +502,7 @@ static int gena_set_msr(pvm_vcpu *v, uint32_t index, uint64_t value)
     if (rc < 0)
         return pvm__error(rc, "pvm_vcpu_set_msr: MSR 0x%x cannot hold 0x%llx", index, (unsigned long long)value);
     gc->ready_fresh = false; /* e.g. MSR_PVM_VCPU_STRUCT decides the smod IF (§10.22) */
-    if (set_msr(gc, index, value) < 0)
+    if (kvm_set_msr(gc->fd, index, value) < 0)
         return pvm__error(PVM_EINVAL, "pvm_vcpu_set_msr: KVM_SET_MSRS refused MSR 0x%x = 0x%llx", index,
                           (unsigned long long)value);
     return 0;

@@ -211,6 +211,15 @@ static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type, uint8_t dpl, 
                                .dpl = dpl, .db = code64 ? 0 : 1, .s = 1, .l = code64, .g = 1 };
 }
 
+int kvm_set_msr(int vcpu_fd, uint32_t index, uint64_t value)
+{
+    struct {
+        struct kvm_msrs h;
+        struct kvm_msr_entry e[1];
+    } m = { .h.nmsrs = 1, .e[0] = { .index = index, .data = value } };
+    return ioctl(vcpu_fd, KVM_SET_MSRS, &m) == 1 ? 0 : -1;
+}
+
 static int setup_msrs(struct kvm_cpu *kc)
 {
     struct {
@@ -226,11 +235,7 @@ static int setup_msrs(struct kvm_cpu *kc)
     if (ioctl(kc->vcpu_fd, KVM_SET_MSRS, &m) != 4)
         return -1;
     /* CPUID faulting: a guest CPUID traps (#GP) and the model answers it, as on native with faulting. */
-    struct {
-        struct kvm_msrs h;
-        struct kvm_msr_entry e[1];
-    } f = { .h.nmsrs = 1, .e[0] = { .index = MSR_MISC_FEATURES_ENABLES, .data = 1 } };
-    if (ioctl(kc->vcpu_fd, KVM_SET_MSRS, &f) != 1)
+    if (kvm_set_msr(kc->vcpu_fd, MSR_MISC_FEATURES_ENABLES, 1) < 0)
         pvm__log(PVM_LOG_DEBUG, "kvm: no CPUID faulting: guest CPUID returns KVM's table");
     return 0;
 }
@@ -372,11 +377,7 @@ static int machine_open(struct kvm_cpu *kc, int memfd, uint64_t ram_size)
     if (ioctl(kc->vcpu_fd, KVM_SET_DEVICE_ATTR, &tsc) < 0) {
         uint32_t lo, hi;
         __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-        struct {
-            struct kvm_msrs h;
-            struct kvm_msr_entry e[1];
-        } m = { .h.nmsrs = 1, .e[0] = { .index = 0x10 /* IA32_TSC */, .data = ((uint64_t)hi << 32) | lo } };
-        if (ioctl(kc->vcpu_fd, KVM_SET_MSRS, &m) != 1)
+        if (kvm_set_msr(kc->vcpu_fd, 0x10 /* IA32_TSC */, ((uint64_t)hi << 32) | lo) < 0)
             pvm__log(PVM_LOG_DEBUG, "kvm: the guest TSC is KVM's own (neither TSC offset nor IA32_TSC settable)");
     }
     return 0;

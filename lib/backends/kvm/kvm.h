@@ -118,6 +118,9 @@ int kvm_install_kick_handler(int sig);
  */
 void kvm_kick_run(struct kvm_run *run, const int *tid, int sig);
 
+/* One MSR through KVM_SET_MSRS on @vcpu_fd: 0 or -1 (errno). */
+int kvm_set_msr(int vcpu_fd, uint32_t index, uint64_t value);
+
 /* ---- layout.c: the private area's fixed contents (pure) ------------------- */
 
 /* Fill the first KVM_OFF_POOL bytes of the private area at guest-physical @priv_gpa. */
