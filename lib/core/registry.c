@@ -21,14 +21,6 @@ static const struct pvm_backend_ops *const backends[] = {
     &pvm_kvm_gena_backend,
 };
 
-/* Backends the API names but this build does not contain, and why. */
-static const struct {
-    enum pvm_backend id;
-    const char *why;
-} missing[] = {
-    { PVM_BACKEND_AUTO, "auto is not a backend" },
-};
-
 static const char *const names[] = { "auto", "native", "kvm" };
 
 const char *pvm_backend_name(enum pvm_backend b)
@@ -68,9 +60,6 @@ const struct pvm_backend_ops *pvm__backend_lookup(enum pvm_backend id, const cha
             return backends[i];
         }
     *why = "unknown backend";
-    for (size_t i = 0; i < sizeof(missing) / sizeof(missing[0]); i++)
-        if (missing[i].id == id)
-            *why = missing[i].why;
     return NULL;
 }
 
