@@ -54,7 +54,8 @@ static void guest_code(struct guest *g, const void *code, size_t len)
     memcpy(g->ram, code, len);
 }
 
-static void guest_init(struct guest *g, const void *code, size_t len)
+/* @trust_maps: no mapping approval (struct nstub_config), to show what it stops. */
+static void guest_init_ex(struct guest *g, const void *code, size_t len, bool trust_maps)
 {
     char err[256] = "";
     memset(g, 0, sizeof(*g));
@@ -64,7 +65,7 @@ static void guest_init(struct guest *g, const void *code, size_t len)
     g->ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
     ck_assert_ptr_ne(g->ram, MAP_FAILED);
     guest_code(g, code, len);
-    struct nstub_config cfg = { .memfd = g->memfd, .kick_signal = KICK };
+    struct nstub_config cfg = { .memfd = g->memfd, .kick_signal = KICK, .trust_maps = trust_maps };
     int rc = nstub_create(&g->s, &cfg, err, sizeof(err));
     ck_assert_msg(rc == 0, "nstub_create: %d %s", rc, err);
     ck_assert_int_eq(nstub_map(g->s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC), 0);
@@ -75,6 +76,11 @@ static void guest_init(struct guest *g, const void *code, size_t len)
     g->r.rflags = 0x202;
     g->r.cs = 0x33;
     g->r.ss = 0x2b;
+}
+
+static void guest_init(struct guest *g, const void *code, size_t len)
+{
+    guest_init_ex(g, code, len, false);
 }
 
 static void guest_fini(struct guest *g)
@@ -620,6 +626,63 @@ static void jump_into_stub(uint64_t nr, const uint64_t args[6], pid_t sentinel, 
     guest_fini(&g);
 }
 
+/*
+ * Guest code that calls the stub's own SYSCALL to map guest RAM (here: the
+ * code page, writable, at a fresh address) gets nothing: the library refuses
+ * the request it did not queue, and the trap is the guest's SYSCALL, with
+ * RAX = 9 at the instruction after the stub's SYSCALL.  Without approval the
+ * same call maps the page (what the test would see if approval broke).
+ */
+static void escape_attempt(struct guest *g)
+{
+    uint64_t ret = CODE;
+    memcpy(g->ram + DATA_OFF + 0xff8, &ret, 8);
+    g->r.gpr[RSP] = DATA + 0xff8;
+    g->r.rip = NSTUB_SYSCALL_INSN;
+    g->r.gpr[RAX] = 9;
+    g->r.gpr[RDI] = 0x500000;
+    g->r.gpr[RSI] = 4096;
+    g->r.gpr[RDX] = PROT_READ | PROT_WRITE;
+    g->r.gpr[R10] = MAP_SHARED | MAP_FIXED;
+    g->r.gpr[R8] = 3; /* NSTUB_FD_RAM */
+    g->r.gpr[R9] = 0; /* the code page's offset */
+    run(g);
+}
+
+START_TEST(test_escape_mmap)
+{
+    /* mov byte [0x500000], 0xcc; ud2 */
+    static const uint8_t code[] = { 0xc6, 0x04, 0x25, 0x00, 0x00, 0x50, 0x00, 0xcc, 0x0f, 0x0b };
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2);
+    run(&g);
+    guest_code(&g, code, sizeof(code));
+    uint64_t t0 = now_ns();
+    escape_attempt(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u (signal %d, %s)", g.t.kind, g.t.signo, g.t.msg);
+    ck_assert_uint_eq(g.r.rip, NSTUB_SYSCALL_INSN + 2);
+    ck_assert_uint_eq(g.r.gpr[RAX], 9);
+    ck_assert_uint_eq(g.r.gpr[RDI], 0x500000);
+    printf("stub: a guest's own mmap refused and reported after %.1f ms\n", (now_ns() - t0) / 1e6);
+    /* The guest goes on (as its kernel would after a failed call): nothing is mapped there. */
+    g.r.rip = CODE;
+    run(&g);
+    expect_fault(&g, 14, CODE);
+    ck_assert_uint_eq(g.t.cr2, 0x500000);
+    ck_assert_uint_eq(g.ram[0], 0xc6);
+    guest_fini(&g);
+
+    /* The same without approval: the hole it closes. */
+    guest_init_ex(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2, true);
+    run(&g);
+    guest_code(&g, code, sizeof(code));
+    escape_attempt(&g);
+    expect_fault(&g, 6, CODE + 8);   /* mapped: the store went through to the ud2 */
+    ck_assert_uint_eq(g.ram[0], 0xcc);
+    guest_fini(&g);
+}
+END_TEST
+
 /* Capability bits of @pid's @field ("CapEff", "CapPrm") from /proc. */
 static uint64_t proc_caps(pid_t pid, const char *field)
 {
@@ -639,7 +702,8 @@ static uint64_t proc_caps(pid_t pid, const char *field)
 START_TEST(test_no_capabilities)
 {
     struct guest g;
-    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2);
+    /* Without mapping approval, which would refuse the mmap before the kernel sees it (test_escape_mmap). */
+    guest_init_ex(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2, true);
     run(&g); /* the stub is up and stopped at the ud2 */
     ck_assert_uint_eq(proc_caps(nstub_pid(g.s), "CapEff"), 0);
     ck_assert_uint_eq(proc_caps(nstub_pid(g.s), "CapPrm"), 0);
@@ -1389,7 +1453,8 @@ START_TEST(test_zygote_timeout_reclaimed)
     int memfd = memfd_create("test-timeout", MFD_CLOEXEC);
     ck_assert_int_ge(memfd, 0);
     ck_assert_int_eq(ftruncate(memfd, RAM_SIZE), 0);
-    struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK };
+    /* Trusting maps: with approval, the orphan would end itself at once (its socket's peer is gone). */
+    struct nstub_config cfg = { .memfd = memfd, .kick_signal = KICK, .trust_maps = true };
     struct nstub *lost = NULL;
     char err[256] = "";
     ck_assert_int_lt(nstub_create(&lost, &cfg, err, sizeof(err)), 0);
@@ -1412,7 +1477,7 @@ START_TEST(test_zygote_timeout_reclaimed)
 }
 END_TEST
 
-/* More stubs than one zygote takes: a second zygote; one library fd per stub (its pidfd). */
+/* More stubs than one zygote takes: a second zygote; two library fds per stub (pidfd, approval listener). */
 START_TEST(test_many_stubs)
 {
     if (no_zygote())
@@ -1443,8 +1508,8 @@ START_TEST(test_many_stubs)
     int grown = pvm_test_count_fds() - fds;
     printf("stub: %d stubs: %d zygote(s), %d more fds in the library\n", N, nz, grown);
     ck_assert_int_ge(nz, 2);
-    /* one pidfd per stub, plus socket + pidfd of each new zygote */
-    ck_assert_int_le(grown, N + 2 * (nz - 1));
+    /* pidfd and listener per stub, plus socket + pidfd of each new zygote */
+    ck_assert_int_le(grown, 2 * N + 2 * (nz - 1));
     int zc = 0;
     for (int k = 0; k < nz; k++)
         zc += children_of(zyg[k]);
@@ -1584,6 +1649,7 @@ int main(void)
     tcase_add_test(esc, test_escape_syscalls);
     tcase_add_test(esc, test_escape_stub_code);
     tcase_add_test(esc, test_no_capabilities);
+    tcase_add_test(esc, test_escape_mmap);
     tcase_add_test(esc, test_guest_writes_control_page);
     tcase_add_test(esc, test_guest_blocks_kicks);
     tcase_add_test(esc, test_vsyscall_page);

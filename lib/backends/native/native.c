@@ -37,6 +37,7 @@ struct native_cpu {
     bool fast_on;                /* PVM_NATIVE_FASTPATH != "0" at creation */
     bool fast;                   /* on for the current run */
     bool trust_exits;            /* PVM_NATIVE_TRUST_EXITS=1 at creation: no stop check (cooperative guests) */
+    bool trust_maps;             /* PVM_NATIVE_TRUST_MAPS=1 at creation: no mmap approval (cooperative guests) */
     int irq_slot;                /* under hv->inbox_lock: stub taking posted interrupts, or -1 */
     uint64_t fast_events;        /* handled in the stubs (statistics) */
     uint64_t fast_irqs;          /* of which interrupts delivered in the stubs */
@@ -91,6 +92,8 @@ static int native_vcpu_init(struct pvm_hv_vcpu *hv)
     hv->prefetch_on = nc->fast_on;
     const char *te = getenv("PVM_NATIVE_TRUST_EXITS");
     nc->trust_exits = te && !strcmp(te, "1");
+    const char *tm = getenv("PVM_NATIVE_TRUST_MAPS");
+    nc->trust_maps = tm && !strcmp(tm, "1");
     return 0;
 }
 
@@ -116,7 +119,8 @@ static int ensure_stub(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t 
     struct native_cpu *nc = nc_of(hv);
     if (nc->stubs[slot])
         return 0;
-    struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal };
+    struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal,
+                                .trust_maps = nc->trust_maps };
     return nstub_create(&nc->stubs[slot], &cfg, err, errlen);
 }
 

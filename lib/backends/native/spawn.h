@@ -27,13 +27,14 @@ struct nspawn {
 };
 
 /*
- * Start a stub on @ram_fd and the control memfd @ctl_fd (both stay the
- * caller's), whose control area @ctl is mapped and filled; sets
- * ctl->parent_pid to the stub's parent.  Returns 0 with *pid and *pidfd, or
- * a negative PVM_E* code with the reason in err.
+ * Start a stub on @ram_fd, the control memfd @ctl_fd (mapped and filled by
+ * the caller) and @notify_fd (the stub's end of the mapping-approval socket,
+ * or -1): they become the stub's NSTUB_FD_RAM, _CTL and _NOTIFY and stay the
+ * caller's.  Returns 0 with *pid and *pidfd, or a negative PVM_E* code with
+ * the reason in err.
  */
-int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, volatile struct nstub_ctl *ctl, pid_t *pid, int *pidfd,
-                char *err, size_t errlen);
+int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t *pid, int *pidfd, char *err,
+                size_t errlen);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);
 /* The stub was sent SIGKILL: wait until it is reaped (no zombie left) and free its slot. */

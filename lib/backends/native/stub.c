@@ -7,7 +7,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
 #include <linux/futex.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -16,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,6 +52,14 @@
 #define CHECK_PERIOD_NS 100000000ull       /* how often a long wait checks the stub is alive */
 #define KICK_TIMEOUT_NS 2000000000ull      /* a stub that ignores a kick this long is wedged */
 #define VSYSCALL_PAGE 0xffffffffff600000ull /* the one mapping a stub cannot remove */
+#define APPROVE_TIMEOUT_NS 1000000000ull   /* a stub that does not ask for its mappings this long lied */
+#define APPROVE_SLICE_MS 10                /* how often that wait looks at the stub's state */
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
+#endif
 
 struct nstub {
     pid_t pid;
@@ -75,6 +87,11 @@ struct nstub {
 
     uint32_t nr_cmds;                 /* queued mapping changes (copied to ctl on resume) */
     struct nstub_cmd cmds[NSTUB_MAX_CMDS];
+    uint32_t nr_sent;                 /* the commands of the current resume, to approve */
+    struct nstub_cmd sent[NSTUB_MAX_CMDS];
+    int notif_fd;                     /* seccomp listener of the stub's mmaps (approval), or -1 */
+    bool escape;                      /* a guest's own mmap was refused: report it as its SYSCALL */
+    uint64_t escape_nr;
 
     struct nstub_fast_cfg fast;       /* what the next run publishes (stub/fast.c) */
     struct nstub_fast_result fast_res;/* what the fast path did in the last run */
@@ -172,6 +189,140 @@ static void explain_death(struct nstub *s)
     }
 }
 
+/* ---- mapping approval (stub_abi.h, stub_main.c install_map_approval) ------------ */
+
+/* The kernel's struct seccomp_notif may outgrow ours: receive into room for both. */
+union notif_buf {
+    struct seccomp_notif n;
+    char room[512];
+};
+
+static bool notif_size_ok(void)
+{
+    static int ok = -1;
+    if (ok < 0) {
+        struct seccomp_notif_sizes sz;
+        ok = syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sz) == 0 && sz.seccomp_notif <= sizeof(union notif_buf) &&
+             sz.seccomp_notif_resp >= sizeof(struct seccomp_notif_resp);
+    }
+    return ok;
+}
+
+/* Answer a request: @error 0 lets the mmap run as asked, else it fails with -@error. */
+static void notif_answer(struct nstub *s, uint64_t id, int error)
+{
+    struct seccomp_notif_resp r = { .id = id, .error = error ? -error : 0,
+                                    .flags = error ? 0 : SECCOMP_USER_NOTIF_FLAG_CONTINUE };
+    /* ENOENT: the caller went away (killed, or a signal withdrew the request). */
+    ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_SEND, &r);
+}
+
+/* Take one pending request without waiting: 1 taken, 0 none. */
+static int notif_take(struct nstub *s, union notif_buf *b)
+{
+    struct pollfd p = { .fd = s->notif_fd, .events = POLLIN };
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+        return 0;
+    memset(b, 0, sizeof(*b));
+    return ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_RECV, &b->n) == 0;
+}
+
+/*
+ * Wait for the stub's next mapping request until @deadline: 1 received,
+ * 0 the stub reported a trap instead, -1 the stub is dead (marked).
+ */
+static int notif_wait(struct nstub *s, union notif_buf *b, uint64_t deadline)
+{
+    for (;;) {
+        struct pollfd p[2] = { { .fd = s->notif_fd, .events = POLLIN }, { .fd = s->pidfd, .events = POLLIN } };
+        int r = poll(p, 2, APPROVE_SLICE_MS);
+        if (r > 0 && (p[0].revents & POLLIN)) {
+            memset(b, 0, sizeof(*b));
+            if (ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_RECV, &b->n) == 0)
+                return 1;
+            if (errno != ENOENT && errno != EINTR) {
+                make_dead(s, "stub process %d: receiving its mapping request: %s", (int)s->pid, strerror(errno));
+                return -1;
+            }
+            continue;
+        }
+        if (r > 0 && ((p[1].revents & POLLIN) || (p[0].revents & (POLLHUP | POLLERR)))) {
+            explain_death(s);
+            return -1;
+        }
+        if (__atomic_load_n(&s->ctl->state, __ATOMIC_ACQUIRE) == NSTUB_ST_TRAPPED)
+            return 0;
+        if (now_ns() > deadline) {
+            make_dead(s, "stub process %d did not apply its mapping commands (a forged report?)", (int)s->pid);
+            return -1;
+        }
+    }
+}
+
+/*
+ * After a resume with commands: let each mmap of them through, in order, and
+ * nothing else.  The stub applies them before it runs guest code; a request
+ * that is not the next command can only come from guest code running on a
+ * forged report: the stub is killed.  Returns 0, or -1 with the stub dead.
+ */
+static int approve_cmds(struct nstub *s)
+{
+    if (s->notif_fd < 0)
+        return 0;
+    uint64_t deadline = now_ns() + APPROVE_TIMEOUT_NS;
+    for (uint32_t i = 0; i < s->nr_sent; i++) {
+        const struct nstub_cmd *c = &s->sent[i];
+        if (c->op == NSTUB_CMD_UNMAP)
+            continue;
+        const uint64_t want[6] = { c->op == NSTUB_CMD_PVCS ? NSTUB_PVCS_ADDR : c->gva,
+                                   c->op == NSTUB_CMD_PVCS ? 4096 : c->len,
+                                   c->op == NSTUB_CMD_PVCS ? (PROT_READ | PROT_WRITE) : c->prot,
+                                   MAP_SHARED | MAP_FIXED, NSTUB_FD_RAM, c->off };
+        union notif_buf b;
+        int r = notif_wait(s, &b, deadline);
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            /* Reported without asking: only a failed command may (cmds_failed() reads which). */
+            if (s->ctl->cmd_err == 0) {
+                make_dead(s, "stub process %d reported a trap before applying its mapping commands", (int)s->pid);
+                return -1;
+            }
+            return 0;
+        }
+        const struct seccomp_data *d = &b.n.data;
+        if (d->nr != __NR_mmap || d->arch != AUDIT_ARCH_X86_64 || memcmp(d->args, want, sizeof(want))) {
+            notif_answer(s, b.n.id, EPERM);
+            make_dead(s, "stub process %d asked to map what the library did not queue (a hostile guest)", (int)s->pid);
+            return -1;
+        }
+        notif_answer(s, b.n.id, 0);
+    }
+    return 0;
+}
+
+/*
+ * While the guest runs: an mmap request now is the guest's own (it jumped to
+ * the stub's SYSCALL).  Refuse it and make the stub report at once, so that
+ * its kernel sees the attempt as the SYSCALL it was (nstub_run).
+ */
+static void refuse_escape(struct nstub *s)
+{
+    union notif_buf b;
+    if (s->notif_fd < 0 || !notif_take(s, &b))
+        return;
+    s->escape = true;
+    s->escape_nr = b.n.data.nr;
+    __atomic_store_n(&s->ctl->fast.attention, 1, __ATOMIC_SEQ_CST);   /* not a poke for the fast path */
+    /*
+     * The signal first: it ends the wait (EINTR, the request withdrawn) and is
+     * taken right at the SYSCALL's end.  Sent after an answer, the guest could
+     * run on first.  The answer covers a guest that blocked the signal.
+     */
+    syscall(SYS_pidfd_send_signal, s->pidfd, s->kick_signal, NULL, 0);
+    notif_answer(s, b.n.id, EPERM);
+}
+
 static int futex_waitv_ok = 1;
 
 /* Sleep until ctl->state may have changed from @st, the stub may have died, or @deadline. */
@@ -237,6 +388,8 @@ sleep:
                 explain_death(s);
                 return -1;
             }
+            if (!boot)
+                refuse_escape(s);
             if (boot && now - t0 > BOOT_TIMEOUT_NS) {
                 make_dead(s, "stub process %d did not start within %llu ms", (int)s->pid,
                           BOOT_TIMEOUT_NS / 1000000ull);
@@ -297,8 +450,10 @@ static void flush_cmds(struct nstub *s)
         c->cmds[i].off = s->cmds[i].off;
         c->cmds[i].op = s->cmds[i].op;
         c->cmds[i].prot = s->cmds[i].prot;
+        s->sent[i] = s->cmds[i];
     }
     c->nr_cmds = s->nr_cmds;
+    s->nr_sent = s->nr_cmds;
     s->nr_cmds = 0;
 }
 
@@ -328,6 +483,35 @@ static void note_fpu(struct nstub *s)
 
 /* ---- create / destroy ------------------------------------------------------ */
 
+/* The stub's listener fd from @sock (its one message, SCM_RIGHTS), checked to be one; or -1. */
+static int recv_listener(int sock)
+{
+    char byte;
+    struct iovec iov = { &byte, 1 };
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+    if (recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1 || (mh.msg_flags & MSG_CTRUNC))
+        return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
+        return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(c), sizeof(fd));
+    char path[32], link[64] = "";
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof(link) - 1);
+    if (n > 0)
+        link[n] = 0;
+    if (n > 0 && strcmp(link, "anon_inode:seccomp notify") != 0) {   /* no /proc: trust our own stub */
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen)
 {
     if (!out || !cfg)
@@ -349,8 +533,15 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     s->spin_ns = DEFAULT_SPIN_NS;
     s->ctl = MAP_FAILED;
     s->pvcs_off = UINT64_MAX;
+    s->notif_fd = -1;
 
-    int rc;
+    int rc, sv[2] = { -1, -1 };
+    if (!cfg->trust_maps && (!notif_size_ok() || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)) {
+        set_err(err, errlen, "nstub_create: mapping approval needs seccomp user notification (Linux 5.5): %s",
+                strerror(errno));
+        rc = PVM_ENOTSUP;
+        goto fail;
+    }
     s->ctl_fd = memfd_create("pvm-stub-ctl", MFD_CLOEXEC);
     if (s->ctl_fd < 0 || ftruncate(s->ctl_fd, (off_t)NSTUB_CTL_SIZE) < 0) {
         set_err(err, errlen, "nstub_create: control memfd: %s", strerror(errno));
@@ -367,7 +558,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     s->ctl->magic = NSTUB_ABI_MAGIC;
     s->ctl->version = NSTUB_ABI_VERSION;
     s->ctl->kick_signal = cfg->kick_signal;
-    /* ctl->parent_pid: nspawn_stub() writes the stub's parent (a zygote), which the stub watches. */
+    s->ctl->approve_maps = !cfg->trust_maps;
     s->ctl->state = NSTUB_ST_BOOT;
     s->ctl->spin_tsc = (uint64_t)s->spin_ns * tsc_per_us / 1000u;
 
@@ -375,8 +566,12 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     pid_t pid;
     int pidfd;
     char why[160] = "";
-    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, s->ctl, &pid, &pidfd, why, sizeof(why));
+    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, sv[1], &pid, &pidfd, why, sizeof(why));
+    if (sv[1] >= 0)
+        close(sv[1]);
     if (rc < 0) {
+        if (sv[0] >= 0)
+            close(sv[0]);
         set_err(err, errlen, "nstub_create: %s", why);
         goto fail;
     }
@@ -410,6 +605,18 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     }
     s->fpu_size = fsz;
     note_fpu(s);
+    if (sv[0] >= 0) {
+        /* Sent before the filter that forbids sendmsg, so before the boot trap: no guest code has run. */
+        s->notif_fd = recv_listener(sv[0]);
+        close(sv[0]);
+        if (s->notif_fd < 0) {
+            set_err(err, errlen, "nstub_create: the stub sent no mapping-approval listener");
+            rc = PVM_EINTERNAL;
+            goto fail;
+        }
+        /* Where the kernel has it (6.6): wake the stub on this CPU, as a synchronous hand-off. */
+        ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+    }
     s->stopped = true;
     *out = s;
     return 0;
@@ -434,6 +641,8 @@ void nstub_destroy(struct nstub *s)
         close(s->ctl_fd);
     if (s->stat_fd >= 0)
         close(s->stat_fd);
+    if (s->notif_fd >= 0)
+        close(s->notif_fd);
     free(s);
 }
 
@@ -523,7 +732,7 @@ int nstub_sync(struct nstub *s)
     s->ctl->cmd_err = 0;
     s->stopped = false;
     publish(s, NSTUB_ST_SYNC);
-    if (wait_trapped(s, false) < 0)
+    if (approve_cmds(s) < 0 || wait_trapped(s, false) < 0)
         return 0;   /* the next nstub_run reports DIED */
     s->stopped = true;
     int32_t e = s->ctl->cmd_err;
@@ -783,7 +992,7 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
         publish_fast(s);
         s->stopped = false;
         publish(s, NSTUB_ST_RESUME);
-        if (wait_trapped(s, false) < 0)
+        if (approve_cmds(s) < 0 || wait_trapped(s, false) < 0)
             break;
         s->stopped = true;
         collect_fast(s);
@@ -797,6 +1006,16 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
             make_dead(s, "stub process %d sent a bad report (signal %d): control page corrupted", (int)s->pid,
                       trap->signo);
             break;
+        }
+        if (k == C_SPURIOUS && s->escape) {
+            /* The guest's refused mmap (refuse_escape), reported right after its SYSCALL. */
+            s->escape = false;
+            if (regs->rip == NSTUB_SYSCALL_INSN + 2) {
+                regs->gpr[0] = s->escape_nr;
+                trap->kind = NSTUB_TRAP_SYSCALL;
+                __atomic_store_n(&s->in_guest, 0, __ATOMIC_SEQ_CST);
+                return 0;
+            }
         }
         if (k == C_SPURIOUS) {
             __atomic_store_n(&s->ctl->fast.attention, 0, __ATOMIC_SEQ_CST);
@@ -839,9 +1058,10 @@ int nstub_confirm_stopped(struct nstub *s, unsigned timeout_ms, char *err, size_
     if (s->dead)
         return set_err(err, errlen, "%s", s->dead_msg), -1;
     /*
-     * Asleep ("S") can only mean its untimed futex wait on ctl->state: the
-     * filter allows no other sleep.  Whether the stub's own handler or a
-     * guest that jumped there sleeps, no guest code runs until we wake it.
+     * Asleep ("S") can only mean its untimed futex wait on ctl->state or an
+     * mmap waiting for our approval: the filter allows no other sleep.
+     * Whether the stub's own handler or a guest that jumped there sleeps, no
+     * guest code runs until we wake it or answer (only nstub_run does).
      */
     __atomic_store_n(&s->ctl->park, 1, __ATOMIC_SEQ_CST);
     uint64_t t0 = now_ns();

@@ -54,6 +54,13 @@ struct nstub;
 struct nstub_config {
     int memfd;          /* the VM's guest-RAM memfd (mapped by offset) */
     int kick_signal;    /* signal used by nstub_kick() */
+    /*
+     * false (the default): every mmap of guest RAM waits for the library,
+     * which lets through only the mappings it queued (nstub_map), so guest
+     * code that calls the stub's SYSCALL itself can map nothing.  true: the
+     * filter's static checks only (cooperative guests; benchmarks).
+     */
+    bool trust_maps;
 };
 
 /* Guest register file as the stub transfers it. */

@@ -22,14 +22,19 @@
  * (lib_sleeping / stub_sleeping), after a short spin.  ctl->death is a robust
  * futex word holding the stub's pid: when the stub dies the kernel sets
  * FUTEX_OWNER_DIED in it and wakes the library (futex_waitv on both words).
- * The other way round, the stub exits on its own once getppid() is no longer
- * ctl->parent_pid (the library process died): it looks while it spins, after
- * each wake-up and at every SIGPROF of its CPU-time timer
- * (NSTUB_ORPHAN_CPU_US), which it handles without a report; asleep, it is
- * killed by the kernel when the death pipe loses its writer (nstub_backstop).
- * Its sleep is untimed (the filter allows no other FUTEX_WAIT): a stub asleep
- * on ctl->state runs no guest code until the library wakes it, the stop that
- * nstub_confirm_stopped() checks (ctl->park asks the stub to stop spinning).
+ * The other way round, the stub exits on its own once the death pipe hangs
+ * up (the library process died): it looks while it spins, after each wake-up
+ * and at every SIGPROF of its CPU-time timer (NSTUB_ORPHAN_CPU_US), which it
+ * handles without a report; asleep, it is killed by the kernel when the pipe
+ * loses its writer (nstub_backstop).  Its sleep is untimed (the filter allows
+ * no other FUTEX_WAIT): a stub asleep on ctl->state runs no guest code until
+ * the library wakes it, the stop that nstub_confirm_stopped() checks
+ * (ctl->park asks the stub to stop spinning).
+ *
+ * Every mmap of guest RAM (NSTUB_CMD_MAP/PVCS) waits for the library's
+ * approval (ctl->approve_maps, stub_main.c install_map_approval): the
+ * library lets through exactly the commands it queued, in order, and nothing
+ * a guest asks for by itself.
  */
 #ifndef PVM_NSTUB_ABI_H
 #define PVM_NSTUB_ABI_H
@@ -37,7 +42,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 5u
+#define NSTUB_ABI_VERSION 6u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -66,6 +71,12 @@
  * does.  The guest cannot undo it (no fcntl/close in the seccomp filter).
  */
 #define NSTUB_FD_DEATH 5
+/*
+ * The stub's end of a SOCK_SEQPACKET pair with the library: the stub sends
+ * the listener of its mapping-approval filter over it (SCM_RIGHTS) and closes
+ * it before any guest code runs.
+ */
+#define NSTUB_FD_NOTIFY 6
 
 /*
  * The zygote (stub/zygote.c): the stub image started with argv[1] =
@@ -221,7 +232,7 @@ struct nstub_ctl {
     /* set up by the library before the stub starts */
     uint32_t magic, version;
     int32_t kick_signal;
-    int32_t parent_pid;     /* the library's pid: the stub exits once getppid() differs */
+    uint32_t approve_maps;  /* 1: every guest-RAM mmap waits for the library (NSTUB_FD_NOTIFY) */
     uint64_t spin_tsc;      /* how long the stub spins (sched_yield) for RESUME, in TSC ticks */
     uint32_t park;          /* lib -> stub at a trap: stop spinning, sleep (nstub_confirm_stopped) */
     uint32_t pad_park;

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include <asm/errno.h>
+#include <asm/poll.h>
 #include <asm/prctl.h>
 #include <asm/signal.h>
 #include <asm/siginfo.h>
@@ -94,15 +95,16 @@ static inline int canonical(uint64_t a)
 /*
  * Not PR_SET_PDEATHSIG: Linux sends it when the *thread* that created us
  * exits, and the library may create a stub on a thread that ends long before
- * the VM does.  The kernel reparents us to another live thread of the same
- * process then, so getppid() stays the library's pid until the whole process
- * is gone; after that it names init or a subreaper.
+ * the VM does.  Not getppid() either: it would show a guest a host pid.  The
+ * library holds the only write end of the death pipe (NSTUB_FD_DEATH): it
+ * hangs up when the whole library process is gone, whichever thread made us.
+ * poll() with a zero timeout is all the filter allows (no sleep: see
+ * nstub_confirm_stopped), and it tells a guest nothing about the host.
  */
-static int32_t lib_pid;
-
 static void exit_if_orphaned(void)
 {
-    if (SYS(__NR_getppid, 0, 0, 0, 0, 0, 0) != lib_pid)
+    struct { int fd; short events, revents; } p = { NSTUB_FD_DEATH, 0, 0 };
+    if (SYS(__NR_poll, &p, 1, 0, 0, 0, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)))
         die("the library process is gone");
 }
 
@@ -341,7 +343,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
 /* ---- the seccomp filter ---------------------------------------------------- */
 
-enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
 
 struct bpf {
     struct sock_filter f[96];
@@ -405,7 +407,7 @@ static void install_filter(void)
     JEQ(__NR_restart_syscall, L_ALLOW, L_NEXT);
     JEQ(__NR_exit_group, L_ALLOW, L_NEXT);
     JEQ(__NR_sched_yield, L_ALLOW, L_NEXT);
-    JEQ(__NR_getppid, L_ALLOW, L_NEXT);
+    JEQ(__NR_poll, L_POLL, L_NEXT);
     JEQ(__NR_arch_prctl, L_ARCH, L_NEXT);
     JEQ(__NR_futex, L_FUTEX, L_NEXT);
     JEQ(__NR_mmap, L_MMAP, L_NEXT);
@@ -418,6 +420,15 @@ static void install_filter(void)
     LD(D_ARG_LO(0));
     JEQ(ARCH_SET_FS, L_ALLOW, L_NEXT);
     JEQ(ARCH_SET_GS, L_ALLOW, L_TRAP);
+
+    /* poll: one fd, zero timeout (exit_if_orphaned): a guest must not sleep where the stub parks. */
+    LABEL(L_POLL);
+    LD(D_ARG_HI(1));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(1));
+    JEQ(1, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(2));
+    JEQ(0, L_ALLOW, L_TRAP);
 
     /* futex: only WAIT/WAKE (shared) on the control page's state word. */
     LABEL(L_FUTEX);
@@ -509,6 +520,64 @@ static void install_filter(void)
         die("seccomp(SECCOMP_SET_MODE_FILTER) failed");
 }
 
+/*
+ * Mapping approval (stub_abi.h NSTUB_FD_NOTIFY).  Anything the stub can ask
+ * the kernel, a guest can too, by jumping to sys_insn with its own registers:
+ * the filter below cannot tell the two apart.  So every mmap of guest RAM
+ * goes to the library (SECCOMP_RET_USER_NOTIF), which lets it proceed only
+ * if its arguments are exactly those of the mapping command it is waiting
+ * for.  mmap's arguments are registers, copied by the kernel before the
+ * library looks: approve-and-continue cannot be raced.  A filter of its
+ * own, installed first: seccomp takes the strictest answer of all filters,
+ * so install_filter()'s ALLOW for such an mmap still ends here.  Its
+ * listener goes to the library over the socket, which is then closed.
+ */
+struct k_iovec {
+    void *base;
+    size_t len;
+};
+struct k_msghdr {
+    void *name;
+    int namelen;
+    struct k_iovec *iov;
+    size_t iovlen;
+    void *control;
+    size_t controllen;
+    unsigned flags;
+};
+struct k_cmsg1 {
+    size_t len;
+    int level, type;
+    int fd, pad;
+};
+
+static void install_map_approval(void)
+{
+    static struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_NR),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_ARG_LO(4)),   /* the kernel reads the fd as 32 bits */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_RAM, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+    if (SYS(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0) != 0)
+        die("prctl(PR_SET_NO_NEW_PRIVS) failed");
+    long lfd = SYS(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog, 0, 0, 0);
+    if (lfd < 0)
+        die("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER) failed");
+    char byte = 'L';
+    struct k_iovec iov = { &byte, 1 };
+    struct k_cmsg1 cm = { .len = sizeof(cm) - sizeof(int), .level = 1 /* SOL_SOCKET */, .type = 1 /* SCM_RIGHTS */,
+                          .fd = (int)lfd };
+    struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
+    if (SYS(__NR_sendmsg, NSTUB_FD_NOTIFY, &mh, 0x4000 /* MSG_NOSIGNAL */, 0, 0, 0) != 1)
+        die("sending the mapping-approval listener failed");
+    SYS(__NR_close, lfd, 0, 0, 0, 0, 0);
+    SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
+}
+
 /* ---- startup --------------------------------------------------------------- */
 
 struct ksigaction {
@@ -539,8 +608,6 @@ void stub_main(const uint64_t *sp)
     int kick = c->kick_signal;
     if (kick < 1 || kick > 64 || kick == SIGKILL || kick == SIGSTOP)
         die("bad kick signal");
-    /* Compare with what the library says, not our first getppid(): it may already be dead. */
-    lib_pid = c->parent_pid;
     exit_if_orphaned();
     /* Kernel-enforced, unlike the checks here: SIGKILL once the death pipe loses its writer. */
     if (nstub_backstop() == 1)
@@ -608,6 +675,10 @@ void stub_main(const uint64_t *sp)
     if (SYS(__NR_setitimer, ITIMER_PROF, &it, 0, 0, 0, 0) != 0)
         die("setitimer(ITIMER_PROF) failed");
 
+    if (c->approve_maps)
+        install_map_approval();
+    else
+        SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
     install_filter();
     /* The first report: the library's first RESUME replaces this frame with the guest's registers. */
     nstub_boot_trap();

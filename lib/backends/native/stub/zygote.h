@@ -11,7 +11,7 @@
 int nstub_is_zygote(const uint64_t *sp);
 /*
  * Serve spawn requests forever; returns only in a forked child, with fds
- * 3/4/5 set up as a stub expects, to go on into the stub start-up.
+ * 3-6 set up as a stub expects, to go on into the stub start-up.
  */
 void nstub_zygote_main(void);
 /*
