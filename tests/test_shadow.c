@@ -597,6 +597,46 @@ START_TEST(t_overflow_resets_slot)
 }
 END_TEST
 
+/* Mapped space past the provider's budget resets the slot first; removed mappings give theirs back. */
+static uint64_t budget;
+static uint64_t f_budget(void *o)
+{
+    (void)o;
+    return budget;
+}
+
+START_TEST(t_budget_resets_slot)
+{
+    static const struct pvm_shadow_ops bops = {
+        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
+        .map_budget = f_budget,
+    };
+    pvm_shadow_destroy(sh);
+    sh = pvm_shadow_create(&bops, NULL, 0, 0);
+    ck_assert_ptr_nonnull(sh);
+    budget = 2 * MiB2;
+    /* Three aliases of the same 2 MiB of RAM: a guest's page tables may hold any number. */
+    for (int i = 0; i < 3; i++)
+        map(0x600000 + (uint64_t)i * MiB2, 0x200000, MiB2, E_P);
+    pvm_shadow_activate(sh, root, false);
+    rec.n = 0;
+    ck_assert_int_eq(fault(0x600000, 0), PVM_SHADOW_FIXED);
+    ck_assert_int_eq(fault(0x800000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x600000, MiB2, 0x200000, R_ | X_), INS(0, 0x800000, MiB2, 0x200000, R_ | X_));
+    ck_assert_int_eq(fault(0xa00000, 0), PVM_SHADOW_FIXED);
+    EXPECT(RST(0), INS(0, 0xa00000, MiB2, 0x200000, R_ | X_));
+    /* 2 MiB + 4 KiB fits beside it ... */
+    map(0xe00000, 0x100000, KiB4, E_P);
+    ck_assert_int_eq(fault(0xe00000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0xe00000, KiB4, 0x100000, R_ | X_));
+    /* ... and once the 2 MiB are gone (INVLPG), another 2 MiB fits without a reset. */
+    pvm_shadow_invlpg(sh, 0xa00000);
+    EXPECT(REM(0, 0xa00000, MiB2));
+    ck_assert_int_eq(fault(0x600000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x600000, MiB2, 0x200000, R_ | X_));
+}
+END_TEST
+
 START_TEST(t_provider_failures)
 {
     map(0x400000, 0x5000, KiB4, E_P);
@@ -796,6 +836,7 @@ int main(void)
     tcase_add_test(tc, t_flush_coalesces);
     tcase_add_test(tc, t_flush_gpa);
     tcase_add_test(tc, t_overflow_resets_slot);
+    tcase_add_test(tc, t_budget_resets_slot);
     tcase_add_test(tc, t_provider_failures);
     tcase_add_test(tc, t_window);
     tcase_add_loop_test(tc, t_random_ops, 0, 20);

@@ -72,6 +72,7 @@ struct pvm_vm {
     pthread_rwlock_t mem_users;
     struct pvm_region *regions;    /* sorted by gpa, non-overlapping */
     size_t nr_regions;
+    uint64_t ram_bytes;            /* sum of the regions' sizes (atomic: read without the lock) */
     uint64_t regions_gen;          /* bumped on every unmap */
 
     struct pvm_vcpu **vcpus;       /* indexed by id, max_vcpus entries */

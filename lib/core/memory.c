@@ -175,6 +175,7 @@ int pvm_vm_map_memory(pvm_vm *vm, pvm_gpa_t gpa, void *host, size_t size, uint32
     memmove(&nr[pos + 1], &nr[pos], (vm->nr_regions - pos) * sizeof(*nr));
     nr[pos] = r;
     vm->nr_regions++;
+    __atomic_add_fetch(&vm->ram_bytes, size, __ATOMIC_RELAXED);
 out:
     pthread_rwlock_unlock(&vm->regions_lock);
     return rc;
@@ -193,6 +194,7 @@ int pvm_vm_unmap_memory(pvm_vm *vm, pvm_gpa_t gpa, size_t size)
             struct pvm_region r = vm->regions[i];
             memmove(&vm->regions[i], &vm->regions[i + 1], (vm->nr_regions - i - 1) * sizeof(r));
             vm->nr_regions--;
+            __atomic_sub_fetch(&vm->ram_bytes, r.size, __ATOMIC_RELAXED);
             __atomic_add_fetch(&vm->regions_gen, 1, __ATOMIC_RELEASE);
             removed = r;
             rc = 0;

@@ -108,6 +108,8 @@ struct pvm_cpu_provider {
 };
 
 #define PVM_HV_INBOX_MAX 64
+/* Mapped guest-virtual space allowed per address space beyond twice the RAM (vcpu.c sh_map_budget). */
+#define PVM_HV_MAP_SLACK (64ull << 20)
 
 /* One vCPU of the core.  Providers read it; they write only what their ops say. */
 struct pvm_hv_vcpu {

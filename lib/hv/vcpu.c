@@ -175,11 +175,24 @@ static uint64_t sh_ram_extent(void *opaque, uint64_t gpa, uint32_t *flags)
     return r.size - (gpa - r.gpa);
 }
 
+/*
+ * Guest-virtual space one address space may have mapped: twice the guest's
+ * RAM (a direct map and a process's own view of it) plus PVM_HV_MAP_SLACK.
+ * A provider's page tables then stay under about 1/256 of RAM per address
+ * space however the guest aliases its RAM (docs/design.md "Threat model").
+ */
+static uint64_t sh_map_budget(void *opaque)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    return 2 * __atomic_load_n(&hv->v->vm->ram_bytes, __ATOMIC_RELAXED) + PVM_HV_MAP_SLACK;
+}
+
 static const struct pvm_shadow_ops shadow_ops = {
     .install = sh_install,
     .remove = sh_remove,
     .reset_slot = sh_reset_slot,
     .ram_extent = sh_ram_extent,
+    .map_budget = sh_map_budget,
 };
 
 /* ---- vCPU lifetime ----------------------------------------------------- */

@@ -113,6 +113,14 @@ struct pvm_shadow_ops {
      * is reported as MMIO; a fetch from a NOEXEC region is a guest #PF (I).
      */
     uint64_t (*ram_extent)(void *opaque, uint64_t gpa, uint32_t *flags);
+    /*
+     * Optional: the most bytes of guest-virtual space one slot may have
+     * mapped at a time.  A provider's host page tables grow with the mapped
+     * space a guest touches (8 bytes per 4 KiB page), and a guest's own page
+     * tables can alias its RAM without limit: past the budget the slot is
+     * reset before the next install, as when its record set is full.
+     */
+    uint64_t (*map_budget)(void *opaque);
 };
 
 #define PVM_SHADOW_MAX_ROOTS 4           /* default for max_roots = 0 */

@@ -46,6 +46,7 @@ struct slot {
     uint64_t lru;  /* tick of the last activation; 0 = never used */
     bool user;
     size_t n;
+    uint64_t bytes;   /* sum of the mappings' lengths (the host page tables they may cost) */
     struct map *maps; /* sorted by gva, disjoint */
 };
 
@@ -95,6 +96,7 @@ static void reset_slot(struct pvm_shadow *s, unsigned si)
 {
     s->ops->reset_slot(s->opaque, si);
     s->slot[si].n = 0;
+    s->slot[si].bytes = 0;
 }
 
 typedef bool (*drop_pred)(const struct map *m, uint64_t a, uint64_t len);
@@ -116,6 +118,7 @@ static void drop(struct pvm_shadow *s, unsigned si, size_t i, size_t j, drop_pre
             sl->maps[w++] = m;
             continue;
         }
+        sl->bytes -= mlen(&m);
         if (rl && m.gva == rg + rl) {
             rl += mlen(&m);
             continue;
@@ -221,6 +224,7 @@ unsigned pvm_shadow_activate(struct pvm_shadow *s, uint64_t root, bool user)
     sl->user = user;
     sl->lru = s->tick;
     sl->n = 0;
+    sl->bytes = 0;
     return s->active = victim;
 }
 
@@ -343,10 +347,12 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
     if (r.page_size == PAGE)
         extend_run(s, sl, env, &r, prot, flags, ext, &mgva, &mgpa, &len);
 
-    if (sl->n >= s->cap)
+    /* Bounded like the record count: by what the provider may spend on page tables (map_budget). */
+    if (sl->n >= s->cap || (s->ops->map_budget && sl->bytes + len > s->ops->map_budget(s->opaque)))
         reset_slot(s, si);
     if (s->ops->install(s->opaque, si, mgva, len, mgpa, prot) < 0)
         return PVM_SHADOW_ERROR;
+    sl->bytes += len;
     size_t i = lower_bound(sl, mgva);
     memmove(&sl->maps[i + 1], &sl->maps[i], (sl->n - i) * sizeof(struct map));
     sl->maps[i] = (struct map){ .gva = mgva, .gpa = mgpa, .npages = (uint32_t)(len / PAGE), .prot = prot };
