@@ -705,6 +705,104 @@ START_TEST(stub_attacks_contained)
 }
 END_TEST
 
+/*
+ * A user program that calls the stub's own SYSCALL to map its kernel's code
+ * (memfd offset = gpa here) writable gets nothing: its kernel sees a user
+ * SYSCALL event at the instruction after the stub's, and the code stays.
+ * PVM_NATIVE_TRUST_MAPS=1 (no approval) shows the hole this closes.
+ */
+GVM_CODE_BLOCK(g_user_escape,
+    "lea 1f(%rip), %rcx\n push %rcx\n"
+    "mov $0x55, %ebx\n mov $9, %eax\n mov $0x600000, %edi\n mov $4096, %esi\n mov $3, %edx\n"
+    "mov $0x11, %r10d\n mov $3, %r8d\n mov $0x100000, %r9d\n"
+    "movabs $0x7f0000000000, %rcx\n jmp *%rcx\n"
+    "1: movb $0xcc, 0x600000\n mov $0x66, %ebx\n syscall\n ud2\n");
+
+static void user_escape(bool trust, uint64_t *rbx, uint64_t *rip)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    if (trust)
+        setenv("PVM_NATIVE_TRUST_MAPS", "1", 1);
+    gvm_init(&g);
+    unsetenv("PVM_NATIVE_TRUST_MAPS");
+    gvm_load(&g, GVM_CODE, g_k_eretu_start, g_k_eretu_end);
+    gvm_load(&g, GVM_USER_CODE, g_user_escape_start, g_user_escape_end);
+    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
+    p->user_cs = PVM_USER_CS;
+    p->user_ss = PVM_USER_DS;
+    p->rip = GVM_USER_CODE;
+    p->rsp = GVM_USER_STACK_TOP;
+    p->eflags = 0x202;
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
+    gvm_regs(&g, &r);
+    *rbx = r.rbx;
+    *rip = p->rip;
+    ck_assert_uint_eq(g.ram[GVM_CODE], trust ? 0xcc : 0x48);   /* 0x48: g_k_eretu's movabs */
+    gvm_fini(&g);
+}
+
+START_TEST(user_escape_refused)
+{
+    uint64_t rbx, rip;
+    user_escape(false, &rbx, &rip);
+    ck_assert_uint_eq(rbx, 0x55);
+    ck_assert_uint_eq(rip, NSTUB_SYSCALL_INSN + 2);
+    user_escape(true, &rbx, &rip);
+    ck_assert_uint_eq(rbx, 0x66);
+}
+END_TEST
+
+/*
+ * PVM_MEM_READONLY against a hostile kernel: mapping the region's memfd
+ * pages writable through the stub's SYSCALL fails, with the fast path on
+ * and off; without approval the host buffer would change.
+ */
+GVM_CODE_BLOCK(g_ro_escape,
+    "lea 1f(%rip), %rcx\n push %rcx\n"
+    "mov $9, %eax\n mov $0x700000, %edi\n mov $4096, %esi\n mov $3, %edx\n"
+    "mov $0x11, %r10d\n mov $3, %r8d\n mov $0x400000, %r9d\n"
+    "movabs $0x7f0000000000, %rcx\n jmp *%rcx\n"
+    "1: movb $0x5a, 0x700000\n" HC(0x31) "ud2\n");
+
+static uint8_t ro_escape(const char *fastpath, bool trust)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    setenv("PVM_NATIVE_FASTPATH", fastpath, 1);
+    if (trust)
+        setenv("PVM_NATIVE_TRUST_MAPS", "1", 1);
+    gvm_init(&g);
+    unsetenv("PVM_NATIVE_TRUST_MAPS");
+    unsetenv("PVM_NATIVE_FASTPATH");
+    uint8_t *ro;
+    ck_assert_int_eq(pvm_vm_alloc_memory(g.vm, 4096, (void **)&ro), 0);
+    ck_assert_int_eq(pvm_vm_map_memory(g.vm, 0x800000, ro, 4096, PVM_MEM_READONLY), 0);
+    gvm_load(&g, GVM_CODE, g_ro_escape_start, g_ro_escape_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    /* Whatever the guest makes of the refusal (a host call 9, a fault): it never writes the region. */
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+        if (e.reason != PVM_EXIT_HYPERCALL || e.u.hypercall.nr == PVM_HOSTCALL(0x31))
+            break;
+        e.u.hypercall.ret = (uint64_t)-1;
+    }
+    uint8_t v = ro[0];
+    gvm_fini(&g);
+    return v;
+}
+
+START_TEST(readonly_region_holds)
+{
+    ck_assert_uint_eq(ro_escape("1", false), 0);
+    ck_assert_uint_eq(ro_escape("0", false), 0);
+    ck_assert_uint_eq(ro_escape("1", true), 0x5a);
+}
+END_TEST
+
 /* The vsyscall page stays in every process: reading or executing it is contained. */
 GVM_CODE_BLOCK(g_vsys_read, "movabs $0xffffffffff600000, %rax\n mov (%rax), %rbx\n" HC(0x28) "ud2\n");
 GVM_CODE_BLOCK(g_vsys_exec,
@@ -1846,6 +1944,8 @@ int main(void)
     tcase_add_test(tc, erets_with_rax_336);
     tcase_add_test(tc, raw_syscalls_contained);
     tcase_add_test(tc, stub_attacks_contained);
+    tcase_add_test(tc, user_escape_refused);
+    tcase_add_test(tc, readonly_region_holds);
     tcase_add_test(tc, vsyscall_page_contained);
     tcase_add_test(tc, fast_path_matches_model);
     tcase_add_test(tc, fast_ud_erets_loop);
