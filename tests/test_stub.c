@@ -683,6 +683,25 @@ START_TEST(test_escape_mmap)
 }
 END_TEST
 
+/* getppid through the stub's own SYSCALL would show a host pid: it is the guest's SYSCALL now. */
+START_TEST(test_no_host_pid)
+{
+    struct guest g;
+    guest_init(&g, (const uint8_t[]){ 0x0f, 0x0b }, 2);
+    run(&g);
+    uint64_t ret = CODE;
+    memcpy(g.ram + DATA_OFF + 0xff8, &ret, 8);
+    g.r.gpr[RSP] = DATA + 0xff8;
+    g.r.rip = NSTUB_SYSCALL_INSN;
+    g.r.gpr[RAX] = 110; /* __NR_getppid */
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u (signal %d)", g.t.kind, g.t.signo);
+    ck_assert_uint_eq(g.r.gpr[RAX], 110);
+    ck_assert_uint_eq(g.r.rip, NSTUB_SYSCALL_INSN + 2);
+    guest_fini(&g);
+}
+END_TEST
+
 /* Capability bits of @pid's @field ("CapEff", "CapPrm") from /proc. */
 static uint64_t proc_caps(pid_t pid, const char *field)
 {
@@ -1650,6 +1669,7 @@ int main(void)
     tcase_add_test(esc, test_escape_stub_code);
     tcase_add_test(esc, test_no_capabilities);
     tcase_add_test(esc, test_escape_mmap);
+    tcase_add_test(esc, test_no_host_pid);
     tcase_add_test(esc, test_guest_writes_control_page);
     tcase_add_test(esc, test_guest_blocks_kicks);
     tcase_add_test(esc, test_vsyscall_page);

@@ -21,18 +21,21 @@
  * a guest can scribble on every stub page and only harm itself.
  *
  * Lifetime: a stub lives until nstub_destroy() or until the library process
- * dies, whichever thread created it.  It does not use PR_SET_PDEATHSIG, which
- * fires when the creating *thread* exits; instead it checks itself that
- * getppid() is still the library's pid (the kernel reparents it to another
- * live thread of the process, so this changes only when the whole process is
- * gone) while it waits for the library, and is killed by the kernel when the
- * library's end of its death pipe closes; and on every SIGPROF of an ITIMER_PROF armed before the seccomp filter (every 0.5 s of
- * CPU time, so a guest that spins is checked too).  SIGPROF is handled inside
- * the stub and is invisible to the guest; if SIGPROF is the kick signal, each
- * tick is a spurious kick that nstub_run() resumes without reporting.  These
- * checks run stub code that a hostile guest controls: a guest that blocks
- * SIGPROF with a forged sigreturn can outlive the library, confined by the
- * seccomp filter to its own pages.
+ * dies, whichever thread created it: the library holds the only write end of
+ * the stub's death pipe, which the stub polls while it waits for the library
+ * and on every SIGPROF of an ITIMER_PROF armed before the seccomp filter
+ * (every 0.5 s of CPU time, so a guest that spins is checked too), and the
+ * kernel SIGKILLs the stub when that pipe loses its writer (nstub_backstop),
+ * whatever a hostile guest does to the stub's own checks.  SIGPROF is handled
+ * inside the stub and is invisible to the guest; if SIGPROF is the kick
+ * signal, each tick is a spurious kick that nstub_run() resumes without
+ * reporting.
+ *
+ * Mappings: every mmap of guest RAM waits for the library's approval
+ * (docs/design.md "Mapping approval"); the library lets through exactly the
+ * commands it queued, so guest code that calls the stub's SYSCALL itself can
+ * map nothing.  The library keeps two fds per stub: a pidfd and the approval
+ * listener.
  */
 #ifndef PVM_NATIVE_STUB_H
 #define PVM_NATIVE_STUB_H
@@ -90,7 +93,8 @@ struct nstub_trap {
 /*
  * Start a stub.  Returns 0, or a negative PVM_E* code with a reason in
  * err[errlen].  The stub holds only cfg->memfd, the control memfd and the
- * death pipe (stub_abi.h); the library keeps one fd per stub (a pidfd).
+ * death pipe (stub_abi.h); the library keeps a pidfd and, unless
+ * cfg->trust_maps, the mapping-approval listener.
  */
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen);
 /* Kill and reap the stub; frees everything.  NULL ignored. */
