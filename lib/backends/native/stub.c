@@ -233,9 +233,16 @@ static int notif_take(struct nstub *s, union notif_buf *b)
  */
 static int notif_wait(struct nstub *s, union notif_buf *b, uint64_t deadline)
 {
+    /* The request follows within microseconds: spin (yielding) first, as wait_trapped() does. */
+    uint64_t spin_end = now_ns() + s->spin_ns;
     for (;;) {
         struct pollfd p[2] = { { .fd = s->notif_fd, .events = POLLIN }, { .fd = s->pidfd, .events = POLLIN } };
-        int r = poll(p, 2, APPROVE_SLICE_MS);
+        bool spin = now_ns() < spin_end;
+        int r = poll(p, 2, spin ? 0 : APPROVE_SLICE_MS);
+        if (r == 0 && spin) {
+            sched_yield();
+            continue;
+        }
         if (r > 0 && (p[0].revents & POLLIN)) {
             memset(b, 0, sizeof(*b));
             if (ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_RECV, &b->n) == 0)
