@@ -702,6 +702,39 @@ START_TEST(test_no_host_pid)
 }
 END_TEST
 
+/*
+ * A forged report, then guest code that keeps asking for a mapping of its
+ * own: when the library next resumes with a mapping command, the request it
+ * gets is not that command, so the stub is lost (the guest ran on a forged
+ * report), with the reason.  RDI = control page, RDX/R8 = offsets of state
+ * and signo.
+ */
+START_TEST(test_forged_report_mapping)
+{
+    static const uint8_t code[] = {
+        0x42, 0xc7, 0x04, 0x07, 0x1f, 0x00, 0x00, 0x00,   /* movl $31, (%rdi,%r8): signo = SIGSYS */
+        0xc7, 0x04, 0x17, 0x02, 0x00, 0x00, 0x00,         /* movl $2, (%rdi,%rdx): state = TRAPPED */
+        0x48, 0x8d, 0x0d, 0xf9, 0xff, 0xff, 0xff, 0x51,   /* 1: lea 1b(%rip), %rcx; push %rcx */
+        0xb8, 0x09, 0x00, 0x00, 0x00,                     /* mmap(0x500000, 4096, RW, SHARED|FIXED, 3, 0) */
+        0xbf, 0x00, 0x00, 0x50, 0x00, 0xbe, 0x00, 0x10, 0x00, 0x00, 0xba, 0x03, 0x00, 0x00, 0x00,
+        0x41, 0xba, 0x11, 0x00, 0x00, 0x00, 0x41, 0xb8, 0x03, 0x00, 0x00, 0x00, 0x45, 0x31, 0xc9,
+        0x48, 0xb9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x7f, 0x00, 0x00, 0xff, 0xe1, /* jmp to the stub's SYSCALL */
+    };
+    struct guest g;
+    guest_init(&g, code, sizeof(code));
+    g.r.gpr[RDI] = NSTUB_CTL_ADDR;
+    g.r.gpr[RDX] = offsetof(struct nstub_ctl, state);
+    g.r.gpr[R8] = offsetof(struct nstub_ctl, signo);
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u (signal %d, %s)", g.t.kind, g.t.signo, g.t.msg);
+    ck_assert_int_eq(nstub_map(g.s, 0x700000, 0x1000, DATA_OFF, PROT_READ | PROT_WRITE), 0);
+    run(&g);
+    ck_assert_msg(g.t.kind == NSTUB_TRAP_DIED && strstr(g.t.msg, "did not queue"), "kind %u: %s", g.t.kind,
+                  g.t.msg);
+    guest_fini(&g);
+}
+END_TEST
+
 /* Capability bits of @pid's @field ("CapEff", "CapPrm") from /proc. */
 static uint64_t proc_caps(pid_t pid, const char *field)
 {
@@ -1670,6 +1703,7 @@ int main(void)
     tcase_add_test(esc, test_no_capabilities);
     tcase_add_test(esc, test_escape_mmap);
     tcase_add_test(esc, test_no_host_pid);
+    tcase_add_test(esc, test_forged_report_mapping);
     tcase_add_test(esc, test_guest_writes_control_page);
     tcase_add_test(esc, test_guest_blocks_kicks);
     tcase_add_test(esc, test_vsyscall_page);
