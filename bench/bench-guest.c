@@ -17,12 +17,26 @@
 #define USER_PF_BASE   0x310000000000ull /* BG_PF_PAGES pages, faulted in one by one */
 
 PVM_USER_DATA static volatile uint64_t user_n;
+PVM_USER_DATA static volatile uint64_t user_work;  /* BG_OP_MIXED: compute units per syscall */
+PVM_USER_DATA static volatile uint64_t user_sink;
 PVM_USER_DATA static volatile uint64_t user_pf_next; /* next fresh page index */
 
 PVM_USER_TEXT static void user_syscalls(void)
 {
     for (uint64_t i = user_n; i; i--)
         pvm_user_syscall(BG_SYS_NOP, 0, 0, 0);
+    pvm_user_syscall(BG_SYS_EXIT, 0, 0, 0);
+    for (;;)
+        ;
+}
+
+/* The mixed workload: the same loop tinykernel.S runs under QEMU and /dev/kvm. */
+PVM_USER_TEXT static void user_mixed(void)
+{
+    for (uint64_t i = user_n, w = user_work; i; i--) {
+        user_sink += bench_compute(w);
+        pvm_user_syscall(BG_SYS_NOP, 0, 0, 0);
+    }
     pvm_user_syscall(BG_SYS_EXIT, 0, 0, 0);
     for (;;)
         ;
@@ -132,7 +146,7 @@ __attribute__((used, noinline)) uint64_t bench_call_add(uint64_t a, uint64_t b)
 static volatile uint64_t sink;
 static uint64_t compute_tsc; /* TSC ticks of the last BG_OP_COMPUTE loop */
 
-static void run_op(unsigned op, uint64_t n)
+static void run_op(unsigned op, uint64_t work, uint64_t n)
 {
     switch (op) {
     case BG_OP_EMPTY:
@@ -164,6 +178,11 @@ static void run_op(unsigned op, uint64_t n)
     case BG_OP_USER_SYSCALL:
         user_n = n;
         pvm_enter_user((uint64_t)user_syscalls, USER_STACK_TOP - 8);
+        break;
+    case BG_OP_MIXED:
+        user_n = n;
+        user_work = work;
+        pvm_enter_user((uint64_t)user_mixed, USER_STACK_TOP - 8);
         break;
     case BG_OP_USER_PF:
         if (user_pf_next + n > BG_PF_PAGES)
@@ -206,12 +225,13 @@ int main(void)
     pvm_hostcall(BG_HC_HELLO, (uint64_t)irq_stamps, (uint64_t)&irq_count);
     for (;;) {
         uint64_t cmd = pvm_hostcall(BG_HC_NEXT);
-        unsigned op = (unsigned)(cmd >> 32);
+        unsigned op = (unsigned)(cmd >> 32) & ((1u << BG_OP_BITS) - 1);
+        uint64_t work = (cmd >> 32) >> BG_OP_BITS;
         if (op == BG_OP_QUIT)
             return 0;
         uint64_t sp0, sp1;
         __asm__ volatile("mov %%rsp, %0" : "=r"(sp0));
-        run_op(op, (uint32_t)cmd);
+        run_op(op, work, (uint32_t)cmd);
         __asm__ volatile("mov %%rsp, %0" : "=r"(sp1));
         /* The stack depth change across the run: a leak per event would show here. */
         pvm_hostcall(BG_HC_DONE, sp0 - sp1, compute_tsc);

@@ -7,7 +7,7 @@
 
 /* Host calls (PVM_HOSTCALL(n)). */
 #define BG_HC_HELLO 0x100 /* a0 = GVA of irq_stamps[], a1 = GVA of irq_count */
-#define BG_HC_NEXT  0x101 /* returns op << 32 | n */
+#define BG_HC_NEXT  0x101 /* returns (op | work << BG_OP_BITS) << 32 | n */
 #define BG_HC_DONE  0x102 /* a0 = guest stack growth over the run, a1 = TSC ticks of a compute loop */
 
 enum bg_op {
@@ -23,7 +23,9 @@ enum bg_op {
     BG_OP_IRQ_SPIN,
     BG_OP_IRQ_HALT,
     BG_OP_QUIT,
+    BG_OP_MIXED,      /* user mode: n x (bench_compute(work) + a SYSCALL to the guest kernel) */
 };
+#define BG_OP_BITS 8      /* the op's field in BG_HC_NEXT's answer; above it, the op's work */
 
 #define BG_SYS_NOP     0
 #define BG_SYS_EXIT    60

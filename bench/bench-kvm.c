@@ -5,7 +5,7 @@
  * debug-port exit) and the ring-3 SYSCALL -> ring-0 -> IRETQ round trip.
  * Exits 77 (skip) with the reason when /dev/kvm is absent or unusable.
  *
- * Usage: bench-kvm [--kernel FILE] [--json FILE] [--quick]
+ * Usage: bench-kvm [--kernel FILE] [--json FILE] [--quick] [--mixed]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -101,10 +101,68 @@ static uint8_t io_byte(const struct kvm_guest *g)
     return *((uint8_t *)g->run + g->run->io.data_offset);
 }
 
+/*
+ * One run of @batches x @iters (@work compute units + a SYSCALL): the batch
+ * marks are I/O exits timestamped here; prints the per-iteration row @row.
+ */
+static int syscall_series(int kvm, struct tk_image *k, unsigned work, unsigned iters, unsigned batches, FILE *json,
+                          const char *row)
+{
+    const char *why = "";
+    struct kvm_guest g;
+    k->params->iters = iters;
+    k->params->batches = batches;
+    k->params->work = work;
+    if (kvm_start(kvm, k, &g, &why) < 0) {
+        printf("skip: /dev/kvm unusable: %s\n", why);
+        return -1;
+    }
+    double *ops = calloc(batches, sizeof(double));
+    unsigned marks = 0, nops = 0;
+    uint64_t last = 0;
+    for (;;) {
+        if (ioctl(g.vcpu, KVM_RUN, 0) < 0) {
+            fprintf(stderr, "bench-kvm: KVM_RUN: %s\n", strerror(errno));
+            kvm_stop(&g);
+            free(ops);
+            return -1;
+        }
+        uint64_t t = bench_now_ns();
+        if (g.run->exit_reason != KVM_EXIT_IO) {
+            struct kvm_regs rr;
+            ioctl(g.vcpu, KVM_GET_REGS, &rr);
+            struct kvm_sregs ss;
+            ioctl(g.vcpu, KVM_GET_SREGS, &ss);
+            fprintf(stderr, "bench-kvm: unexpected exit %u at rip 0x%llx after %u marks (cs 0x%x l %u db %u dpl %u, "
+                            "ss 0x%x, efer 0x%llx)\n", g.run->exit_reason, (unsigned long long)rr.rip, marks,
+                    ss.cs.selector, ss.cs.l, ss.cs.db, ss.cs.dpl, ss.ss.selector, (unsigned long long)ss.efer);
+            kvm_stop(&g);
+            free(ops);
+            return -1;
+        }
+        if (g.run->io.port == 0xf4)
+            break;
+        if (io_byte(&g) == 'M') {
+            if (marks >= 2 && nops < batches)
+                ops[nops++] = (double)(t - last) / iters;
+            last = t;
+            marks++;
+        }
+    }
+    kvm_stop(&g);
+    struct bench_result r;
+    bench_from_samples(&r, row, ops, nops);
+    r.iters = iters;
+    bench_print(&r), bench_json(json, &r);
+    free(ops);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
     unsigned creates = 50, iters = 2000, batches = 11;
+    int mixed = 0;
     char kernel[PATH_MAX];
     bench_sibling_path(kernel, sizeof(kernel), "tinykernel.bin");
     for (int i = 1; i < argc; i++) {
@@ -114,9 +172,12 @@ int main(int argc, char **argv)
             snprintf(kernel, sizeof(kernel), "%s", argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             creates = 20, iters = 200;
+        else if (!strcmp(argv[i], "--mixed"))
+            mixed = 1;
         else {
-            fprintf(stderr, "usage: %s [--kernel FILE] [--json FILE] [--quick]\n"
+            fprintf(stderr, "usage: %s [--kernel FILE] [--json FILE] [--quick] [--mixed]\n"
                             "Runs tinykernel.bin on /dev/kvm: create -> first instruction, SYSCALL round trip.\n"
+                            "--mixed: also m compute units + 1 SYSCALL per iteration (kvm.mixed_m*).\n"
                             "Exit status 77 with the reason when /dev/kvm is not usable.\n", argv[0]);
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
@@ -156,43 +217,17 @@ int main(int argc, char **argv)
     bench_from_samples(&r, "kvm.vm_create_to_first_insn", create, creates);
     bench_print(&r), bench_json(json, &r);
 
-    /* The SYSCALL loop: one run, batch marks are I/O exits timestamped here. */
-    if (kvm_start(kvm, &k, &g, &why) < 0) {
-        printf("skip: /dev/kvm unusable: %s\n", why);
-        return 77;
-    }
-    double *ops = calloc(batches, sizeof(double));
-    unsigned marks = 0, nops = 0;
-    uint64_t last = 0;
-    for (;;) {
-        if (ioctl(g.vcpu, KVM_RUN, 0) < 0) {
-            fprintf(stderr, "bench-kvm: KVM_RUN: %s\n", strerror(errno));
+    if (syscall_series(kvm, &k, 0, iters, batches, json, "kvm.user_syscall_roundtrip") < 0)
+        return 1;
+    /* The mixed workload (bench-pvm's pvm.mixed_m*): m compute units + 1 SYSCALL per iteration. */
+    static const unsigned mixed_work[] = { 100, 1000, 10000, 100000 };
+    for (unsigned i = 0; mixed && i < sizeof(mixed_work) / sizeof(mixed_work[0]); i++) {
+        unsigned m = mixed_work[i], n = (m >= 10000 ? 2000000 / m : 20000000 / (m * 20)) / (iters < 2000 ? 4 : 1);
+        char name[64];
+        snprintf(name, sizeof(name), "kvm.mixed_m%u", m);
+        if (syscall_series(kvm, &k, m, n ? n : 1, batches, json, name) < 0)
             return 1;
-        }
-        uint64_t t = bench_now_ns();
-        if (g.run->exit_reason != KVM_EXIT_IO) {
-            struct kvm_regs rr;
-            ioctl(g.vcpu, KVM_GET_REGS, &rr);
-            struct kvm_sregs ss;
-            ioctl(g.vcpu, KVM_GET_SREGS, &ss);
-            fprintf(stderr, "bench-kvm: unexpected exit %u at rip 0x%llx after %u marks (cs 0x%x l %u db %u dpl %u, "
-                            "ss 0x%x, efer 0x%llx)\n", g.run->exit_reason, (unsigned long long)rr.rip, marks,
-                    ss.cs.selector, ss.cs.l, ss.cs.db, ss.cs.dpl, ss.ss.selector, (unsigned long long)ss.efer);
-            return 1;
-        }
-        if (g.run->io.port == 0xf4)
-            break;
-        if (io_byte(&g) == 'M') {
-            if (marks >= 2)
-                ops[nops++] = (double)(t - last) / iters;
-            last = t;
-            marks++;
-        }
     }
-    kvm_stop(&g);
-    bench_from_samples(&r, "kvm.user_syscall_roundtrip", ops, nops);
-    r.iters = iters;
-    bench_print(&r), bench_json(json, &r);
     if (json)
         fclose(json);
     return 0;

@@ -305,6 +305,40 @@ static void measure_compute(struct bg *g, FILE *json, unsigned batches, unsigned
     free(hs);
 }
 
+/*
+ * The mixed workload (k = 1 user syscall per m compute units): ns per
+ * iteration in the guest, and the host's own bench_compute(m) in the same run
+ * for the ratio.  bench-qemu and bench-kvm --mixed run the same loop
+ * (tinykernel.S), so a reader sees where each platform wins as m grows.
+ */
+static const unsigned mixed_work[] = { 100, 1000, 10000, 100000 };
+
+static void measure_mixed(struct bg *g, FILE *json, unsigned q)
+{
+    for (unsigned i = 0; i < sizeof(mixed_work) / sizeof(mixed_work[0]); i++) {
+        unsigned m = mixed_work[i], n = (m >= 10000 ? 20000000 / m : 2000) / q;
+        char name[64], host[64];
+        snprintf(name, sizeof(name), "pvm.mixed_m%u", m);
+        snprintf(host, sizeof(host), "pvm.mixed_host_compute_m%u", m);
+        if (skip_row(name))
+            continue;
+        measure(g, json, bench_row(name), BG_OP_MIXED | m << BG_OP_BITS, 10, n ? n : 1);
+        double hs[10];
+        for (unsigned b = 0; b < 10; b++) {
+            volatile uint64_t sink = 0;
+            uint64_t t0 = bench_now_ns();
+            for (unsigned k = 0; k < n; k++)
+                sink += bench_compute(m);
+            hs[b] = (double)(bench_now_ns() - t0) / (n ? n : 1);
+        }
+        struct bench_result r;
+        bench_from_samples(&r, bench_row(host), hs, 10);
+        r.iters = n;
+        bench_print(&r);
+        bench_json(json, &r);
+    }
+}
+
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
@@ -371,6 +405,7 @@ int main(int argc, char **argv)
     measure(&g, json, bench_row("pvm.user_pf_eretu"), BG_OP_USER_PF, 40, EV_RUN);
 
     measure_compute(&g, json, 20, 2000 / q);
+    measure_mixed(&g, json, q);
 
     measure_inject(&g, json, bench_row("pvm.inject_running_to_handler"), BG_OP_IRQ_SPIN, EV_RUN);
     measure_inject(&g, json, bench_row("pvm.inject_halted_to_handler"), BG_OP_IRQ_HALT, 400 / q);

@@ -3,10 +3,11 @@
  * start -> the kernel's first debug-port byte seen by this process) and the
  * ring-3 SYSCALL -> ring-0 -> IRETQ round trip (time between batch marks).
  *
- * Usage: bench-qemu [--kernel FILE] [--qemu PATH] [--json FILE] [--runs N] [--quick]
+ * Usage: bench-qemu [--kernel FILE] [--qemu PATH] [--json FILE] [--runs N] [--quick] [--mixed]
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <limits.h>
 #include <signal.h>
 #include <spawn.h>
@@ -73,48 +74,29 @@ static void qemu_run(const char *qemu, const char *kernel, unsigned iters, unsig
     waitpid(pid, NULL, 0);
 }
 
-int main(int argc, char **argv)
+static const unsigned mixed_work[] = { 100, 1000, 10000, 100000 };
+
+/*
+ * @runs boots of the kernel patched for @iters x (@work compute units + a
+ * SYSCALL) per batch; prints the boot row (@boot_row, unless NULL) and the
+ * per-iteration row.  0, or -1 when no run completed.
+ */
+static int series(const char *qemu, struct tk_image *k, unsigned work, unsigned iters, unsigned batches, unsigned runs,
+                  FILE *json, const char *boot_row, const char *op_row)
 {
-    FILE *json = NULL;
-    const char *qemu = "/usr/bin/qemu-system-x86_64";
-    unsigned runs = 5, iters = 200000, batches = 11;
-    char kernel[PATH_MAX];
-    bench_sibling_path(kernel, sizeof(kernel), "tinykernel.bin");
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json") && i + 1 < argc)
-            json = fopen(argv[++i], "a");
-        else if (!strcmp(argv[i], "--kernel") && i + 1 < argc)
-            snprintf(kernel, sizeof(kernel), "%s", argv[++i]);
-        else if (!strcmp(argv[i], "--qemu") && i + 1 < argc)
-            qemu = argv[++i];
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
-            runs = (unsigned)atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick"))
-            runs = 3, iters = 50000;
-        else {
-            fprintf(stderr, "usage: %s [--kernel FILE] [--qemu PATH] [--json FILE] [--runs N] [--quick]\n"
-                            "Boots tinykernel.bin under QEMU TCG: boot time and SYSCALL round trip.\n",
-                    argv[0]);
-            return strcmp(argv[i], "--help") ? 2 : 0;
-        }
-    }
-    if (access(qemu, X_OK) != 0) {
-        fprintf(stderr, "bench-qemu: %s not found: skipped\n", qemu);
-        return 77;
-    }
-    struct tk_image k;
-    if (tk_load(&k, kernel) < 0) {
-        fprintf(stderr, "bench-qemu: cannot load %s\n", kernel);
-        return 1;
-    }
+    if (!iters)
+        iters = 1;
     /* QEMU reads the kernel from a file: write the patched copy to a temporary one. */
-    k.params->iters = iters;
-    k.params->batches = batches;
+    k->params->iters = iters;
+    k->params->batches = batches;
+    k->params->work = work;
     char tmp[] = "/tmp/tinykernel-XXXXXX";
     int fd = mkstemp(tmp);
-    if (fd < 0 || write(fd, k.data, k.len) != (ssize_t)k.len) {
+    if (fd < 0 || write(fd, k->data, k->len) != (ssize_t)k->len) {
         fprintf(stderr, "bench-qemu: cannot write %s\n", tmp);
-        return 1;
+        if (fd >= 0)
+            close(fd);
+        return -1;
     }
     close(fd);
 
@@ -134,14 +116,71 @@ int main(int argc, char **argv)
         free(out.batch_ns);
     }
     unlink(tmp);
-    if (!nb)
+    int rc = nb ? 0 : -1;
+    if (nb) {
+        struct bench_result res;
+        if (boot_row) {
+            bench_from_samples(&res, boot_row, boot, nb);
+            bench_print(&res), bench_json(json, &res);
+        }
+        bench_from_samples(&res, op_row, ops, no);
+        res.iters = iters;
+        bench_print(&res), bench_json(json, &res);
+    }
+    free(boot);
+    free(ops);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    FILE *json = NULL;
+    const char *qemu = "/usr/bin/qemu-system-x86_64";
+    unsigned runs = 5, iters = 200000, batches = 11;
+    bool mixed = false, quick = false;
+    char kernel[PATH_MAX];
+    bench_sibling_path(kernel, sizeof(kernel), "tinykernel.bin");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = fopen(argv[++i], "a");
+        else if (!strcmp(argv[i], "--kernel") && i + 1 < argc)
+            snprintf(kernel, sizeof(kernel), "%s", argv[++i]);
+        else if (!strcmp(argv[i], "--qemu") && i + 1 < argc)
+            qemu = argv[++i];
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            runs = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            runs = 3, iters = 50000, quick = true;
+        else if (!strcmp(argv[i], "--mixed"))
+            mixed = true;
+        else {
+            fprintf(stderr, "usage: %s [--kernel FILE] [--qemu PATH] [--json FILE] [--runs N] [--quick] [--mixed]\n"
+                            "Boots tinykernel.bin under QEMU TCG: boot time and SYSCALL round trip.\n"
+                            "--mixed: also m compute units + 1 SYSCALL per iteration (qemu_tcg.mixed_m*).\n",
+                    argv[0]);
+            return strcmp(argv[i], "--help") ? 2 : 0;
+        }
+    }
+    if (access(qemu, X_OK) != 0) {
+        fprintf(stderr, "bench-qemu: %s not found: skipped\n", qemu);
+        return 77;
+    }
+    struct tk_image k;
+    if (tk_load(&k, kernel) < 0) {
+        fprintf(stderr, "bench-qemu: cannot load %s\n", kernel);
         return 1;
-    struct bench_result res;
-    bench_from_samples(&res, "qemu_tcg.boot_to_first_insn", boot, nb);
-    bench_print(&res), bench_json(json, &res);
-    bench_from_samples(&res, "qemu_tcg.user_syscall_roundtrip", ops, no);
-    res.iters = iters;
-    bench_print(&res), bench_json(json, &res);
+    }
+    if (series(qemu, &k, 0, iters, batches, runs, json, "qemu_tcg.boot_to_first_insn",
+               "qemu_tcg.user_syscall_roundtrip") < 0)
+        return 1;
+    /* The mixed workload (bench-pvm's pvm.mixed_m*): TCG computes slowly, so fewer iterations as m grows. */
+    for (unsigned i = 0; mixed && i < sizeof(mixed_work) / sizeof(mixed_work[0]); i++) {
+        unsigned m = mixed_work[i], n = m >= 10000 ? 2000000 / m : 20000000 / (m * 20);
+        char name[64];
+        snprintf(name, sizeof(name), "qemu_tcg.mixed_m%u", m);
+        if (series(qemu, &k, m, quick ? n / 4 : n, batches, quick ? 1 : 3, json, NULL, name) < 0)
+            return 1;
+    }
     if (json)
         fclose(json);
     return 0;

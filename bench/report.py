@@ -151,6 +151,17 @@ def main():
         row("/dev/kvm: user syscall round trip", "kvm.user_syscall_roundtrip",
             over(p50("pvm.user_syscall_eretu"), p50("kvm.user_syscall_roundtrip")), "libpvm / this")
 
+    # The mixed workload: m compute units + 1 user syscall per iteration, per platform, against
+    # the host's own bench_compute(m) (bench-pvm, same run).  Ratio: time per iteration / host compute.
+    for m in (100, 1000, 10000, 100000):
+        host = p50("pvm.mixed_host_compute_m%d" % m)
+        row("mixed m=%d: host bench_compute(m) alone" % m, "pvm.mixed_host_compute_m%d" % m)
+        for label, prefix in (("libpvm native", "pvm"), ("libpvm kvm backend", "pvm_kvm"),
+                              ("QEMU TCG", "qemu_tcg"), ("/dev/kvm", "kvm")):
+            key = "%s.mixed_m%d" % (prefix, m)
+            if key in r:
+                row("  %s: compute(m) + 1 syscall" % label, key, over(p50(key), host), "x host compute")
+
     # The kvm backend (bench-pvm --backend kvm): the same guest work, against native's rows.
     kvm_rows = [("hypercall", "hypercall"), ("#UD -> handler -> ERETS", "exception_ud_erets"),
                 ("PVM WRMSR", "wrmsr_pvm_msr"), ("synthetic CPUID", "cpuid_synthetic"),

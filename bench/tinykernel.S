@@ -7,7 +7,8 @@
  * enters at entry64 (address in the params block).  Both write one byte to
  * the debug port 0xe9 as their first instruction, so the host sees when
  * guest code first ran.  Then ring 3 runs `batches` batches of `iters`
- * SYSCALLs; the ring-0 handler returns at once (IRETQ, see below); a 'M' on port
+ * SYSCALLs, each after `work` units of bench_compute() (0: none; the mixed
+ * workload of bench-pvm); the ring-0 handler returns at once (IRETQ, see below); a 'M' on port
  * 0xe9 marks each batch boundary; port 0xf4 (isa-debug-exit) ends the run.
  * No IDT (nothing here can fault or take an interrupt); a tiny stack for IRETQ.
  */
@@ -40,6 +41,7 @@ iters:      .long 100000
 batches:    .long 11
 entry64_ptr: .quad entry64
 pml4_ptr:   .quad pml4
+work:       .quad 0                     /* compute units before each SYSCALL (the mixed workload) */
 
 entry32:
     movb $'B', %al
@@ -118,7 +120,28 @@ user_main:
 1:  movl $1, %eax
     syscall
     movl iters(%rip), %r13d
-2:  xorl %eax, %eax
+2:  movq work(%rip), %r9               /* bench_compute(work) of bench/compute.h, then the SYSCALL */
+    testq %r9, %r9
+    jz 5f
+    movabsq $0x9e3779b97f4a7c15, %rcx
+    xorl %r8d, %r8d                     /* i */
+4:  movq %rcx, %rax
+    shlq $13, %rax
+    xorq %rax, %rcx
+    movq %rcx, %rax
+    shrq $7, %rax
+    xorq %rax, %rcx
+    movq %rcx, %rax
+    shlq $17, %rax
+    xorq %rax, %rcx
+    movq %r8, %rax
+    orq $1, %rax
+    imulq %rcx, %rax
+    addq %rax, %r10                     /* acc */
+    incq %r8
+    cmpq %r9, %r8
+    jne 4b
+5:  xorl %eax, %eax
     syscall
     decl %r13d
     jnz 2b

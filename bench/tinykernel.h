@@ -16,6 +16,7 @@ struct tk_params {
     char magic[8]; /* "PVMBITER" */
     uint32_t iters, batches;
     uint64_t entry64, pml4;
+    uint64_t work; /* compute units before each SYSCALL (0: the plain syscall loop) */
 };
 
 struct tk_image {
