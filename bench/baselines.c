@@ -3,15 +3,25 @@
  * measured in the same run on the same machine:
  *   host getpid syscall; in-process seccomp trap + SIGSYS handler + sigreturn (T);
  *   signal round trip (tgkill -> handler -> back); ptrace PTRACE_SYSEMU round trip
- *   (a tracee doing syscalls, the tracer resuming it); host compute loop.
+ *   (a tracee doing syscalls, the tracer resuming it); host compute loop; and the
+ *   two wake-ups libpvm's injection rows are held against: a signal to a process
+ *   spinning on the other CPU, and a futex wake of a thread sleeping on the other
+ *   CPU, each from the send to the handler's first instruction (TSC stamps, as
+ *   bench-pvm's inject rows).
  * Usage: bench-baselines [--json FILE] [--quick]
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -112,6 +122,119 @@ static int op_compute(void *ctx, unsigned n)
     return 0;
 }
 
+/* ---- wake-up latencies (bench-pvm's inject rows use the same method) ------ */
+
+struct stamps {
+    volatile uint64_t count, stamp[4096];
+    volatile uint32_t word;
+};
+static struct stamps *st;
+
+static void pin(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    sched_setaffinity(0, sizeof(set), &set);
+}
+
+static void pause_us(unsigned us)
+{
+    struct timespec ts = { 0, (long)us * 1000 };
+    nanosleep(&ts, NULL);
+}
+
+static void on_stamp(int sig)
+{
+    uint64_t t = bench_rdtsc();
+    (void)sig;
+    uint64_t i = st->count;
+    if (i < 4096)
+        st->stamp[i] = t;
+    st->count = i + 1;
+}
+
+static void *futex_sleeper(void *arg)
+{
+    (void)arg;
+    pin(1);
+    for (uint32_t seen = 0;;) {
+        while (__atomic_load_n(&st->word, __ATOMIC_ACQUIRE) == seen)
+            syscall(SYS_futex, &st->word, FUTEX_WAIT, seen, NULL, NULL, 0);
+        uint64_t t = bench_rdtsc();
+        seen = __atomic_load_n(&st->word, __ATOMIC_ACQUIRE);
+        if (seen == UINT32_MAX)
+            return NULL;
+        uint64_t i = st->count;
+        if (i < 4096)
+            st->stamp[i] = t;
+        __atomic_store_n(&st->count, i + 1, __ATOMIC_RELEASE);
+    }
+}
+
+/* @n wake-ups of a spinning process (signal) or a sleeping thread (futex); row @name. */
+static void measure_wake(FILE *json, const char *name, bool futex, unsigned n)
+{
+    double tpn = bench_tsc_per_ns(), *lat = calloc(n, sizeof(double));
+    st = mmap(NULL, sizeof(*st), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (st == MAP_FAILED || !lat) {
+        free(lat);
+        return;
+    }
+    pid_t child = -1;
+    pthread_t th;
+    if (futex) {
+        pthread_create(&th, NULL, futex_sleeper, NULL);
+    } else {
+        child = fork();
+        if (child == 0) {
+            pin(1);
+            signal(SIGUSR2, on_stamp);
+            for (;;)
+                __asm__ volatile("pause");
+        }
+    }
+    pin(0);
+    pause_us(20000);
+    unsigned got = 0;
+    for (unsigned i = 0; i < n; i++) {
+        pause_us(300 + (i * 37) % 200);
+        uint64_t t0 = bench_rdtsc();
+        if (futex) {
+            __atomic_store_n(&st->word, i + 1, __ATOMIC_RELEASE);
+            syscall(SYS_futex, &st->word, FUTEX_WAKE, 1, NULL, NULL, 0);
+        } else {
+            kill(child, SIGUSR2);
+        }
+        uint64_t deadline = bench_now_ns() + 1000000000ull;
+        while (__atomic_load_n(&st->count, __ATOMIC_ACQUIRE) <= i && bench_now_ns() < deadline)
+            pause_us(50);
+        if (st->count <= i)
+            break;
+        lat[got++] = (double)(st->stamp[i] - t0) / tpn;
+    }
+    if (futex) {
+        __atomic_store_n(&st->word, UINT32_MAX, __ATOMIC_RELEASE);
+        syscall(SYS_futex, &st->word, FUTEX_WAKE, 1, NULL, NULL, 0);
+        pthread_join(th, NULL);
+    } else {
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+    }
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        CPU_SET(c, &all);
+    sched_setaffinity(0, sizeof(all), &all);
+    if (got > n / 10) {
+        struct bench_result r;
+        bench_from_samples(&r, name, lat + n / 10, got - n / 10);
+        bench_print(&r), bench_json(json, &r);
+    }
+    munmap((void *)st, sizeof(*st));
+    free(lat);
+}
+
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
@@ -143,6 +266,8 @@ int main(int argc, char **argv)
 
     if (!bench_measure(&r, "baseline.compute_1000", 50, 200 / scale, op_compute, NULL))
         bench_print(&r), bench_json(json, &r);
+    measure_wake(json, "baseline.signal_to_spinning_process", false, 2000 / scale);
+    measure_wake(json, "baseline.futex_wake_sleeping_thread", true, 2000 / scale);
 
     /* Last: the filter stays installed for the rest of the process. */
     if (install_trap_filter() == 0 &&

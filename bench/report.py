@@ -98,10 +98,15 @@ def main():
         q is not None and q >= 10, absolute="")
     row("user #PF (fresh page) -> guest kernel -> ERETU", "pvm.user_pf_eretu",
         over(p50("pvm.user_pf_eretu"), T), "x T")
-    for label, key in (("inject -> handler, guest running", "pvm.inject_running_to_handler"),
-                       ("inject -> handler, guest halted", "pvm.inject_halted_to_handler")):
-        q = over(p50(key), tg)
-        row(label, key, q, "x tgkill", "<= 2x tgkill", q is not None and q <= 2)
+    # Injection against the wake-up it needs at least (issue: <= 1.5x the same-run baseline).
+    for label, key, base, what in (
+            ("inject -> handler, guest running", "pvm.inject_running_to_handler",
+             "baseline.signal_to_spinning_process", "x signal to a spinning process"),
+            ("inject -> handler, guest halted", "pvm.inject_halted_to_handler",
+             "baseline.futex_wake_sleeping_thread", "x futex wake of a sleeping thread")):
+        q = over(p50(key), p50(base))
+        row(label, key, q, what, "<= 1.5x", q is not None and q <= 1.5)
+        row("  " + what[2:], base)
     q = over(p50("pvm.host_compute_1000"), p50("pvm.guest_compute_1000"))
     row("guest compute (bench_compute(1000))", "pvm.guest_compute_1000", q, "x host speed", ">= 0.95x",
         q is not None and q >= 0.95)
