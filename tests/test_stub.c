@@ -1529,6 +1529,61 @@ START_TEST(test_zygote_timeout_reclaimed)
 }
 END_TEST
 
+/*
+ * The pool (stub.c): the first create starts stubs ahead; the next creates
+ * take them, with the VM's memfd handed over, and work like any stub (traps,
+ * mappings, approval).  The library's fds stay constant over many cycles.
+ */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double create_us(struct guest *g, const void *code, size_t len)
+{
+    uint64_t t0 = now_ns();
+    guest_init(g, code, len);
+    return (double)(now_ns() - t0) / 1e3;
+}
+
+START_TEST(test_pool)
+{
+    if (no_zygote())
+        return;
+    setenv("PVM_NATIVE_POOL", "2", 1);   /* before this process's first create (main turned it off) */
+    /* mov byte [DATA], 0x5a; ud2 */
+    static const uint8_t code[] = { 0xc6, 0x04, 0x25, (uint8_t)DATA, (uint8_t)(DATA >> 8), (uint8_t)(DATA >> 16),
+                                    (uint8_t)(DATA >> 24), 0x5a, 0x0f, 0x0b };
+    struct guest g;
+    uint64_t hits = nstub_pool_hits();
+    double fresh = create_us(&g, code, sizeof(code));
+    ck_assert_uint_eq(nstub_pool_hits(), hits);
+    guest_fini(&g);
+    int fds = -1;
+    double pooled[20];
+    for (int i = 0; i < 20; i++) {
+        pooled[i] = create_us(&g, code, sizeof(code));
+        ck_assert_uint_eq(nstub_pool_hits(), hits + 1 + (uint64_t)i);
+        run(&g);
+        expect_fault(&g, 6, CODE + 8);
+        ck_assert_uint_eq(g.ram[DATA_OFF], 0x5a);
+        if (i == 0) {
+            /* Approval came through the pool's socket too. */
+            escape_attempt(&g);
+            ck_assert_msg(g.t.kind == NSTUB_TRAP_SYSCALL, "kind %u (%s)", g.t.kind, g.t.msg);
+            ck_assert_uint_eq(g.r.rip, NSTUB_SYSCALL_INSN + 2);
+        }
+        guest_fini(&g);
+        if (i == 1)
+            fds = pvm_test_count_fds();
+    }
+    ck_assert_int_eq(pvm_test_count_fds(), fds);
+    qsort(pooled, 20, sizeof(double), cmp_double);
+    printf("stub: create -> first trap back: fresh %.0f us, from the pool median %.0f us\n", fresh, pooled[10]);
+}
+END_TEST
+
 /* More stubs than one zygote takes: a second zygote; two library fds per stub (pidfd, approval listener). */
 START_TEST(test_many_stubs)
 {
@@ -1685,6 +1740,8 @@ END_TEST
 
 int main(void)
 {
+    /* Exact process and fd accounting below: no pre-started stubs, except in test_pool. */
+    setenv("PVM_NATIVE_POOL", "0", 1);
     Suite *s = suite_create("stub");
     TCase *tc = tcase_create("traps");
     tcase_add_test(tc, test_syscall_trap);
@@ -1725,6 +1782,7 @@ int main(void)
     TCase *spawn = tcase_create("creation");
     tcase_add_test(spawn, test_zygote_reuse);
     tcase_add_test(spawn, test_many_stubs);
+    tcase_add_test(spawn, test_pool);
     tcase_add_test(spawn, test_zygote_timeout_reclaimed);
     tcase_add_test(spawn, test_backstop_direct);
     tcase_add_test(spawn, test_backstop_zygote);

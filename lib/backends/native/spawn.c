@@ -429,8 +429,8 @@ static void slot_release(struct nspawn_zygote *z, int slot)
     pthread_mutex_unlock(&zlock);
 }
 
-static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t *pid, int *pidfd,
-                           char *err, size_t errlen)
+/* The first half of a zygote spawn: a slot and the request.  0, 1 (no zygote: spawn directly) or <0. */
+static int zygote_request(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, char *err, size_t errlen)
 {
     int slot;
     pthread_mutex_lock(&zlock);
@@ -452,15 +452,20 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, int notify
         struct cmsghdr h;
         char buf[CMSG_SPACE(3 * sizeof(int))];
     } cm;
-    const int nfds = notify_fd >= 0 ? 3 : 2;
     memset(&cm, 0, sizeof(cm));
+    /* A pooled stub gets its RAM memfd later (nstub_pool_take): only the control memfd and socket now. */
+    const int fds[3] = { ram_fd, ctl_fd, notify_fd };
+    const int *first = ram_fd >= 0 ? fds : fds + 1;
+    const int nfds = (ram_fd >= 0) + 1 + (notify_fd >= 0);
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
                          .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
     struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), (int[]){ ram_fd, ctl_fd, notify_fd }, (size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), first, (size_t)nfds * sizeof(int));
+    if (ram_fd < 0)
+        req.op = NSTUB_ZOP_SPAWN_POOLED;
     ssize_t n;
     while ((n = sendmsg(z->sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
         ;
@@ -469,11 +474,24 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, int notify
         slot_release(z, slot);
         return PVM_EIO;
     }
+    sp->z = z;
+    sp->slot = slot;
+    return 0;
+}
+
+int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t errlen)
+{
+    struct nspawn_zygote *z = sp->z;
+    int slot = sp->slot;
+    volatile struct nstub_zslot *sl = &z->page->slot[slot];
+    *pid = -1;
+    *pidfd = -1;
     if (!wait_word(&sl->state, NSTUB_Z_REQ, z->pidfd, START_TIMEOUT_NS)) {
         /* The zygote may still answer: a later spawn reclaims the slot (reclaim_abandoned). */
         pthread_mutex_lock(&zlock);
         z->used[slot] = SLOT_ABANDONED;
         pthread_mutex_unlock(&zlock);
+        sp->z = NULL;
         set_err(err, errlen, "zygote %d did not answer", (int)z->pid);
         return PVM_EIO;
     }
@@ -482,6 +500,7 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, int notify
         int e = sl->status;   /* before the release: the slot may be reused at once */
         set_err(err, errlen, "zygote %d: fork: %s", (int)z->pid, strerror(e));
         slot_release(z, slot);
+        sp->z = NULL;
         return e == ENOMEM ? PVM_ENOMEM : PVM_EAGAIN;
     }
     *pid = sl->pid;
@@ -500,14 +519,23 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, int notify
             set_err(err, errlen, "stub process %d %s %d at start-up", (int)*pid,
                     sl->code == CLD_EXITED ? "exited with status" : "was killed by signal", sl->status);
         }
-        sp->z = z;
-        sp->slot = slot;
         nspawn_reap(sp, -1);
         return PVM_EIO;
     }
-    sp->z = z;
-    sp->slot = slot;
     return 0;
+}
+
+int nspawn_request(struct nspawn *sp, int ctl_fd, int notify_fd, char *err, size_t errlen)
+{
+    pthread_once(&init_once, spawn_init);
+    sp->z = NULL;
+    sp->slot = -1;
+    if (image_fd < 0)
+        return set_err(err, errlen, "memfd for the stub image: %s", strerror(image_errno)), PVM_EIO;
+    if (!use_zygote)
+        return set_err(err, errlen, "no zygote (PVM_NATIVE_ZYGOTE=0)"), PVM_ENOTSUP;
+    int rc = zygote_request(sp, -1, ctl_fd, notify_fd, err, errlen);
+    return rc == 1 ? (set_err(err, errlen, "no zygote"), PVM_ENOTSUP) : rc;
 }
 
 int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t *pid, int *pidfd, char *err,
@@ -521,8 +549,10 @@ int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t 
     if (image_fd < 0)
         return set_err(err, errlen, "memfd for the stub image: %s", strerror(image_errno)), PVM_EIO;
     if (use_zygote) {
-        int rc = spawn_by_zygote(sp, ram_fd, ctl_fd, notify_fd, pid, pidfd, err, errlen);
-        if (rc <= 0)
+        int rc = zygote_request(sp, ram_fd, ctl_fd, notify_fd, err, errlen);
+        if (rc == 0)
+            return nspawn_collect(sp, pid, pidfd, err, errlen);
+        if (rc < 0)
             return rc;
     }
     /* Directly from the library: copies the library's fd table. */

@@ -35,6 +35,15 @@ struct nspawn {
  */
 int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t *pid, int *pidfd, char *err,
                 size_t errlen);
+/*
+ * A stub for the pool (stub.c): ask a zygote to fork one with the control
+ * memfd @ctl_fd and the socket end @notify_fd only, without waiting; it
+ * waits for its RAM memfd on that socket.  0, or PVM_ENOTSUP where stubs are
+ * not forked by zygotes.  nspawn_collect() then waits for it: 0 with *pid and
+ * *pidfd, or a negative PVM_E* code (the spawn is then given up and reaped).
+ */
+int nspawn_request(struct nspawn *sp, int ctl_fd, int notify_fd, char *err, size_t errlen);
+int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t errlen);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);
 /* The stub was sent SIGKILL: wait until it is reaped (no zombie left) and free its slot. */

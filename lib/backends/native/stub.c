@@ -28,6 +28,7 @@
 #include <x86intrin.h>
 
 #include "pvm/abi.h"
+#include "core/core.h"
 #include "pvm/pvm.h"
 #include "spawn.h"
 #include "stub.h"
@@ -90,6 +91,7 @@ struct nstub {
     uint32_t nr_sent;                 /* the commands of the current resume, to approve */
     struct nstub_cmd sent[NSTUB_MAX_CMDS];
     int notif_fd;                     /* seccomp listener of the stub's mmaps (approval), or -1 */
+    int sock, peer;                   /* approval socket (ours, the stub's) until the boot trap, or -1 */
     bool escape;                      /* a guest's own mmap was refused: report it as its SYSCALL */
     uint64_t escape_nr;
 
@@ -519,6 +521,232 @@ static int recv_listener(int sock)
     return fd;
 }
 
+/* A stub's library half before its process exists: control area and approval socket. */
+static struct nstub *stub_alloc(int kick_signal, bool trust_maps, char *err, size_t errlen, int *rc)
+{
+    struct nstub *s = calloc(1, sizeof(*s));
+    if (!s) {
+        *rc = PVM_ENOMEM;
+        return set_err(err, errlen, "nstub_create: out of memory"), NULL;
+    }
+    s->pid = -1;
+    s->pidfd = -1;
+    s->stat_fd = -1;
+    s->kick_signal = kick_signal;
+    s->spin_ns = DEFAULT_SPIN_NS;
+    s->ctl = MAP_FAILED;
+    s->pvcs_off = UINT64_MAX;
+    s->notif_fd = -1;
+    s->sock = s->peer = -1;
+
+    int sv[2];
+    if (!trust_maps && (!notif_size_ok() || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)) {
+        set_err(err, errlen, "nstub_create: mapping approval needs seccomp user notification (Linux 5.5): %s",
+                strerror(errno));
+        *rc = PVM_ENOTSUP;
+        goto fail;
+    }
+    if (!trust_maps) {
+        s->sock = sv[0];
+        s->peer = sv[1];
+    }
+    s->ctl_fd = memfd_create("pvm-stub-ctl", MFD_CLOEXEC);
+    if (s->ctl_fd < 0 || ftruncate(s->ctl_fd, (off_t)NSTUB_CTL_SIZE) < 0) {
+        set_err(err, errlen, "nstub_create: control memfd: %s", strerror(errno));
+        *rc = PVM_ENOMEM;
+        goto fail;
+    }
+    void *m = mmap(NULL, NSTUB_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, s->ctl_fd, 0);
+    if (m == MAP_FAILED) {
+        set_err(err, errlen, "nstub_create: mapping the control area: %s", strerror(errno));
+        *rc = PVM_ENOMEM;
+        goto fail;
+    }
+    s->ctl = m;
+    s->ctl->magic = NSTUB_ABI_MAGIC;
+    s->ctl->version = NSTUB_ABI_VERSION;
+    s->ctl->kick_signal = kick_signal;
+    s->ctl->approve_maps = !trust_maps;
+    s->ctl->state = NSTUB_ST_BOOT;
+    s->ctl->spin_tsc = (uint64_t)s->spin_ns * tsc_per_us / 1000u;
+    return s;
+
+fail:
+    nstub_destroy(s);
+    return NULL;
+}
+
+/* The stub process exists (pid, pidfd): its fds were sent, ours can go. */
+static void stub_spawned(struct nstub *s, pid_t pid, int pidfd)
+{
+    s->pid = pid;
+    s->pidfd = pidfd;
+    s->death_expected = (uint32_t)pid | FUTEX_WAITERS;
+}
+
+static void close_spawn_fds(struct nstub *s)
+{
+    /* Mapped, and the stub has its own copies: no per-stub fd stays but the pidfd and listener. */
+    if (s->ctl_fd >= 0)
+        close(s->ctl_fd);
+    if (s->peer >= 0)
+        close(s->peer);
+    s->ctl_fd = s->peer = -1;
+}
+
+/* Wait for the boot trap and check it; take the approval listener.  0 or a PVM_E* code. */
+static int stub_boot(struct nstub *s, uint64_t tsc0, uint64_t t0, char *err, size_t errlen)
+{
+    if (wait_trapped(s, true) < 0)
+        return set_err(err, errlen, "nstub_create: %s", s->dead_msg), PVM_EIO;
+    uint64_t dt = now_ns() - t0, dtsc = __rdtsc() - tsc0;
+    if (dt >= 20000)
+        __atomic_store_n(&tsc_per_us, dtsc * 1000u / dt, __ATOMIC_RELAXED);
+
+    /* The boot trap: a ud2 in the stub, with a sane signal frame. */
+    if (s->ctl->signo != SIGILL || s->ctl->death != s->death_expected)
+        return set_err(err, errlen, "nstub_create: unexpected start-up report (signal %d)", (int)s->ctl->signo),
+               PVM_EINTERNAL;
+    uint64_t fsz = s->ctl->fpstate_size;
+    if (fsz < 512 || fsz > NSTUB_ALTSTACK_SIZE)
+        return set_err(err, errlen, "nstub_create: unexpected XSAVE image size %llu", (unsigned long long)fsz),
+               PVM_EINTERNAL;
+    s->fpu_size = fsz;
+    note_fpu(s);
+    if (s->sock >= 0) {
+        /* Sent before the filter that forbids sendmsg, so before the boot trap: no guest code has run. */
+        s->notif_fd = recv_listener(s->sock);
+        close(s->sock);
+        s->sock = -1;
+        if (s->notif_fd < 0)
+            return set_err(err, errlen, "nstub_create: the stub sent no mapping-approval listener"), PVM_EINTERNAL;
+        /* Where the kernel has it (6.6): wake the stub on this CPU, as a synchronous hand-off. */
+        ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+    }
+    s->stopped = true;
+    return 0;
+}
+
+/* ---- the pool of pre-started stubs ------------------------------------------ */
+
+/*
+ * VM creation waits for a stub to start (a zygote fork and the stub's own
+ * set-up, most of a VM's creation time).  Stubs for the pool are requested
+ * from a zygote without waiting and park before they have a VM; a create
+ * takes one, hands it the VM's memfd and asks for a replacement, so the fork
+ * happens off the create path.  Size: PVM_NATIVE_POOL (default
+ * NSTUB_POOL_DEFAULT, 0 = off, at most NSTUB_POOL_MAX), read at the first
+ * create.  Only stubs with the approval socket (not trust_maps) and the kick
+ * signal of the first pooled create are pooled.  Each costs one parked
+ * process and one fd in the library.  A forked child forgets its parent's.
+ */
+#define NSTUB_POOL_DEFAULT 2
+#define NSTUB_POOL_MAX 16
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static struct nstub *pool[NSTUB_POOL_MAX];
+static unsigned pool_n, pool_size;
+static int pool_kick;
+static uint64_t pool_hits;
+
+static void pool_atfork_prepare(void)
+{
+    pthread_mutex_lock(&pool_lock);
+}
+
+static void pool_atfork_parent(void)
+{
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void pool_atfork_child(void)
+{
+    for (unsigned i = 0; i < pool_n; i++)
+        if (pool[i]->sock >= 0)
+            close(pool[i]->sock);   /* the structs stay: they are the parent's stubs */
+    pool_n = 0;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void pool_init(void)
+{
+    const char *e = getenv("PVM_NATIVE_POOL");
+    pool_size = e ? (unsigned)atoi(e) : NSTUB_POOL_DEFAULT;
+    if (pool_size > NSTUB_POOL_MAX)
+        pool_size = NSTUB_POOL_MAX;
+    pthread_atfork(pool_atfork_prepare, pool_atfork_parent, pool_atfork_child);
+}
+
+/* Ask zygotes for stubs until the pool is full (no waiting). */
+static void pool_refill(int kick_signal)
+{
+    pthread_mutex_lock(&pool_lock);
+    if (!pool_kick)
+        pool_kick = kick_signal;
+    while (pool_n < pool_size && kick_signal == pool_kick) {
+        int rc;
+        struct nstub *s = stub_alloc(kick_signal, false, NULL, 0, &rc);
+        if (!s)
+            break;
+        s->ctl->pooled = 1;
+        if (nspawn_request(&s->sp, s->ctl_fd, s->peer, NULL, 0) < 0) {
+            nstub_destroy(s);
+            pool_size = 0;   /* no zygote: no pool */
+            break;
+        }
+        close_spawn_fds(s);
+        pool[pool_n++] = s;
+    }
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static struct nstub *pool_take(int kick_signal)
+{
+    struct nstub *s = NULL;
+    pthread_mutex_lock(&pool_lock);
+    if (pool_n && kick_signal == pool_kick) {
+        s = pool[0];
+        memmove(&pool[0], &pool[1], --pool_n * sizeof(pool[0]));
+    }
+    pthread_mutex_unlock(&pool_lock);
+    return s;
+}
+
+/* A pooled stub becomes @memfd's: collect its process, send the memfd, wait for its boot trap. */
+static int pool_finish(struct nstub *s, int memfd, char *err, size_t errlen)
+{
+    uint64_t tsc0 = __rdtsc(), t0 = now_ns();
+    pid_t pid;
+    int pidfd;
+    char why[160] = "";
+    int rc = nspawn_collect(&s->sp, &pid, &pidfd, why, sizeof(why));
+    if (rc < 0)
+        return set_err(err, errlen, "nstub_create: pooled stub: %s", why), rc;
+    stub_spawned(s, pid, pidfd);
+    char byte = 'M';
+    struct iovec iov = { &byte, 1 };
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } cm;
+    memset(&cm, 0, sizeof(cm));
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &memfd, sizeof(int));
+    if (sendmsg(s->sock, &mh, MSG_NOSIGNAL) != 1)
+        return set_err(err, errlen, "nstub_create: handing the memfd to a pooled stub: %s", strerror(errno)), PVM_EIO;
+    return stub_boot(s, tsc0, t0, err, errlen);
+}
+
+uint64_t nstub_pool_hits(void)
+{
+    return __atomic_load_n(&pool_hits, __ATOMIC_RELAXED);
+}
+
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen)
 {
     if (!out || !cfg)
@@ -530,101 +758,39 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         cfg->kick_signal == SIGSTOP || fault_signal(cfg->kick_signal))
         return set_err(err, errlen, "nstub_create: kick signal %d cannot be used", cfg->kick_signal), PVM_EINVAL;
 
-    struct nstub *s = calloc(1, sizeof(*s));
-    if (!s)
-        return set_err(err, errlen, "nstub_create: out of memory"), PVM_ENOMEM;
-    s->pid = -1;
-    s->pidfd = -1;
-    s->stat_fd = -1;
-    s->kick_signal = cfg->kick_signal;
-    s->spin_ns = DEFAULT_SPIN_NS;
-    s->ctl = MAP_FAILED;
-    s->pvcs_off = UINT64_MAX;
-    s->notif_fd = -1;
+    pthread_once(&pool_once, pool_init);
+    struct nstub *s = cfg->trust_maps ? NULL : pool_take(cfg->kick_signal);
+    if (s) {
+        int rc = pool_finish(s, cfg->memfd, err, errlen);
+        pool_refill(cfg->kick_signal);
+        if (rc == 0) {
+            __atomic_add_fetch(&pool_hits, 1, __ATOMIC_RELAXED);
+            *out = s;
+            return 0;
+        }
+        /* A pooled stub that failed (killed meanwhile, say): start one the usual way. */
+        pvm__log(PVM_LOG_DEBUG, "%s; starting a stub directly", err ? err : "pooled stub failed");
+        nstub_destroy(s);
+    }
 
-    int rc, sv[2] = { -1, -1 };
-    if (!cfg->trust_maps && (!notif_size_ok() || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)) {
-        set_err(err, errlen, "nstub_create: mapping approval needs seccomp user notification (Linux 5.5): %s",
-                strerror(errno));
-        rc = PVM_ENOTSUP;
-        goto fail;
-    }
-    s->ctl_fd = memfd_create("pvm-stub-ctl", MFD_CLOEXEC);
-    if (s->ctl_fd < 0 || ftruncate(s->ctl_fd, (off_t)NSTUB_CTL_SIZE) < 0) {
-        set_err(err, errlen, "nstub_create: control memfd: %s", strerror(errno));
-        rc = PVM_ENOMEM;
-        goto fail;
-    }
-    void *m = mmap(NULL, NSTUB_CTL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, s->ctl_fd, 0);
-    if (m == MAP_FAILED) {
-        set_err(err, errlen, "nstub_create: mapping the control area: %s", strerror(errno));
-        rc = PVM_ENOMEM;
-        goto fail;
-    }
-    s->ctl = m;
-    s->ctl->magic = NSTUB_ABI_MAGIC;
-    s->ctl->version = NSTUB_ABI_VERSION;
-    s->ctl->kick_signal = cfg->kick_signal;
-    s->ctl->approve_maps = !cfg->trust_maps;
-    s->ctl->state = NSTUB_ST_BOOT;
-    s->ctl->spin_tsc = (uint64_t)s->spin_ns * tsc_per_us / 1000u;
-
+    int rc;
+    if (!(s = stub_alloc(cfg->kick_signal, cfg->trust_maps, err, errlen, &rc)))
+        return rc;
     uint64_t tsc0 = __rdtsc(), t0 = now_ns();
     pid_t pid;
     int pidfd;
     char why[160] = "";
-    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, sv[1], &pid, &pidfd, why, sizeof(why));
-    if (sv[1] >= 0)
-        close(sv[1]);
+    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, s->peer, &pid, &pidfd, why, sizeof(why));
+    close_spawn_fds(s);
     if (rc < 0) {
-        if (sv[0] >= 0)
-            close(sv[0]);
         set_err(err, errlen, "nstub_create: %s", why);
         goto fail;
     }
-    s->pid = pid;
-    s->pidfd = pidfd;
-    /* Mapped, and the stub has its own copy: no per-stub fd but the pidfd stays in the library. */
-    close(s->ctl_fd);
-    s->ctl_fd = -1;
-    s->death_expected = (uint32_t)pid | FUTEX_WAITERS;
-
-    if (wait_trapped(s, true) < 0) {
-        set_err(err, errlen, "nstub_create: %s", s->dead_msg);
-        rc = PVM_EIO;
+    stub_spawned(s, pid, pidfd);
+    if ((rc = stub_boot(s, tsc0, t0, err, errlen)) < 0)
         goto fail;
-    }
-    uint64_t dt = now_ns() - t0, dtsc = __rdtsc() - tsc0;
-    if (dt >= 20000)
-        __atomic_store_n(&tsc_per_us, dtsc * 1000u / dt, __ATOMIC_RELAXED);
-
-    /* The boot trap: a ud2 in the stub, with a sane signal frame. */
-    if (s->ctl->signo != SIGILL || s->ctl->death != s->death_expected) {
-        set_err(err, errlen, "nstub_create: unexpected start-up report (signal %d)", (int)s->ctl->signo);
-        rc = PVM_EINTERNAL;
-        goto fail;
-    }
-    uint64_t fsz = s->ctl->fpstate_size;
-    if (fsz < 512 || fsz > NSTUB_ALTSTACK_SIZE) {
-        set_err(err, errlen, "nstub_create: unexpected XSAVE image size %llu", (unsigned long long)fsz);
-        rc = PVM_EINTERNAL;
-        goto fail;
-    }
-    s->fpu_size = fsz;
-    note_fpu(s);
-    if (sv[0] >= 0) {
-        /* Sent before the filter that forbids sendmsg, so before the boot trap: no guest code has run. */
-        s->notif_fd = recv_listener(sv[0]);
-        close(sv[0]);
-        if (s->notif_fd < 0) {
-            set_err(err, errlen, "nstub_create: the stub sent no mapping-approval listener");
-            rc = PVM_EINTERNAL;
-            goto fail;
-        }
-        /* Where the kernel has it (6.6): wake the stub on this CPU, as a synchronous hand-off. */
-        ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
-    }
-    s->stopped = true;
+    if (!cfg->trust_maps)
+        pool_refill(cfg->kick_signal);   /* the next create is a pooled one */
     *out = s;
     return 0;
 
@@ -650,6 +816,10 @@ void nstub_destroy(struct nstub *s)
         close(s->stat_fd);
     if (s->notif_fd >= 0)
         close(s->notif_fd);
+    if (s->sock >= 0)
+        close(s->sock);
+    if (s->peer >= 0)
+        close(s->peer);
     free(s);
 }
 

@@ -97,6 +97,8 @@ struct nstub_trap {
  * cfg->trust_maps, the mapping-approval listener.
  */
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen);
+/* How many nstub_create() calls were served by a pre-started stub (the pool; statistics, tests). */
+uint64_t nstub_pool_hits(void);
 /* Kill and reap the stub; frees everything.  NULL ignored. */
 void nstub_destroy(struct nstub *s);
 

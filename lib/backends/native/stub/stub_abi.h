@@ -125,6 +125,7 @@ struct nstub_zreq {
     uint32_t slot;
 };
 #define NSTUB_ZOP_SPAWN 1
+#define NSTUB_ZOP_SPAWN_POOLED 2    /* SCM_RIGHTS [control memfd, socket]: the RAM memfd comes later */
 
 enum nstub_state {
     NSTUB_ST_BOOT = 0,      /* written by the library before the stub starts */
@@ -233,6 +234,8 @@ struct nstub_ctl {
     uint32_t magic, version;
     int32_t kick_signal;
     uint32_t approve_maps;  /* 1: every guest-RAM mmap waits for the library (NSTUB_FD_NOTIFY) */
+    uint32_t pooled;        /* 1: started without a VM; the RAM memfd comes on NSTUB_FD_NOTIFY */
+    uint32_t pad_pooled;
     uint64_t spin_tsc;      /* how long the stub spins (sched_yield) for RESUME, in TSC ticks */
     uint32_t park;          /* lib -> stub at a trap: stop spinning, sleep (nstub_confirm_stopped) */
     uint32_t pad_park;

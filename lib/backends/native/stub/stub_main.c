@@ -551,6 +551,27 @@ struct k_cmsg1 {
     int fd, pad;
 };
 
+/*
+ * A pooled stub (nstub_create's pool) is started before it has a VM: it
+ * waits here, blocked and using no CPU, for its RAM memfd on the socket.
+ * The library gone, the socket reads 0 (and the death pipe kills us anyway).
+ */
+static void receive_ram(void)
+{
+    char byte;
+    struct k_iovec iov = { &byte, 1 };
+    struct k_cmsg1 cm = { 0 };
+    struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
+    long n;
+    while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0x40000000 /* MSG_CMSG_CLOEXEC */, 0, 0, 0)) == -EINTR)
+        ;
+    if (n != 1 || cm.level != 1 || cm.type != 1 || cm.len != sizeof(cm) - sizeof(int))
+        die("no RAM memfd for a pooled stub (the library gave it up)");
+    if (SYS(__NR_dup2, cm.fd, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM)
+        die("dup2 of the RAM memfd failed");
+    SYS(__NR_close, cm.fd, 0, 0, 0, 0, 0);
+}
+
 static void install_map_approval(void)
 {
     static struct sock_filter f[] = {
@@ -675,6 +696,8 @@ void stub_main(const uint64_t *sp)
     if (SYS(__NR_setitimer, ITIMER_PROF, &it, 0, 0, 0, 0) != 0)
         die("setitimer(ITIMER_PROF) failed");
 
+    if (c->pooled)
+        receive_ram();
     if (c->approve_maps)
         install_map_approval();
     else

@@ -195,16 +195,23 @@ static void reap(void)
     }
 }
 
-/* In the forked child: fds 3/4/6 from the request, 5 stays, nothing else; then the stub start-up. */
+/*
+ * In the forked child: fds 3/4/6 from the request (a pooled stub: 4/6, its
+ * RAM memfd comes later), 5 stays, nothing else; then the stub start-up.
+ */
 static void become_stub(int ram, int ctl, int notify)
 {
-    int r2 = (int)SYS(__NR_fcntl, ram, F_DUPFD, 16, 0, 0, 0);
+    int r2 = ram >= 0 ? (int)SYS(__NR_fcntl, ram, F_DUPFD, 16, 0, 0, 0) : -1;
     int c2 = (int)SYS(__NR_fcntl, ctl, F_DUPFD, 16, 0, 0, 0);
     int n2 = notify >= 0 ? (int)SYS(__NR_fcntl, notify, F_DUPFD, 16, 0, 0, 0) : -1;
-    if (r2 < 0 || c2 < 0 || (notify >= 0 && n2 < 0) || SYS(__NR_dup2, r2, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM ||
+    if ((ram >= 0 && r2 < 0) || c2 < 0 || (notify >= 0 && n2 < 0) ||
+        (r2 >= 0 && SYS(__NR_dup2, r2, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM) ||
         SYS(__NR_dup2, c2, NSTUB_FD_CTL, 0, 0, 0, 0) != NSTUB_FD_CTL ||
         (n2 >= 0 && SYS(__NR_dup2, n2, NSTUB_FD_NOTIFY, 0, 0, 0, 0) != NSTUB_FD_NOTIFY))
         zexit(124);
+    if (r2 < 0)
+        SYS(__NR_close, NSTUB_FD_RAM, 0, 0, 0, 0, 0);   /* our socket (NSTUB_ZFD_SOCK) */
+    _Static_assert(NSTUB_FD_RAM == NSTUB_ZFD_SOCK, "fd 3 above");
     _Static_assert(NSTUB_FD_NOTIFY == NSTUB_FD_DEATH + 1, "fd ranges below");
     SYS(__NR_close_range, 0, 2, 0, 0, 0, 0);
     SYS(__NR_close_range, n2 >= 0 ? NSTUB_FD_NOTIFY + 1 : NSTUB_FD_DEATH + 1, ~0u, 0, 0, 0, 0);
@@ -287,8 +294,9 @@ void nstub_zygote_main(void)
             for (int i = 0; i < nfds && i < 3; i++)
                 fds[i] = cm.fds[i];
         }
-        if (n != sizeof(req) || req.op != NSTUB_ZOP_SPAWN || req.slot >= NSTUB_ZYG_SLOTS || nfds < 2 || nfds > 3 ||
-            (mh.flags & MSG_CTRUNC)) {
+        const int pooled = req.op == NSTUB_ZOP_SPAWN_POOLED;
+        if (n != sizeof(req) || (req.op != NSTUB_ZOP_SPAWN && !pooled) || req.slot >= NSTUB_ZYG_SLOTS ||
+            nfds < 2 || nfds > (pooled ? 2 : 3) || (mh.flags & MSG_CTRUNC)) {
             for (int i = 0; i < nfds && i < 3; i++)
                 SYS(__NR_close, fds[i], 0, 0, 0, 0, 0);
             if (req.slot < NSTUB_ZYG_SLOTS) {
@@ -301,7 +309,10 @@ void nstub_zygote_main(void)
         volatile struct nstub_zslot *sl = &ZP->slot[req.slot];
         long pid = SYS(__NR_clone, SIGCHLD, 0, 0, 0, 0, 0);
         if (pid == 0) {
-            become_stub(fds[0], fds[1], fds[2]);
+            if (pooled)
+                become_stub(-1, fds[0], fds[1]);   /* the RAM memfd arrives on the socket */
+            else
+                become_stub(fds[0], fds[1], fds[2]);
             return;   /* into the stub start-up */
         }
         for (int i = 0; i < nfds; i++)
