@@ -179,7 +179,7 @@ static uint64_t sh_ram_extent(void *opaque, uint64_t gpa, uint32_t *flags)
  * Guest-virtual space one address space may have mapped: twice the guest's
  * RAM (a direct map and a process's own view of it) plus PVM_HV_MAP_SLACK.
  * A provider's page tables then stay under about 1/256 of RAM per address
- * space however the guest aliases its RAM (docs/design.md "Threat model").
+ * space however the guest aliases its RAM (docs/design.md "Mapping approval").
  */
 static uint64_t sh_map_budget(void *opaque)
 {
