@@ -27,6 +27,18 @@ static uint64_t gaddr(const uint8_t *block_start, const uint8_t *label)
     return GVM_CODE + (uint64_t)(label - block_start);
 }
 
+/* The PVCS set for an ERETU into GVM_USER_CODE with the user stack (IF on). */
+static struct pvm_vcpu_struct *user_entry(struct gvm *g)
+{
+    struct pvm_vcpu_struct *p = gvm_pvcs(g);
+    p->user_cs = PVM_USER_CS;
+    p->user_ss = PVM_USER_DS;
+    p->rip = GVM_USER_CODE;
+    p->rsp = GVM_USER_STACK_TOP;
+    p->eflags = 0x202;
+    return p;
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
@@ -87,12 +99,7 @@ START_TEST(user_syscall_and_eretu)
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_k_eretu_start, g_k_eretu_end);
     gvm_load(&g, GVM_USER_CODE, g_user_start, g_user_end);
-    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
-    p->user_cs = PVM_USER_CS;
-    p->user_ss = PVM_USER_DS;
-    p->rip = GVM_USER_CODE;
-    p->rsp = GVM_USER_STACK_TOP;
-    p->eflags = 0x202;
+    struct pvm_vcpu_struct *p = user_entry(&g);
     p->user_gsbase = 0x5000;
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
 
@@ -623,12 +630,7 @@ START_TEST(raw_syscalls_contained)
     ck_assert_uint_eq(e.u.hypercall.args[1], 451);
     ck_assert_int_eq(getpid(), self);
 
-    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
-    p->user_cs = PVM_USER_CS;
-    p->user_ss = PVM_USER_DS;
-    p->rip = GVM_USER_CODE;
-    p->rsp = GVM_USER_STACK_TOP;
-    p->eflags = 0x202;
+    user_entry(&g);
     e.u.hypercall.ret = GVM_RETU_SITE;
     for (uint64_t n = 0; n < 451; n++) {
         gvm_run(&g, &e);
@@ -729,12 +731,7 @@ static void user_escape(bool trust, uint64_t *rbx, uint64_t *rip)
     unsetenv("PVM_NATIVE_TRUST_MAPS");
     gvm_load(&g, GVM_CODE, g_k_eretu_start, g_k_eretu_end);
     gvm_load(&g, GVM_USER_CODE, g_user_escape_start, g_user_escape_end);
-    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
-    p->user_cs = PVM_USER_CS;
-    p->user_ss = PVM_USER_DS;
-    p->rip = GVM_USER_CODE;
-    p->rsp = GVM_USER_STACK_TOP;
-    p->eflags = 0x202;
+    struct pvm_vcpu_struct *p = user_entry(&g);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);
@@ -1382,12 +1379,7 @@ static void run_user_pf(bool on, struct pf_snapshot *out)
     for (unsigned i = 0; i < 5; i++)
         ((uint64_t *)(g.ram + PF_PTES))[i] = (PF_GPA + i * 4096) | PVM_PTE_P | flags[i];
     *(uint64_t *)(g.ram + PF_RETU) = GVM_RETU_SITE;
-    struct pvm_vcpu_struct *p = gvm_pvcs(&g);
-    p->user_cs = PVM_USER_CS;
-    p->user_ss = PVM_USER_DS;
-    p->rip = GVM_USER_CODE;
-    p->rsp = GVM_USER_STACK_TOP;
-    p->eflags = 0x202;
+    struct pvm_vcpu_struct *p = user_entry(&g);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, GVM_HC_REPORT_LSTAR);

@@ -532,19 +532,6 @@ static void install_filter(void)
  * so install_filter()'s ALLOW for such an mmap still ends here.  Its
  * listener goes to the library over the socket, which is then closed.
  */
-struct k_iovec {
-    void *base;
-    size_t len;
-};
-struct k_msghdr {
-    void *name;
-    int namelen;
-    struct k_iovec *iov;
-    size_t iovlen;
-    void *control;
-    size_t controllen;
-    unsigned flags;
-};
 struct k_cmsg1 {
     size_t len;
     int level, type;

@@ -63,19 +63,6 @@ void nstub_restorer(void);
 #define ZPAGE_MAP 8192ull
 
 /* Minimal userspace ABI structs (no libc). */
-struct k_iovec {
-    void *base;
-    size_t len;
-};
-struct k_msghdr {
-    void *name;
-    int namelen;
-    struct k_iovec *iov;
-    size_t iovlen;
-    void *control;
-    size_t controllen;
-    unsigned flags;
-};
 struct k_cmsg {
     size_t len;
     int level, type;

@@ -5,7 +5,23 @@
 #ifndef PVM_NSTUB_ZYGOTE_H
 #define PVM_NSTUB_ZYGOTE_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* sendmsg/recvmsg structs as the kernel lays them out (no libc here; zygote.c, stub_main.c). */
+struct k_iovec {
+    void *base;
+    size_t len;
+};
+struct k_msghdr {
+    void *name;
+    int namelen;
+    struct k_iovec *iov;
+    size_t iovlen;
+    void *control;
+    size_t controllen;
+    unsigned flags;
+};
 
 /* @sp: the initial stack pointer (argc, argv...): started as a zygote? */
 int nstub_is_zygote(const uint64_t *sp);
