@@ -800,6 +800,55 @@ START_TEST(readonly_region_holds)
 }
 END_TEST
 
+/*
+ * Host page tables stay bounded however a kernel aliases its RAM: 2048
+ * aliases of one 2 MiB page (4 GiB of guest-virtual space), each touched,
+ * would cost 8 MiB of host PTE pages; the shadow's budget (2 x RAM + 64 MiB
+ * of mapped space per address space) keeps the stub's VmPTE near 1/512 of
+ * that budget.
+ */
+GVM_CODE_BLOCK(g_alias_touch,
+    "mov $0x40000000, %rdi\n mov $2048, %ecx\n"
+    "1: mov (%rdi), %al\n add $0x200000, %rdi\n dec %ecx\n jnz 1b\n" HC(0x32) "ud2\n");
+
+static long vm_pte_kib(int pid)
+{
+    char path[64], line[256];
+    long v = -1;
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    FILE *f = fopen(path, "re");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmPTE:", 6))
+            v = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+START_TEST(page_tables_bounded)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_boot(&g, g_alias_touch_start, g_alias_touch_end);
+    /* One page directory of 512 large PDEs onto gpa 2 MiB, under PDPT entries 1-4 (gva 1-5 GiB). */
+    uint64_t pd = g.pt_next;
+    g.pt_next += 4096;
+    for (int i = 0; i < 512; i++)
+        ((uint64_t *)(g.ram + pd))[i] = 0x200000 | PVM_PTE_P | PVM_PTE_W | PVM_PTE_A | PVM_PTE_D | PVM_PTE_PS;
+    uint64_t pdpt = *(uint64_t *)(g.ram + g.kroot) & PVM_PTE_ADDR;
+    for (int i = 1; i <= 4; i++)
+        ((uint64_t *)(g.ram + pdpt))[i] = pd | PVM_PTE_P | PVM_PTE_W;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x32);
+    long kib = vm_pte_kib(pvm__native_stub_pid(g.cpu, 0));
+    /* Budget 72 MiB -> at most 36 live 2 MiB mappings, one 4 KiB PTE page each, plus the stub's own. */
+    printf("native: VmPTE of a stub after 2048 aliases touched: %ld KiB (8192 KiB unbounded)\n", kib);
+    ck_assert_int_gt(kib, 0);
+    ck_assert_int_le(kib, 512);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* The vsyscall page stays in every process: reading or executing it is contained. */
 GVM_CODE_BLOCK(g_vsys_read, "movabs $0xffffffffff600000, %rax\n mov (%rax), %rbx\n" HC(0x28) "ud2\n");
 GVM_CODE_BLOCK(g_vsys_exec,
@@ -1938,6 +1987,7 @@ int main(void)
     tcase_add_test(tc, stub_attacks_contained);
     tcase_add_test(tc, user_escape_refused);
     tcase_add_test(tc, readonly_region_holds);
+    tcase_add_test(tc, page_tables_bounded);
     tcase_add_test(tc, vsyscall_page_contained);
     tcase_add_test(tc, fast_path_matches_model);
     tcase_add_test(tc, fast_ud_erets_loop);

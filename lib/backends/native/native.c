@@ -468,6 +468,12 @@ uint64_t pvm__native_prefetches(const pvm_vcpu *v)
     return native_of(v) ? pvm_hv_of(v)->prefetches : 0;
 }
 
+int pvm__native_stub_pid(const pvm_vcpu *v, unsigned slot)
+{
+    const struct native_cpu *nc = native_of(v);
+    return nc && slot < PVM_SHADOW_MAX_ROOTS ? nstub_pid(nc->stubs[slot]) : -1;
+}
+
 static const struct pvm_cpu_provider native_cpu = {
     .name = "native",
     .window_lo = NSTUB_GUEST_LO,
