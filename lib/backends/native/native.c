@@ -102,9 +102,14 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
     struct native_cpu *nc = nc_of(hv);
     if (!nc)
         return;
-    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events handled by the stub fast path (%llu interrupts), %llu #PF prefetches",
+    uint64_t approved = 0;
+    for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
+        approved += nstub_approved(nc->stubs[i]);
+    pvm__log(PVM_LOG_DEBUG,
+             "vCPU %u: %llu events handled by the stub fast path (%llu interrupts), %llu #PF prefetches, "
+             "%llu mappings approved",
              hv->v->id, (unsigned long long)nc->fast_events, (unsigned long long)nc->fast_irqs,
-             (unsigned long long)hv->prefetches);
+             (unsigned long long)hv->prefetches, (unsigned long long)approved);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nc->stubs[i]);
     free(nc->fpu_buf);

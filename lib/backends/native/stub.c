@@ -92,6 +92,7 @@ struct nstub {
     struct nstub_cmd sent[NSTUB_MAX_CMDS];
     int notif_fd;                     /* seccomp listener of the stub's mmaps (approval), or -1 */
     int sock, peer;                   /* approval socket (ours, the stub's) until the boot trap, or -1 */
+    uint64_t approved;                /* mmaps let through (statistics) */
     bool escape;                      /* a guest's own mmap was refused: report it as its SYSCALL */
     uint64_t escape_nr;
 
@@ -306,6 +307,7 @@ static int approve_cmds(struct nstub *s)
             return -1;
         }
         notif_answer(s, b.n.id, 0);
+        s->approved++;
     }
     return 0;
 }
@@ -1349,6 +1351,11 @@ int nstub_set_fpu(struct nstub *s, const void *buf, size_t len)
         return PVM_EFAULT;
     memcpy((char *)s->ctl + s->fpu_off, buf, s->fpu_size);
     return 0;
+}
+
+uint64_t nstub_approved(const struct nstub *s)
+{
+    return s ? s->approved : 0;
 }
 
 int nstub_pid(const struct nstub *s)

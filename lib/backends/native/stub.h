@@ -202,6 +202,8 @@ int nstub_map_pvcs(struct nstub *s, uint64_t off);
 /* Publish the effective CPUID table (n <= 264 entries); only while stopped. */
 int nstub_set_cpuid(struct nstub *s, const struct pvm_cpuid_entry *e, size_t n);
 
+/* Guest-RAM mmaps the library approved for this stub so far (statistics). */
+uint64_t nstub_approved(const struct nstub *s);
 /* Host pid of the stub (diagnostics, tests). */
 int nstub_pid(const struct nstub *s);
 
