@@ -175,8 +175,8 @@ static int death_pipe(void)
 /* ---- exec of the image: clone(CLONE_VM|CLONE_VFORK), O(library fds) --------- */
 
 struct exec_args {
-    const int *fds;     /* become 3, 4, ... */
-    int nfds;           /* 3 or 4 */
+    const int *fds;     /* become 3, 4, ...; -1: that fd is closed */
+    int nfds;
     char *const *argv;
     int err;
     const char *what;
@@ -184,24 +184,27 @@ struct exec_args {
 
 /*
  * Runs in the vfork child (shared memory, the parent suspended, every signal
- * blocked): arrange fds 3-5, drop every other fd, exec the image.
+ * blocked): arrange fds 3.., drop every other fd, exec the image.
  */
 static int exec_child(void *p)
 {
     struct exec_args *a = p;
     static char *const envp[] = { NULL };
-    int img, tmp[4];
+    int img, tmp[8];
     const unsigned top = 3u + (unsigned)a->nfds;   /* the first fd not ours */
 
     a->what = "dup";
     if ((img = fcntl(image_fd, F_DUPFD_CLOEXEC, (int)top)) < 0)
         goto fail;
     for (int i = 0; i < a->nfds; i++)
-        if ((tmp[i] = fcntl(a->fds[i], F_DUPFD, (int)top)) < 0)
+        if (a->fds[i] >= 0 && (tmp[i] = fcntl(a->fds[i], F_DUPFD, (int)top)) < 0)
             goto fail;
-    for (int i = 0; i < a->nfds; i++)
-        if (dup2(tmp[i], 3 + i) < 0)
+    for (int i = 0; i < a->nfds; i++) {
+        if (a->fds[i] < 0)
+            close(3 + i);
+        else if (dup2(tmp[i], 3 + i) < 0)
             goto fail;
+    }
     a->what = "close_range";
     if (syscall(SYS_close_range, 0u, 2u, 0u) < 0 || syscall(SYS_close_range, top, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
         goto fail;
@@ -215,6 +218,8 @@ fail:
 static int exec_image(const int *fds, int nfds, char *const argv[], pid_t *pid, int *pidfd, char *err,
                       size_t errlen)
 {
+    if (nfds > 8)
+        return set_err(err, errlen, "exec_image: %d fds", nfds), PVM_EINVAL;
     /* vfork-style: no copy of the library's address space (ARCHITECTURE.md). */
     struct exec_args a = { .fds = fds, .nfds = nfds, .argv = argv };
     char stack[8192] __attribute__((aligned(16)));
@@ -429,8 +434,19 @@ static void slot_release(struct nspawn_zygote *z, int slot)
     pthread_mutex_unlock(&zlock);
 }
 
+/* The stub's fd number @n (NSTUB_FD_*) in @f, or -1. */
+static int fd_for(const struct nspawn_fds *f, int n)
+{
+    switch (n) {
+    case NSTUB_FD_RAM: return f->ram;
+    case NSTUB_FD_CTL: return f->ctl;
+    case NSTUB_FD_NOTIFY: return f->notify;
+    default: return -1;
+    }
+}
+
 /* The first half of a zygote spawn: a slot and the request.  0, 1 (no zygote: spawn directly) or <0. */
-static int zygote_request(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, char *err, size_t errlen)
+static int zygote_request(struct nspawn *sp, const struct nspawn_fds *f, char *err, size_t errlen)
 {
     int slot;
     pthread_mutex_lock(&zlock);
@@ -446,26 +462,27 @@ static int zygote_request(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_
     sl->code = sl->status = 0;
     __atomic_store_n(&sl->state, NSTUB_Z_REQ, __ATOMIC_SEQ_CST);
 
+    /* The stub's fds in increasing number, each named by a bit (a pooled stub: no RAM memfd yet). */
     struct nstub_zreq req = { .op = NSTUB_ZOP_SPAWN, .slot = (uint32_t)slot };
+    int fds[NSTUB_ZREQ_MAXFDS], nfds = 0;
+    for (int n = 0; n <= NSTUB_FD_LAST; n++)
+        if ((NSTUB_ZREQ_FDS & (1u << n)) && fd_for(f, n) >= 0) {
+            req.fds |= 1u << n;
+            fds[nfds++] = fd_for(f, n);
+        }
     struct iovec iov = { &req, sizeof(req) };
     union {
         struct cmsghdr h;
-        char buf[CMSG_SPACE(3 * sizeof(int))];
+        char buf[CMSG_SPACE(NSTUB_ZREQ_MAXFDS * sizeof(int))];
     } cm;
     memset(&cm, 0, sizeof(cm));
-    /* A pooled stub gets its RAM memfd later (nstub_pool_take): only the control memfd and socket now. */
-    const int fds[3] = { ram_fd, ctl_fd, notify_fd };
-    const int *first = ram_fd >= 0 ? fds : fds + 1;
-    const int nfds = (ram_fd >= 0) + 1 + (notify_fd >= 0);
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
                          .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
     struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), first, (size_t)nfds * sizeof(int));
-    if (ram_fd < 0)
-        req.op = NSTUB_ZOP_SPAWN_POOLED;
+    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
     ssize_t n;
     while ((n = sendmsg(z->sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
         ;
@@ -525,7 +542,7 @@ int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t 
     return 0;
 }
 
-int nspawn_request(struct nspawn *sp, int ctl_fd, int notify_fd, char *err, size_t errlen)
+int nspawn_request(struct nspawn *sp, const struct nspawn_fds *fds, char *err, size_t errlen)
 {
     pthread_once(&init_once, spawn_init);
     sp->z = NULL;
@@ -534,12 +551,11 @@ int nspawn_request(struct nspawn *sp, int ctl_fd, int notify_fd, char *err, size
         return set_err(err, errlen, "memfd for the stub image: %s", strerror(image_errno)), PVM_EIO;
     if (!use_zygote)
         return set_err(err, errlen, "no zygote (PVM_NATIVE_ZYGOTE=0)"), PVM_ENOTSUP;
-    int rc = zygote_request(sp, -1, ctl_fd, notify_fd, err, errlen);
+    int rc = zygote_request(sp, fds, err, errlen);
     return rc == 1 ? (set_err(err, errlen, "no zygote"), PVM_ENOTSUP) : rc;
 }
 
-int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t *pid, int *pidfd, char *err,
-                size_t errlen)
+int nspawn_stub(struct nspawn *sp, const struct nspawn_fds *fds, pid_t *pid, int *pidfd, char *err, size_t errlen)
 {
     pthread_once(&init_once, spawn_init);
     sp->z = NULL;
@@ -548,8 +564,10 @@ int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t 
     *pidfd = -1;
     if (image_fd < 0)
         return set_err(err, errlen, "memfd for the stub image: %s", strerror(image_errno)), PVM_EIO;
+    if (fds->ram < 0 || fds->ctl < 0)
+        return set_err(err, errlen, "nspawn_stub: no RAM or control memfd"), PVM_EINVAL;
     if (use_zygote) {
-        int rc = zygote_request(sp, ram_fd, ctl_fd, notify_fd, err, errlen);
+        int rc = zygote_request(sp, fds, err, errlen);
         if (rc == 0)
             return nspawn_collect(sp, pid, pidfd, err, errlen);
         if (rc < 0)
@@ -563,8 +581,10 @@ int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t 
     if (rc < 0)
         return set_err(err, errlen, "death pipe: %s", strerror(-rc)), PVM_EIO;
     static char *const argv[] = { "pvm-stub", NULL };
-    int fds[4] = { ram_fd, ctl_fd, dr, notify_fd };
-    return exec_image(fds, notify_fd >= 0 ? 4 : 3, argv, pid, pidfd, err, errlen);
+    int at[NSTUB_FD_LAST - 2];
+    for (int n = 3; n <= NSTUB_FD_LAST; n++)
+        at[n - 3] = n == NSTUB_FD_DEATH ? dr : fd_for(fds, n);
+    return exec_image(at, NSTUB_FD_LAST - 2, argv, pid, pidfd, err, errlen);
 }
 
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status)

@@ -26,23 +26,26 @@ struct nspawn {
     int slot;
 };
 
+/* The fds a stub starts with (stub_abi.h NSTUB_FD_*; the death pipe is spawn.c's); -1 = none. */
+struct nspawn_fds {
+    int ram;      /* NSTUB_FD_RAM, the guest-RAM memfd (nspawn_request: -1, it comes later) */
+    int ctl;      /* NSTUB_FD_CTL, the control memfd (mapped and filled by the caller) */
+    int notify;   /* NSTUB_FD_NOTIFY, the stub's end of the mapping-approval socket, or -1 */
+};
+
 /*
- * Start a stub on @ram_fd, the control memfd @ctl_fd (mapped and filled by
- * the caller) and @notify_fd (the stub's end of the mapping-approval socket,
- * or -1): they become the stub's NSTUB_FD_RAM, _CTL and _NOTIFY and stay the
- * caller's.  Returns 0 with *pid and *pidfd, or a negative PVM_E* code with
- * the reason in err.
+ * Start a stub with @fds (they stay the caller's).  Returns 0 with *pid and
+ * *pidfd, or a negative PVM_E* code with the reason in err.
  */
-int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int notify_fd, pid_t *pid, int *pidfd, char *err,
-                size_t errlen);
+int nspawn_stub(struct nspawn *sp, const struct nspawn_fds *fds, pid_t *pid, int *pidfd, char *err, size_t errlen);
 /*
- * A stub for the pool (stub.c): ask a zygote to fork one with the control
- * memfd @ctl_fd and the socket end @notify_fd only, without waiting; it
- * waits for its RAM memfd on that socket.  0, or PVM_ENOTSUP where stubs are
- * not forked by zygotes.  nspawn_collect() then waits for it: 0 with *pid and
- * *pidfd, or a negative PVM_E* code (the spawn is then given up and reaped).
+ * A stub for the pool (stub.c): ask a zygote to fork one with @fds (no RAM
+ * memfd: it waits for that on its socket) without waiting.  0, or
+ * PVM_ENOTSUP where stubs are not forked by zygotes.  nspawn_collect() then
+ * waits for it: 0 with *pid and *pidfd, or a negative PVM_E* code (the spawn
+ * is then given up and reaped).
  */
-int nspawn_request(struct nspawn *sp, int ctl_fd, int notify_fd, char *err, size_t errlen);
+int nspawn_request(struct nspawn *sp, const struct nspawn_fds *fds, char *err, size_t errlen);
 int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t errlen);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);

@@ -692,7 +692,8 @@ static void pool_refill(int kick_signal)
         if (!s)
             break;
         s->ctl->pooled = 1;
-        if (nspawn_request(&s->sp, s->ctl_fd, s->peer, NULL, 0) < 0) {
+        struct nspawn_fds fds = { .ram = -1, .ctl = s->ctl_fd, .notify = s->peer };
+        if (nspawn_request(&s->sp, &fds, NULL, 0) < 0) {
             nstub_destroy(s);
             pool_size = 0;   /* no zygote: no pool */
             break;
@@ -782,7 +783,8 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     pid_t pid;
     int pidfd;
     char why[160] = "";
-    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, s->peer, &pid, &pidfd, why, sizeof(why));
+    struct nspawn_fds fds = { .ram = cfg->memfd, .ctl = s->ctl_fd, .notify = s->peer };
+    rc = nspawn_stub(&s->sp, &fds, &pid, &pidfd, why, sizeof(why));
     close_spawn_fds(s);
     if (rc < 0) {
         set_err(err, errlen, "nstub_create: %s", why);

@@ -82,7 +82,7 @@
  * The zygote (stub/zygote.c): the stub image started with argv[1] =
  * NSTUB_ZYGOTE_ARG forks stubs on request, so a stub spawn never copies the
  * library's fd table.  Its fds: NSTUB_ZFD_SOCK (SOCK_SEQPACKET; a request is
- * one struct nstub_zreq with SCM_RIGHTS [RAM memfd, control memfd]),
+ * one struct nstub_zreq with SCM_RIGHTS of the stub's fds it names),
  * NSTUB_ZFD_PAGE (a memfd holding struct nstub_zpage, mapped by both sides
  * and closed after mapping) and NSTUB_FD_DEATH.  The page is never visible
  * to a guest: every stub unmaps it before its seccomp filter.
@@ -123,9 +123,13 @@ struct nstub_zpage {
 struct nstub_zreq {
     uint32_t op;            /* NSTUB_ZOP_SPAWN */
     uint32_t slot;
+    uint32_t fds;           /* bit n: the stub's fd n comes in SCM_RIGHTS (in increasing n) */
 };
 #define NSTUB_ZOP_SPAWN 1
-#define NSTUB_ZOP_SPAWN_POOLED 2    /* SCM_RIGHTS [control memfd, socket]: the RAM memfd comes later */
+/* The fds a request may carry: the control memfd always; RAM (not for a pooled stub, which gets it later), socket. */
+#define NSTUB_ZREQ_FDS ((1u << NSTUB_FD_RAM) | (1u << NSTUB_FD_CTL) | (1u << NSTUB_FD_NOTIFY))
+#define NSTUB_ZREQ_MAXFDS 4
+#define NSTUB_FD_LAST NSTUB_FD_NOTIFY  /* the stub's highest fd */
 
 enum nstub_state {
     NSTUB_ST_BOOT = 0,      /* written by the library before the stub starts */

@@ -66,7 +66,7 @@ void nstub_restorer(void);
 struct k_cmsg {
     size_t len;
     int level, type;
-    int fds[3];
+    int fds[NSTUB_ZREQ_MAXFDS];
 };
 struct k_sigaction {
     void (*handler)(int);
@@ -183,25 +183,41 @@ static void reap(void)
 }
 
 /*
- * In the forked child: fds 3/4/6 from the request (a pooled stub: 4/6, its
- * RAM memfd comes later), 5 stays, nothing else; then the stub start-up.
+ * In the forked child: the request's fds become the stub's fds @mask names
+ * (fds[] in increasing fd order), NSTUB_FD_DEATH stays, nothing else is
+ * open (our socket sits on fd 3: it goes unless the RAM memfd replaces it);
+ * then the stub start-up.
  */
-static void become_stub(int ram, int ctl, int notify)
+/* Set bits (no libgcc here for __builtin_popcount). */
+static int bits(uint32_t m)
 {
-    int r2 = ram >= 0 ? (int)SYS(__NR_fcntl, ram, F_DUPFD, 16, 0, 0, 0) : -1;
-    int c2 = (int)SYS(__NR_fcntl, ctl, F_DUPFD, 16, 0, 0, 0);
-    int n2 = notify >= 0 ? (int)SYS(__NR_fcntl, notify, F_DUPFD, 16, 0, 0, 0) : -1;
-    if ((ram >= 0 && r2 < 0) || c2 < 0 || (notify >= 0 && n2 < 0) ||
-        (r2 >= 0 && SYS(__NR_dup2, r2, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM) ||
-        SYS(__NR_dup2, c2, NSTUB_FD_CTL, 0, 0, 0, 0) != NSTUB_FD_CTL ||
-        (n2 >= 0 && SYS(__NR_dup2, n2, NSTUB_FD_NOTIFY, 0, 0, 0, 0) != NSTUB_FD_NOTIFY))
-        zexit(124);
-    if (r2 < 0)
-        SYS(__NR_close, NSTUB_FD_RAM, 0, 0, 0, 0, 0);   /* our socket (NSTUB_ZFD_SOCK) */
-    _Static_assert(NSTUB_FD_RAM == NSTUB_ZFD_SOCK, "fd 3 above");
-    _Static_assert(NSTUB_FD_NOTIFY == NSTUB_FD_DEATH + 1, "fd ranges below");
+    int n = 0;
+    for (; m; m &= m - 1)
+        n++;
+    return n;
+}
+
+static void become_stub(uint32_t mask, const int *fds)
+{
+    int tmp[NSTUB_ZREQ_MAXFDS], k = 0;
+    for (int n = 0; n <= NSTUB_FD_LAST; n++)
+        if (mask & (1u << n)) {
+            tmp[k] = (int)SYS(__NR_fcntl, fds[k], F_DUPFD, 16, 0, 0, 0);
+            if (tmp[k] < 0)
+                zexit(124);
+            k++;
+        }
+    k = 0;
+    for (int n = 3; n <= NSTUB_FD_LAST; n++) {
+        if (mask & (1u << n)) {
+            if (SYS(__NR_dup2, tmp[k++], n, 0, 0, 0, 0) != n)
+                zexit(124);
+        } else if (n != NSTUB_FD_DEATH) {
+            SYS(__NR_close, n, 0, 0, 0, 0, 0);
+        }
+    }
     SYS(__NR_close_range, 0, 2, 0, 0, 0, 0);
-    SYS(__NR_close_range, n2 >= 0 ? NSTUB_FD_NOTIFY + 1 : NSTUB_FD_DEATH + 1, ~0u, 0, 0, 0, 0);
+    SYS(__NR_close_range, NSTUB_FD_LAST + 1, ~0u, 0, 0, 0, 0);
     /* Nothing of the zygote's bookkeeping stays visible to a guest. */
     for (unsigned i = 0; i < NSTUB_ZYG_SLOTS; i++)
         zpid[i] = 0;
@@ -264,7 +280,7 @@ void nstub_zygote_main(void)
                 kill_all_and_exit();
             continue;
         }
-        struct nstub_zreq req = { 0, 0 };
+        struct nstub_zreq req = { 0, 0, 0 };
         struct k_cmsg cm;
         struct k_iovec iov = { &req, sizeof(req) };
         struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
@@ -274,17 +290,17 @@ void nstub_zygote_main(void)
             kill_all_and_exit();   /* the library closed its end: exec */
         if (n < 0)
             continue;
-        int nfds = 0, fds[3] = { -1, -1, -1 };
+        int nfds = 0, fds[NSTUB_ZREQ_MAXFDS] = { -1, -1, -1, -1 };
         const size_t hdr = __builtin_offsetof(struct k_cmsg, fds);
         if (mh.controllen >= hdr + sizeof(int) && cm.level == SOL_SOCKET && cm.type == SCM_RIGHTS) {
             nfds = (int)((cm.len - hdr) / sizeof(int));
-            for (int i = 0; i < nfds && i < 3; i++)
+            for (int i = 0; i < nfds && i < NSTUB_ZREQ_MAXFDS; i++)
                 fds[i] = cm.fds[i];
         }
-        const int pooled = req.op == NSTUB_ZOP_SPAWN_POOLED;
-        if (n != sizeof(req) || (req.op != NSTUB_ZOP_SPAWN && !pooled) || req.slot >= NSTUB_ZYG_SLOTS ||
-            nfds < 2 || nfds > (pooled ? 2 : 3) || (mh.flags & MSG_CTRUNC)) {
-            for (int i = 0; i < nfds && i < 3; i++)
+        if (n != sizeof(req) || req.op != NSTUB_ZOP_SPAWN || req.slot >= NSTUB_ZYG_SLOTS ||
+            (req.fds & ~NSTUB_ZREQ_FDS) || !(req.fds & (1u << NSTUB_FD_CTL)) ||
+            nfds != bits(req.fds) || (mh.flags & MSG_CTRUNC)) {
+            for (int i = 0; i < nfds && i < NSTUB_ZREQ_MAXFDS; i++)
                 SYS(__NR_close, fds[i], 0, 0, 0, 0, 0);
             if (req.slot < NSTUB_ZYG_SLOTS) {
                 ZP->slot[req.slot].status = 22;
@@ -296,10 +312,7 @@ void nstub_zygote_main(void)
         volatile struct nstub_zslot *sl = &ZP->slot[req.slot];
         long pid = SYS(__NR_clone, SIGCHLD, 0, 0, 0, 0, 0);
         if (pid == 0) {
-            if (pooled)
-                become_stub(-1, fds[0], fds[1]);   /* the RAM memfd arrives on the socket */
-            else
-                become_stub(fds[0], fds[1], fds[2]);
+            become_stub(req.fds, fds);   /* without RAM: a pooled stub, it comes on the socket */
             return;   /* into the stub start-up */
         }
         for (int i = 0; i < nfds; i++)
