@@ -7,7 +7,8 @@
  *   two wake-ups libpvm's injection rows are held against: a signal to a process
  *   spinning on the other CPU, and a futex wake of a thread sleeping on the other
  *   CPU, each from the send to the handler's first instruction (TSC stamps, as
- *   bench-pvm's inject rows).
+ *   bench-pvm's inject rows); and a ud2 -> SIGILL -> sigreturn round trip, the
+ *   exception counterpart of T.
  * Usage: bench-baselines [--json FILE] [--quick]
  */
 #define _GNU_SOURCE
@@ -17,6 +18,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <ucontext.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -112,6 +114,23 @@ static pid_t start_tracee(void)
     int st;
     waitpid(c, &st, 0);
     return c;
+}
+
+/* A hardware exception instead of a syscall: ud2 -> SIGILL handler (skips it) -> sigreturn. */
+static void on_sigill(int sig, siginfo_t *si, void *ucv)
+{
+    (void)sig;
+    (void)si;
+    ((ucontext_t *)ucv)->uc_mcontext.gregs[REG_RIP] += 2;
+    sig_count++;
+}
+
+static int op_ud_trap(void *ctx, unsigned n)
+{
+    (void)ctx;
+    for (unsigned i = 0; i < n; i++)
+        __asm__ volatile("ud2" ::: "memory");
+    return 0;
 }
 
 static int op_compute(void *ctx, unsigned n)
@@ -265,6 +284,11 @@ int main(int argc, char **argv)
     waitpid(p.child, NULL, 0);
 
     if (!bench_measure(&r, "baseline.compute_1000", 50, 200 / scale, op_compute, NULL))
+        bench_print(&r), bench_json(json, &r);
+    /* The floor of an exception-based guest event: bench-pvm's #UD row is one of these plus one T. */
+    struct sigaction ill = { .sa_sigaction = on_sigill, .sa_flags = SA_SIGINFO };
+    sigaction(SIGILL, &ill, NULL);
+    if (!bench_measure(&r, "baseline.ud_sigill_roundtrip", 50, 5000 / scale, op_ud_trap, NULL))
         bench_print(&r), bench_json(json, &r);
     measure_wake(json, "baseline.signal_to_spinning_process", false, 2000 / scale);
     measure_wake(json, "baseline.futex_wake_sleeping_thread", true, 2000 / scale);

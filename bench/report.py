@@ -88,6 +88,12 @@ def main():
                        ("port I/O exit to the application", "pvm.pio_exit_to_app")):
         q = over(p50(key), T)
         row(label, key, q, "x T", "<= 3 T", q is not None and q <= 3)
+    # An exception is not a syscall: on a PVM-guest host kernel a ud2 -> SIGILL round trip costs
+    # several T, so the #UD row's floor is one of those plus one T (the ERETS).
+    ud = p50("baseline.ud_sigill_roundtrip")
+    floor = ud + T if ud is not None and T else None
+    row("  floor: ud2 -> SIGILL -> sigreturn, plus T", "baseline.ud_sigill_roundtrip",
+        over(p50("pvm.exception_ud_erets"), floor), "x floor")
     row("host-call exit pair (NEXT+DONE, subtracted above)", "pvm.hostcall_exit_pair",
         over(p50("pvm.hostcall_exit_pair"), T), "x T")
     q = over(p50("pvm.user_syscall_eretu"), T)
