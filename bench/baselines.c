@@ -133,6 +133,22 @@ static int op_ud_trap(void *ctx, unsigned n)
     return 0;
 }
 
+/* A page fault: a load from a PROT_NONE page -> SIGSEGV handler (skips the 3-byte load) -> sigreturn. */
+static void on_sigsegv(int sig, siginfo_t *si, void *ucv)
+{
+    (void)sig;
+    (void)si;
+    ((ucontext_t *)ucv)->uc_mcontext.gregs[REG_RIP] += 3;
+    sig_count++;
+}
+
+static int op_pf_trap(void *ctx, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        __asm__ volatile("mov (%0), %%rax" ::"r"(ctx) : "rax", "memory");   /* 48 8b 00 */
+    return 0;
+}
+
 static int op_compute(void *ctx, unsigned n)
 {
     volatile uint64_t sink = 0;
@@ -290,6 +306,12 @@ int main(int argc, char **argv)
     sigaction(SIGILL, &ill, NULL);
     if (!bench_measure(&r, "baseline.ud_sigill_roundtrip", 50, 5000 / scale, op_ud_trap, NULL))
         bench_print(&r), bench_json(json, &r);
+    void *guard = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    struct sigaction segv = { .sa_sigaction = on_sigsegv, .sa_flags = SA_SIGINFO };
+    sigaction(SIGSEGV, &segv, NULL);
+    if (guard != MAP_FAILED && !bench_measure(&r, "baseline.pf_sigsegv_roundtrip", 50, 5000 / scale, op_pf_trap, guard))
+        bench_print(&r), bench_json(json, &r);
+    signal(SIGSEGV, SIG_DFL);
     measure_wake(json, "baseline.signal_to_spinning_process", false, 2000 / scale);
     measure_wake(json, "baseline.futex_wake_sleeping_thread", true, 2000 / scale);
 

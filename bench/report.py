@@ -104,6 +104,9 @@ def main():
         q is not None and q >= 10, absolute="")
     row("user #PF (fresh page) -> guest kernel -> ERETU", "pvm.user_pf_eretu",
         over(p50("pvm.user_pf_eretu"), T), "x T")
+    pf = p50("baseline.pf_sigsegv_roundtrip")
+    row("  a host page fault -> SIGSEGV -> sigreturn (its exception)", "baseline.pf_sigsegv_roundtrip",
+        over(p50("pvm.user_pf_eretu"), pf), "x this")
     # Injection against the wake-up it needs at least (issue: <= 1.5x the same-run baseline).
     for label, key, base, what in (
             ("inject -> handler, guest running", "pvm.inject_running_to_handler",
