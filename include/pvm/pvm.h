@@ -357,6 +357,7 @@ enum pvm_exit_reason {
     PVM_EXIT_SHUTDOWN = 5,   /**< triple fault; see exit.shutdown.reason */
     PVM_EXIT_KICKED = 6,     /**< pvm_vcpu_kick() was called */
     PVM_EXIT_INTERNAL_ERROR = 7, /**< the backend failed; see exit.internal */
+    PVM_EXIT_DEBUG = 8,      /**< a single step or a caught exception; see exit.debug and pvm_vcpu_set_guest_debug() */
 };
 
 #define PVM_EXIT_MSG_MAX 160
@@ -400,6 +401,15 @@ struct pvm_exit {
             int code;         /**< negative PVM_E* */
             char msg[PVM_EXIT_MSG_MAX];
         } internal;
+        struct {
+            uint32_t vector;  /**< 1 (#DB) for a completed single step; else the caught exception */
+            uint8_t has_error_code;
+            uint8_t pad[3];
+            uint32_t error_code;
+            uint32_t pad2;
+            uint64_t rip;     /**< guest RIP: the faulting instruction, or after it for #BP (INT3) */
+            uint64_t cr2;     /**< #PF: the faulting address */
+        } debug;
     } u;
 };
 
@@ -452,6 +462,50 @@ struct pvm_event {
  * exception is already queued).  Thread safety: any thread.
  */
 PVM_EXPORT int pvm_vcpu_inject(pvm_vcpu *vcpu, const struct pvm_event *event);
+
+/* ---- debugging -------------------------------------------------------- */
+
+#define PVM_GUEST_DEBUG_VERSION 1
+/** Single-step: run one guest instruction, then exit with PVM_EXIT_DEBUG (vector 1). */
+#define PVM_GUEST_DEBUG_SINGLESTEP (1u << 0)
+
+/**
+ * What pvm_vcpu_set_guest_debug() intercepts; initialise with
+ * PVM_GUEST_DEBUG_INIT (everything off).
+ */
+struct pvm_guest_debug {
+    uint32_t version;    /**< PVM_GUEST_DEBUG_VERSION */
+    uint32_t flags;      /**< PVM_GUEST_DEBUG_* */
+    /**
+     * Bit v set: exception vector v (0..31, not 2) raised by guest code in
+     * smod (catch_smod) or umod (catch_umod) exits with PVM_EXIT_DEBUG
+     * before the guest sees it, with the vCPU state as it was at the fault.
+     * Set bit 3 (#BP) for software breakpoints.  Exceptions the library
+     * handles itself (a #GP it emulates, a #PF the shadow MMU fixes) and
+     * exceptions injected with pvm_vcpu_inject() are never caught.
+     */
+    uint32_t catch_smod;
+    uint32_t catch_umod;
+};
+#define PVM_GUEST_DEBUG_INIT { PVM_GUEST_DEBUG_VERSION, 0, 0, 0 }
+
+/**
+ * Turn guest debugging on (or off with @dbg NULL or all-zero) for @vcpu, as
+ * KVM_SET_GUEST_DEBUG does.  While it is on, pvm_vcpu_run() returns
+ * PVM_EXIT_DEBUG for what @dbg selects, and the native backend's stub fast
+ * path is off for @vcpu (every event passes the hypervisor core).
+ *
+ * Single-step sets the trap flag for the guest's next instruction (the
+ * guest still reads its own TF); the step ends after one instruction, after
+ * an instruction the library emulates or completes (a host call, port I/O,
+ * MMIO, HLT), or at the first instruction of an event handler the step
+ * entered.  The #DB of the step never reaches the guest.  To pass a caught
+ * exception on to the guest, pvm_vcpu_inject() it (it is not caught again).
+ * Errors: PVM_EINVAL (NULL @vcpu, an unknown flag, bit 2 (NMI) set), PVM_EVERSION,
+ * PVM_EBUSY (running), PVM_ENOTSUP (a backend that runs the ABI in the
+ * kernel).  Thread safety: as the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_set_guest_debug(pvm_vcpu *vcpu, const struct pvm_guest_debug *dbg);
 
 /* ---- guest-virtual access --------------------------------------------- */
 
