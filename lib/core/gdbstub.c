@@ -89,6 +89,7 @@ struct gdb {
     char out[2 * PVM_GDB_PACKET_MAX + 8];  /* framed packet (escapes double at most) */
     size_t out_len;
     char reply[PVM_GDB_PACKET_MAX + 1];    /* reply body being built */
+    uint8_t mem[PVM_GDB_PACKET_MAX];       /* guest bytes of an m, M or X */
     bool closed;
     enum pvm_gdb_end end;
     int status;
@@ -727,13 +728,13 @@ static void cmd_write_reg(struct gdb *g, const char *s, const char *end)
 static void cmd_read_mem(struct gdb *g, const char *s, const char *end)
 {
     uint64_t addr, len;
-    static uint8_t buf[(PVM_GDB_PACKET_MAX - 1) / 2];
+    uint8_t *buf = g->mem;
     if (!parse_addr_len(&s, end, 0, &addr, &len)) {
         send_str(g, "E01");
         return;
     }
-    if (len > sizeof(buf))
-        len = sizeof(buf); /* a shorter reply is allowed: gdb asks for the rest */
+    if (len > (PVM_GDB_PACKET_MAX - 1) / 2)
+        len = (PVM_GDB_PACKET_MAX - 1) / 2; /* a shorter reply is allowed: gdb asks for the rest */
     size_t n = mem_access(g, gvcpu(g), addr, buf, (size_t)len, false);
     if (len && !n) {
         send_str(g, "E0e"); /* EFAULT */
@@ -748,9 +749,9 @@ static void cmd_read_mem(struct gdb *g, const char *s, const char *end)
 static void cmd_write_mem(struct gdb *g, char *s, char *end, bool binary)
 {
     uint64_t addr, len;
-    static uint8_t buf[PVM_GDB_PACKET_MAX];
+    uint8_t *buf = g->mem;
     const char *p = s;
-    if (!parse_addr_len(&p, end, ':', &addr, &len) || len > sizeof(buf)) {
+    if (!parse_addr_len(&p, end, ':', &addr, &len) || len > sizeof(g->mem)) {
         send_str(g, "E01");
         return;
     }
