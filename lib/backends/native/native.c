@@ -329,7 +329,8 @@ static void add_window(struct pvm_hv_vcpu *hv, struct nstub_fast_cfg *f, uint64_
 /*
  * What the stub of @slot may handle itself during the next run: only smod,
  * with the PVCS mapped into the stub and nothing pending, so that the model's
- * event check after each event has nothing to do (stub/fast.c).
+ * event check after each event has nothing to do (stub/fast.c); nothing
+ * while guest debugging is on (the core must see every #BP, #DB and step).
  */
 static bool setup_fast(struct pvm_hv_vcpu *hv, unsigned slot)
 {
