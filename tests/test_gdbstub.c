@@ -307,6 +307,11 @@ START_TEST(disconnect_while_running)
 {
     struct session s;
     start(&s);
+    /* Start in the spin loop, so that wherever the guest is when we hang up is known. */
+    char pkt[64];
+    uint64_t spin = gaddr(g_loop_spin);
+    snprintf(pkt, sizeof(pkt), "P10=%016llx", (unsigned long long)__builtin_bswap64(spin));
+    XCHG_EQ(&s, pkt, "OK");
     send_only(&s, "c");
     usleep(50000);
     close(s.fd);

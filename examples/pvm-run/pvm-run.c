@@ -6,7 +6,8 @@
  * One host thread per vCPU, the guest console on stdout, and the guest's
  * exit status (PVM_HOSTCALL_EXIT) as pvm-run's own.  Launcher failures exit
  * with 125, a guest that crashes (triple fault, backend error, halt without
- * an exit status) with 124, bad usage with 2.
+ * an exit status) with 124, bad usage with 2.  With --gdb it first waits for
+ * one gdb connection and lets pvm_gdb_serve() run the guest.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -305,7 +306,7 @@ static enum pvm_gdb_action gdb_exit(void *opaque, pvm_vcpu *vcpu, struct pvm_exi
     }
 }
 
-/* Parse [HOST]:PORT into @sa (HOST: a dotted IPv4 address; default loopback). */
+/* Parse [HOST]:PORT into @sa (HOST: a dotted IPv4 address or "localhost"; default loopback). */
 static bool parse_hostport(const char *s, struct sockaddr_in *sa)
 {
     const char *colon = strrchr(s, ':');
@@ -318,7 +319,9 @@ static bool parse_hostport(const char *s, struct sockaddr_in *sa)
     memset(sa, 0, sizeof(*sa));
     sa->sin_family = AF_INET;
     sa->sin_port = htons((uint16_t)port);
-    return inet_pton(AF_INET, host[0] ? host : "127.0.0.1", &sa->sin_addr) == 1;
+    if (!host[0] || !strcmp(host, "localhost"))
+        strcpy(host, "127.0.0.1");
+    return inet_pton(AF_INET, host, &sa->sin_addr) == 1;
 }
 
 /* Listen on @sa, say where, accept one connection; returns its fd or -1. */
