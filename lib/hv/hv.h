@@ -147,7 +147,7 @@ struct pvm_hv_vcpu {
 
     /*
      * pvm_vcpu_set_guest_debug (run.c).  Providers that handle guest events
-     * themselves (the native fast path) must not while on() says so.
+     * themselves (the native fast path) must not while pvm_hv_debug_on().
      */
     struct {
         bool step;               /* TF for the guest's next instruction */
