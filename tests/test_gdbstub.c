@@ -161,6 +161,23 @@ START_TEST(queries_and_registers)
     XCHG_EQ(&s, "Z1,100000,1", "");  /* hardware breakpoints: not supported */
     XCHG_EQ(&s, "qNoSuchThing", "");
 
+    /* monitor catch: the masks as an 'O' console packet, then OK. */
+    char hex[256];
+    const char *say = "catch smod 0x6041 umod 0x0\n";
+    pvm_gdb_hex_encode(hex + 1, say, strlen(say));
+    hex[0] = 'O';
+    hex[1 + 2 * strlen(say)] = '\0';
+    XCHG_EQ(&s, "qRcmd,6361746368", hex);                  /* "catch" */
+    ck_assert_str_eq(get_packet(&s), "OK");
+    say = "catch smod 0x6041 umod 0x4000\n";
+    pvm_gdb_hex_encode(hex + 1, say, strlen(say));
+    hex[1 + 2 * strlen(say)] = '\0';
+    XCHG_EQ(&s, "qRcmd,636174636820756d6f642034303030", hex); /* "catch umod 4000" */
+    ck_assert_str_eq(get_packet(&s), "OK");
+    ck_assert_int_eq(xchg(&s, "qRcmd,636174636820756d6f642034")[0], 'O'); /* "catch umod 4": bit 2, refused */
+    ck_assert_str_eq(get_packet(&s), "E01");
+    XCHG_EQ(&s, "qRcmd,6", "E01");                         /* odd hex */
+
     /* 'g': rax first, little-endian; x87 unavailable ('x'). */
     const char *gr = xchg(&s, "g");
     ck_assert_uint_eq(strlen(gr), 2 * (16 * 8 + 8 + 4 + 6 * 4 + 8 * 10 + 8 * 4 + 2 * 8 + 12 * 8));
