@@ -187,6 +187,17 @@ START_TEST(embed)
 }
 END_TEST
 
+/* Without --gdb the debugging demo is an ordinary guest. */
+START_TEST(gdb_demo)
+{
+    SKIP_IF_NO_BACKEND();
+    struct result r;
+    run(&r, (char *[]){ PVM_RUN, BIN "gdb-demo.elf", NULL });
+    expect(&r, "gdb-demo: answer 84\n", 0);
+    ck_assert_str_eq(r.err, "");
+}
+END_TEST
+
 START_TEST(triple_fault)
 {
     SKIP_IF_NO_BACKEND();
@@ -264,7 +275,7 @@ START_TEST(run_usage)
     run(&r, (char *[]){ PVM_RUN, "--help", NULL });
     ck_assert_int_eq(r.status, 0);
     const char *opts[] = { "--backend", "--mem", "--vcpus", "--timer-hz", "--trace", "--stats",
-                           "--core-on-crash", "--help", "--version" };
+                           "--core-on-crash", "--gdb", "--help", "--version" };
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
         ck_assert_msg(strstr(r.out, opts[i]), "--help does not document %s", opts[i]);
     run(&r, (char *[]){ PVM_RUN, "--version", NULL });
@@ -303,6 +314,7 @@ int main(void)
     tcase_add_test(t, hostcall);
     tcase_add_test(t, multi_vcpu);
     tcase_add_test(t, embed);
+    tcase_add_test(t, gdb_demo);
     tcase_add_test(t, triple_fault);
     tcase_add_test(t, core_on_crash);
     tcase_add_test(t, stats_and_trace);

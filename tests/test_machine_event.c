@@ -316,6 +316,76 @@ START_TEST(deliver_rejects_bad_vector)
 }
 END_TEST
 
+/* ---- a debugger's catch (pvm_mem.catch_exc) ------------------------------ */
+
+static unsigned asked_vector, asked_mode, asked;
+
+static bool catch_ud_pf(void *o, unsigned vector, uint32_t mode)
+{
+    (void)o;
+    asked_vector = vector;
+    asked_mode = mode;
+    asked++;
+    return vector == PVM_VEC_UD || (vector == PVM_VEC_PF && mode == PVM_MODE_SUPERVISOR);
+}
+
+START_TEST(caught_exception_is_not_delivered)
+{
+    mem.catch_exc = catch_ud_pf;
+    asked = 0;
+    fill_sentinels();
+    uint8_t before[FAKE_RAM_SIZE / 16];
+    memcpy(before, fm.ram + KSTACK - sizeof(before) / 2, sizeof(before));
+    uint64_t rsp = cpu->gpr[PVM_RSP], rip = cpu->rip;
+    ck_assert_int_eq(pvm_m_exception(cpu, &mem, PVM_VEC_PF, true, 2, 0xbad000), PVM_M_EXIT);
+    ck_assert_uint_eq(asked, 1);
+    ck_assert_uint_eq(asked_vector, PVM_VEC_PF);
+    ck_assert_uint_eq(asked_mode, PVM_MODE_SUPERVISOR);
+    ck_assert_uint_eq(cpu->exit.reason, PVM_EXIT_DEBUG);
+    ck_assert_uint_eq(cpu->exit.u.debug.vector, PVM_VEC_PF);
+    ck_assert_uint_eq(cpu->exit.u.debug.has_error_code, 1);
+    ck_assert_uint_eq(cpu->exit.u.debug.error_code, 2);
+    ck_assert_uint_eq(cpu->exit.u.debug.cr2, 0xbad000);
+    ck_assert_uint_eq(cpu->exit.u.debug.rip, rip);
+    /* Nothing delivered: same RIP and RSP, no frame written. */
+    ck_assert_uint_eq(cpu->rip, rip);
+    ck_assert_uint_eq(cpu->gpr[PVM_RSP], rsp);
+    ck_assert_int_eq(memcmp(before, fm.ram + KSTACK - sizeof(before) / 2, sizeof(before)), 0);
+    /* Not asked for: delivered as usual. */
+    ck_assert_int_eq(pvm_m_exception(cpu, &mem, PVM_VEC_DE, false, 0, 0), PVM_M_RESUME);
+    ck_assert_uint_eq(asked, 2);
+    ck_assert_uint_eq(cpu->rip, ENTRY + 256);
+}
+END_TEST
+
+START_TEST(injected_exception_is_never_caught)
+{
+    mem.catch_exc = catch_ud_pf;
+    asked = 0;
+    struct pvm_event ev = { .type = PVM_EVENT_EXCEPTION, .vector = PVM_VEC_UD };
+    ck_assert_int_eq(pvm_m_queue_event(cpu, &ev), 0);
+    ck_assert_int_eq(pvm_m_check_events(cpu, &mem), PVM_M_RESUME);
+    ck_assert_uint_eq(asked, 0);
+    ck_assert_uint_eq(cpu->rip, ENTRY + 256);
+    ck_assert_uint_eq(rd64(cpu->gpr[PVM_RSP]), (uint64_t)PVM_VEC_UD << 32);
+}
+END_TEST
+
+START_TEST(user_exception_caught_by_mode)
+{
+    mem.catch_exc = catch_ud_pf;
+    go_user();
+    ck_assert_int_eq(pvm_m_exception(cpu, &mem, PVM_VEC_PF, true, 6, 0xdead000), PVM_M_RESUME); /* umod #PF: not asked for */
+    ck_assert_uint_eq(asked_mode, PVM_MODE_USER);
+    go_user();
+    uint64_t rip = cpu->rip;
+    ck_assert_int_eq(pvm_m_exception(cpu, &mem, PVM_VEC_UD, false, 0, 0), PVM_M_EXIT);
+    ck_assert_uint_eq(cpu->exit.u.debug.vector, PVM_VEC_UD);
+    ck_assert_uint_eq(cpu->mode, PVM_MODE_USER);
+    ck_assert_uint_eq(cpu->rip, rip);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("machine_event");
@@ -346,6 +416,9 @@ static Suite *suite(void)
     tcase_add_test(x, host_events_are_invisible);
     tcase_add_test(x, unknown_exception_is_internal_error);
     tcase_add_test(x, deliver_rejects_bad_vector);
+    tcase_add_test(x, caught_exception_is_not_delivered);
+    tcase_add_test(x, injected_exception_is_never_caught);
+    tcase_add_test(x, user_exception_caught_by_mode);
     suite_add_tcase(s, x);
     return s;
 }

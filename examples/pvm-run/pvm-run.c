@@ -6,8 +6,10 @@
  * One host thread per vCPU, the guest console on stdout, and the guest's
  * exit status (PVM_HOSTCALL_EXIT) as pvm-run's own.  Launcher failures exit
  * with 125, a guest that crashes (triple fault, backend error, halt without
- * an exit status) with 124, bad usage with 2.
+ * an exit status) with 124, bad usage with 2.  With --gdb it first waits for
+ * one gdb connection and lets pvm_gdb_serve() run the guest.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -18,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,6 +44,7 @@ struct opts {
     unsigned timer_hz;
     bool trace, stats;
     const char *core_dir;     /* --core-on-crash */
+    const char *gdb;          /* --gdb [HOST]:PORT */
 };
 
 struct runner {
@@ -72,13 +77,18 @@ static void usage(FILE *f)
         "      --stats          print exits by kind and the run time to stderr at the end\n"
         "      --core-on-crash=DIR  when the guest crashes, write an ELF core file\n"
         "                       DIR/pvm-core.<pid> (open it with: gdb guest.elf DIR/pvm-core.<pid>)\n"
+        "      --gdb=[HOST]:PORT  before the guest runs, wait for one gdb connection on HOST\n"
+        "                       (default 127.0.0.1; PORT 0 picks a free port) and let gdb\n"
+        "                       control the guest: gdb guest.elf -ex 'target remote HOST:PORT'.\n"
+        "                       If gdb detaches, the guest runs on; if it kills the guest or\n"
+        "                       disconnects, pvm-run exits with %d\n"
         "  -h, --help           show this help and exit\n"
         "  -V, --version        show the pvm-run and libpvm versions and exit\n"
         "\n"
         "The guest's console goes to stdout; the guest args become its command line.\n"
         "Exit status: the guest's exit status; %d if the guest crashed (triple fault,\n"
         "backend error, halt without exit), %d if it could not be started, %d for bad usage.\n",
-        prog, PVM_MAX_VCPUS, EXIT_CRASH, EXIT_LAUNCH, EXIT_USAGE);
+        prog, PVM_MAX_VCPUS, EXIT_CRASH, EXIT_CRASH, EXIT_LAUNCH, EXIT_USAGE);
 }
 
 static void die_usage(const char *fmt, ...)
@@ -265,6 +275,128 @@ static bool handle_exit(struct runner *r, pvm_vcpu *vcpu, struct pvm_exit *e)
     }
 }
 
+/* --gdb: the exits pvm_gdb_serve() leaves to us, handled as handle_exit() would. */
+static enum pvm_gdb_action gdb_exit(void *opaque, pvm_vcpu *vcpu, struct pvm_exit *e, int *status)
+{
+    struct runner *r = opaque;
+    unsigned id = pvm_vcpu_id(vcpu);
+    switch (e->reason) {
+    case PVM_EXIT_HYPERCALL:
+        if (e->u.hypercall.nr == PVM_HOSTCALL(PVM_HOSTCALL_CONSOLE_WRITE)) {
+            e->u.hypercall.ret = console_write(r, vcpu, e->u.hypercall.args[0], e->u.hypercall.args[1]);
+            return PVM_GDB_RESUME;
+        }
+        if (e->u.hypercall.nr == PVM_HOSTCALL(PVM_HOSTCALL_EXIT)) {
+            *status = (int)(e->u.hypercall.args[0] & 0xff);
+            return PVM_GDB_FINISH;
+        }
+        e->u.hypercall.ret = (uint64_t)-38;
+        return PVM_GDB_RESUME;
+    case PVM_EXIT_HALT:
+        msg(r, "vCPU %u halted for good (rip 0x%" PRIx64 ")", id, guest_rip(vcpu));
+        return PVM_GDB_PARK;
+    case PVM_EXIT_IO:
+        msg(r, "guest on vCPU %u did port I/O (port 0x%x), which pvm-run does not emulate", id, e->u.io.port);
+        *status = 11; /* SIGSEGV */
+        return PVM_GDB_STOP;
+    default:
+        msg(r, "guest on vCPU %u: exit %u that pvm-run does not handle", id, e->reason);
+        *status = 11;
+        return PVM_GDB_STOP;
+    }
+}
+
+/* Parse [HOST]:PORT into @sa (HOST: a dotted IPv4 address or "localhost"; default loopback). */
+static bool parse_hostport(const char *s, struct sockaddr_in *sa)
+{
+    const char *colon = strrchr(s, ':');
+    unsigned port;
+    char host[64];
+    if (!colon || (size_t)(colon - s) >= sizeof(host) || !parse_uint(colon + 1, 65535, &port))
+        return false;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (!host[0] || !strcmp(host, "localhost"))
+        strcpy(host, "127.0.0.1");
+    return inet_pton(AF_INET, host, &sa->sin_addr) == 1;
+}
+
+/* Listen on @sa, say where, accept one connection; returns its fd or -1. */
+static int wait_for_gdb(struct sockaddr_in *sa)
+{
+    int one = 1, ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t len = sizeof(*sa);
+    char addr[INET_ADDRSTRLEN];
+    if (ls < 0)
+        return -1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(ls, (struct sockaddr *)sa, sizeof(*sa)) < 0 || listen(ls, 1) < 0 ||
+        getsockname(ls, (struct sockaddr *)sa, &len) < 0) {
+        fprintf(stderr, "%s: --gdb: %s\n", prog, strerror(errno));
+        close(ls);
+        return -1;
+    }
+    inet_ntop(AF_INET, &sa->sin_addr, addr, sizeof(addr));
+    fprintf(stderr, "%s: waiting for gdb on %s:%u\n", prog, addr, (unsigned)ntohs(sa->sin_port));
+    int fd;
+    do
+        fd = accept(ls, NULL, NULL);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        fprintf(stderr, "%s: --gdb: accept: %s\n", prog, strerror(errno));
+    close(ls);
+    return fd;
+}
+
+/*
+ * Serve gdb on the VM before (and instead of) the vCPU threads.  Returns
+ * true if the guest should run on without gdb (gdb detached); otherwise the
+ * outcome is recorded with finish().
+ */
+static bool serve_gdb(struct runner *r, const struct sockaddr_in *where)
+{
+    struct sockaddr_in sa = *where;
+    int fd = wait_for_gdb(&sa);
+    if (fd < 0) {
+        finish(r, EXIT_LAUNCH);
+        return false;
+    }
+    struct pvm_gdb_options go = PVM_GDB_OPTIONS_INIT;
+    go.on_exit = gdb_exit;
+    go.opaque = r;
+    enum pvm_gdb_end end;
+    int status = 0;
+    int rc = pvm_gdb_serve(r->vm, fd, &go, &end, &status);
+    close(fd);
+    if (rc < 0) {
+        msg(r, "gdb stub: %s", pvm_last_error());
+        finish(r, EXIT_LAUNCH);
+        return false;
+    }
+    switch (end) {
+    case PVM_GDB_END_FINISHED:
+        finish(r, status);
+        return false;
+    case PVM_GDB_END_DETACHED:
+        msg(r, "gdb detached; the guest runs on");
+        return true;
+    case PVM_GDB_END_KILLED:
+        msg(r, "guest killed by gdb");
+        break;
+    case PVM_GDB_END_CRASHED:
+        msg(r, "guest crashed under gdb");
+        break;
+    default:
+        msg(r, "gdb disconnected; guest stopped");
+        break;
+    }
+    finish(r, EXIT_CRASH);
+    return false;
+}
+
 struct vcpu_arg {
     struct runner *r;
     pvm_vcpu *vcpu;
@@ -347,13 +479,15 @@ int main(int argc, char **argv)
         { "trace", no_argument, NULL, 'T' },
         { "stats", no_argument, NULL, 'S' },
         { "core-on-crash", required_argument, NULL, 'C' },
+        { "gdb", required_argument, NULL, 'G' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
     struct runner r;
     memset(&r, 0, sizeof(r));
-    r.o = (struct opts){ PVM_BACKEND_AUTO, 64ull << 20, 1, 0, false, false, NULL };
+    r.o = (struct opts){ PVM_BACKEND_AUTO, 64ull << 20, 1, 0, false, false, NULL, NULL };
+    struct sockaddr_in gdb_addr;
     pthread_mutex_init(&r.lock, NULL);
 
     int c;
@@ -379,6 +513,11 @@ int main(int argc, char **argv)
         case 'T': r.o.trace = true; break;
         case 'S': r.o.stats = true; break;
         case 'C': r.o.core_dir = optarg; break;
+        case 'G':
+            if (!parse_hostport(optarg, &gdb_addr))
+                die_usage("--gdb '%s' is not [HOST]:PORT (HOST an IPv4 address, PORT 0..65535)", optarg);
+            r.o.gdb = optarg;
+            break;
         case 'h': usage(stdout); return 0;
         case 'V':
             printf("pvm-run %d.%d.%d (libpvm %s, PVM ABI generation A)\n", PVM_VERSION_MAJOR,
@@ -439,8 +578,12 @@ int main(int argc, char **argv)
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* The timer first: with --gdb its ticks reach the guest while gdb runs it too. */
+    pthread_t timer;
+    bool have_timer = r.o.timer_hz && pthread_create(&timer, NULL, timer_thread, &r) == 0;
     unsigned started = 0;
-    for (; started < r.o.vcpus; started++) {
+    bool run = !r.o.gdb || serve_gdb(&r, &gdb_addr);
+    for (; run && started < r.o.vcpus; started++) {
         args[started] = (struct vcpu_arg){ &r, r.vcpus[started] };
         if (pthread_create(&threads[started], NULL, vcpu_thread, &args[started]) != 0) {
             msg(&r, "cannot start a thread for vCPU %u", started);
@@ -448,8 +591,6 @@ int main(int argc, char **argv)
             break;
         }
     }
-    pthread_t timer;
-    bool have_timer = r.o.timer_hz && pthread_create(&timer, NULL, timer_thread, &r) == 0;
     for (unsigned i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     if (!r.have_status) {

@@ -357,6 +357,7 @@ enum pvm_exit_reason {
     PVM_EXIT_SHUTDOWN = 5,   /**< triple fault; see exit.shutdown.reason */
     PVM_EXIT_KICKED = 6,     /**< pvm_vcpu_kick() was called */
     PVM_EXIT_INTERNAL_ERROR = 7, /**< the backend failed; see exit.internal */
+    PVM_EXIT_DEBUG = 8,      /**< a single step or a caught exception; see exit.debug and pvm_vcpu_set_guest_debug() */
 };
 
 #define PVM_EXIT_MSG_MAX 160
@@ -400,6 +401,15 @@ struct pvm_exit {
             int code;         /**< negative PVM_E* */
             char msg[PVM_EXIT_MSG_MAX];
         } internal;
+        struct {
+            uint32_t vector;  /**< 1 (#DB) for a completed single step; else the caught exception */
+            uint8_t has_error_code;
+            uint8_t pad[3];
+            uint32_t error_code;
+            uint32_t pad2;
+            uint64_t rip;     /**< guest RIP: the faulting instruction, or after it for #BP (INT3) */
+            uint64_t cr2;     /**< #PF: the faulting address */
+        } debug;
     } u;
 };
 
@@ -452,6 +462,50 @@ struct pvm_event {
  * exception is already queued).  Thread safety: any thread.
  */
 PVM_EXPORT int pvm_vcpu_inject(pvm_vcpu *vcpu, const struct pvm_event *event);
+
+/* ---- debugging -------------------------------------------------------- */
+
+#define PVM_GUEST_DEBUG_VERSION 1
+/** Single-step: run one guest instruction, then exit with PVM_EXIT_DEBUG (vector 1). */
+#define PVM_GUEST_DEBUG_SINGLESTEP (1u << 0)
+
+/**
+ * What pvm_vcpu_set_guest_debug() intercepts; initialise with
+ * PVM_GUEST_DEBUG_INIT (everything off).
+ */
+struct pvm_guest_debug {
+    uint32_t version;    /**< PVM_GUEST_DEBUG_VERSION */
+    uint32_t flags;      /**< PVM_GUEST_DEBUG_* */
+    /**
+     * Bit v set: exception vector v (0..31, not 2) raised by guest code in
+     * smod (catch_smod) or umod (catch_umod) exits with PVM_EXIT_DEBUG
+     * before the guest sees it, with the vCPU state as it was at the fault.
+     * Set bit 3 (#BP) for software breakpoints.  Exceptions the library
+     * handles itself (a #GP it emulates, a #PF the shadow MMU fixes) and
+     * exceptions injected with pvm_vcpu_inject() are never caught.
+     */
+    uint32_t catch_smod;
+    uint32_t catch_umod;
+};
+#define PVM_GUEST_DEBUG_INIT { PVM_GUEST_DEBUG_VERSION, 0, 0, 0 }
+
+/**
+ * Turn guest debugging on (or off with @dbg NULL or all-zero) for @vcpu, as
+ * KVM_SET_GUEST_DEBUG does.  While it is on, pvm_vcpu_run() returns
+ * PVM_EXIT_DEBUG for what @dbg selects, and the native backend's stub fast
+ * path is off for @vcpu (every event passes the hypervisor core).
+ *
+ * Single-step sets the trap flag for the guest's next instruction (the
+ * guest still reads its own TF); the step ends after one instruction, after
+ * an instruction the library emulates or completes (a host call, port I/O,
+ * MMIO, HLT), or at the first instruction of an event handler the step
+ * entered.  The #DB of the step never reaches the guest.  To pass a caught
+ * exception on to the guest, pvm_vcpu_inject() it (it is not caught again).
+ * Errors: PVM_EINVAL (NULL @vcpu, an unknown flag, bit 2 (NMI) set), PVM_EVERSION,
+ * PVM_EBUSY (running), PVM_ENOTSUP (a backend that runs the ABI in the
+ * kernel).  Thread safety: as the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_set_guest_debug(pvm_vcpu *vcpu, const struct pvm_guest_debug *dbg);
 
 /* ---- guest-virtual access --------------------------------------------- */
 
@@ -558,6 +612,91 @@ PVM_EXPORT int pvm_vm_write_core(pvm_vm *vm, const char *path);
  * Thread safety: as the state accessors.
  */
 PVM_EXPORT int pvm_vcpu_setup_call(pvm_vcpu *vcpu, pvm_gva_t fn, const uint64_t *args, size_t nargs);
+
+/* ---- GDB remote stub -------------------------------------------------- */
+
+/** What a pvm_gdb_exit_fn tells pvm_gdb_serve() to do next. */
+enum pvm_gdb_action {
+    PVM_GDB_RESUME = 0, /**< the exit is handled (results written into it): run on */
+    PVM_GDB_PARK = 1,   /**< this vCPU has nothing more to do: it stays stopped until gdb resumes it again */
+    PVM_GDB_FINISH = 2, /**< the guest is done, *@status (0..255) its exit status: gdb is told, the session ends */
+    PVM_GDB_STOP = 3,   /**< stop every vCPU and report gdb signal number *@status (e.g. 11, SIGSEGV) */
+};
+
+/**
+ * Called by pvm_gdb_serve() on the thread that runs @vcpu for each exit it
+ * does not own itself (HYPERCALL, IO, MMIO, HALT): handle it as a
+ * pvm_vcpu_run() loop would.  The state accessors may be used on @vcpu.
+ */
+typedef enum pvm_gdb_action (*pvm_gdb_exit_fn)(void *opaque, pvm_vcpu *vcpu, struct pvm_exit *exit,
+                                               int *status);
+
+/** Exceptions that stop the guest by default: #DE, #UD, #GP and #PF raised in smod. */
+#define PVM_GDB_CATCH_DEFAULT ((1u << 0) | (1u << 6) | (1u << 13) | (1u << 14))
+
+#define PVM_GDB_OPTIONS_VERSION 1
+/** Options for pvm_gdb_serve(); initialise with PVM_GDB_OPTIONS_INIT. */
+struct pvm_gdb_options {
+    uint32_t version;       /**< PVM_GDB_OPTIONS_VERSION */
+    /**
+     * Exceptions (bit = vector, as pvm_guest_debug.catch_smod) that stop the
+     * VM before the guest sees them, raised in smod and umod ("monitor catch"
+     * changes them during the session).  #BP is always caught for
+     * breakpoints, and a triple fault always stops the VM.
+     */
+    uint32_t catch_smod;
+    uint32_t catch_umod;
+    /**
+     * Exit handler; NULL: PVM_HOSTCALL_EXIT finishes with status args[0] &
+     * 0xff, other host calls return -ENOSYS (-38), IO and MMIO stop with
+     * SIGSEGV, HALT parks the vCPU.
+     */
+    pvm_gdb_exit_fn on_exit;
+    void *opaque;           /**< passed to @on_exit */
+};
+#define PVM_GDB_OPTIONS_INIT { PVM_GDB_OPTIONS_VERSION, PVM_GDB_CATCH_DEFAULT, 0, NULL, NULL }
+
+/** How a pvm_gdb_serve() session ended. */
+enum pvm_gdb_end {
+    PVM_GDB_END_FINISHED = 0,     /**< the exit handler returned PVM_GDB_FINISH (status in *@status) */
+    PVM_GDB_END_DETACHED = 1,     /**< gdb detached (D): the vCPUs may be run on without gdb */
+    PVM_GDB_END_KILLED = 2,       /**< gdb killed the guest (k) */
+    PVM_GDB_END_CRASHED = 3,      /**< a vCPU triple-faulted or failed, and gdb resumed it after the report */
+    PVM_GDB_END_DISCONNECTED = 4, /**< the connection closed or failed mid-session */
+};
+
+/**
+ * Serve the GDB remote serial protocol on @fd (a connected stream socket,
+ * not closed here) for @vm until the session ends; *@end says how and, for
+ * PVM_GDB_END_FINISHED, *@status holds the guest's exit status.
+ *
+ * Every vCPU of @vm is debugged, each as a gdb thread (vCPU n is thread
+ * n+1); they must exist and no thread may run them.  The VM starts stopped
+ * where the vCPUs are.  pvm_gdb_serve() runs them itself, one thread each,
+ * all-stop: when one stops (breakpoint, step, caught exception, Ctrl-C,
+ * triple fault) every vCPU is kicked and stops.  Host calls, IO, MMIO and
+ * halts go to @opts->on_exit.  gdb gets registers in the x86-64 layout
+ * with fs_base/gs_base and the PVM mode, CR0/2/3/4, EFER and PVM MSRs
+ * (read-only) from its target description; memory by guest-virtual address
+ * through the selected vCPU's page tables (supervisor access, page
+ * protections ignored, as a debugger writes code); software breakpoints
+ * (Z0/z0: INT3 written into guest memory, hidden from memory reads,
+ * restored when removed and at the end of the session); single-step and
+ * continue (vCont, s, c, with a signal to pass a caught exception on to the
+ * guest); "monitor catch".  Packets with a bad checksum are answered '-',
+ * unknown ones with an empty reply; a client that disconnects ends the
+ * session with the vCPUs stopped and the breakpoints removed.  At the end,
+ * guest debugging is off on every vCPU (pvm_vcpu_set_guest_debug).
+ *
+ * Writes to @fd use MSG_NOSIGNAL: a closed connection raises no SIGPIPE.
+ * Returns 0 (the session ended, see *@end), or PVM_EINVAL (NULL arguments,
+ * bad options), PVM_EVERSION, PVM_ESTATE (no vCPU), PVM_EBUSY (a vCPU is
+ * running), PVM_ENOTSUP (the backend cannot debug), PVM_ENOMEM.
+ * Thread safety: one session per VM; no other thread may run its vCPUs or
+ * change its memory map meanwhile.
+ */
+PVM_EXPORT int pvm_gdb_serve(pvm_vm *vm, int fd, const struct pvm_gdb_options *opts, enum pvm_gdb_end *end,
+                             int *status);
 
 #ifdef __cplusplus
 }

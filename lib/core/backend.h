@@ -49,6 +49,8 @@ struct pvm_backend_ops {
     int (*set_cpuid)(pvm_vcpu *vcpu, const struct pvm_cpuid_entry *e, size_t n);
     int (*translate)(pvm_vcpu *vcpu, uint64_t gva, uint64_t *gpa);
     uint64_t (*linear_range)(const pvm_vm *vm);               /* default MSR value */
+    /* pvm_vcpu_set_guest_debug: @dbg already checked, all-zero means off. */
+    int (*set_guest_debug)(pvm_vcpu *vcpu, const struct pvm_guest_debug *dbg);
     void (*lower_half)(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
 };
 

@@ -117,6 +117,30 @@ int pvm_vcpu_set_cpuid(pvm_vcpu *v, const struct pvm_cpuid_entry *e, size_t n)
     return v->vm->ops->set_cpuid(v, e, n);
 }
 
+int pvm_vcpu_set_guest_debug(pvm_vcpu *v, const struct pvm_guest_debug *dbg)
+{
+    pvm__clear_error();
+    struct pvm_guest_debug d = PVM_GUEST_DEBUG_INIT;
+    if (!v)
+        return pvm__error(PVM_EINVAL, "pvm_vcpu_set_guest_debug: NULL vcpu");
+    if (dbg) {
+        if (dbg->version != PVM_GUEST_DEBUG_VERSION)
+            return pvm__error(PVM_EVERSION, "pvm_vcpu_set_guest_debug: version %u is not supported (expected %u)",
+                              dbg->version, PVM_GUEST_DEBUG_VERSION);
+        if (dbg->flags & ~PVM_GUEST_DEBUG_SINGLESTEP)
+            return pvm__error(PVM_EINVAL, "pvm_vcpu_set_guest_debug: unknown flags 0x%x", dbg->flags);
+        if ((dbg->catch_smod | dbg->catch_umod) & (1u << PVM_VEC_NMI))
+            return pvm__error(PVM_EINVAL, "pvm_vcpu_set_guest_debug: vector 2 (NMI) is not an exception");
+        d = *dbg;
+    }
+    if (__atomic_load_n(&v->running, __ATOMIC_ACQUIRE))
+        return pvm__error(PVM_EBUSY, "pvm_vcpu_set_guest_debug: vCPU %u is running", v->id);
+    if (!v->vm->ops->set_guest_debug)
+        return pvm__error(PVM_ENOTSUP, "pvm_vcpu_set_guest_debug: not supported by the %s backend",
+                          v->vm->ops->name);
+    return v->vm->ops->set_guest_debug(v, &d);
+}
+
 int pvm_vcpu_run(pvm_vcpu *v, struct pvm_exit *exit)
 {
     pvm__clear_error();

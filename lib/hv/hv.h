@@ -146,7 +146,23 @@ struct pvm_hv_vcpu {
         uint64_t gpr[16];
     } pf;
     uint64_t prefetches;         /* shadow mappings installed ahead of a retry (statistics) */
+
+    /*
+     * pvm_vcpu_set_guest_debug (run.c).  Providers that handle guest events
+     * themselves (the native fast path) must not while pvm_hv_debug_on().
+     */
+    struct {
+        bool step;               /* TF for the guest's next instruction */
+        bool step_done;          /* an instruction completed while stepping: exit at the loop top */
+        uint32_t catch_mask[2];  /* by enum pvm_mode: vectors that exit instead of being delivered */
+    } dbg;
 };
+
+/* Guest debugging on: every guest event must reach the core. */
+static inline bool pvm_hv_debug_on(const struct pvm_hv_vcpu *hv)
+{
+    return hv->dbg.step || hv->dbg.catch_mask[0] || hv->dbg.catch_mask[1];
+}
 
 static inline struct pvm_hv_vcpu *pvm_hv_of(const pvm_vcpu *v)
 {
@@ -178,6 +194,7 @@ int pvm_hv_kick(pvm_vcpu *v);
 void pvm_hv_region_del(pvm_vm *vm, const struct pvm_region *r);
 int pvm_hv_set_cpuid(pvm_vcpu *v, const struct pvm_cpuid_entry *e, size_t n);
 int pvm_hv_translate(pvm_vcpu *v, uint64_t gva, uint64_t *gpa);
+int pvm_hv_set_guest_debug(pvm_vcpu *v, const struct pvm_guest_debug *dbg);
 uint64_t pvm_hv_linear_range(const pvm_vm *vm);
 void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
 
@@ -189,6 +206,6 @@ void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
     .set_sregs = pvm_hv_set_sregs, .get_msr = pvm_hv_get_msr, .set_msr = pvm_hv_set_msr,               \
     .inject = pvm_hv_inject, .kick = pvm_hv_kick, .region_del = pvm_hv_region_del,                     \
     .set_cpuid = pvm_hv_set_cpuid, .translate = pvm_hv_translate, .linear_range = pvm_hv_linear_range, \
-    .lower_half = pvm_hv_lower_half
+    .lower_half = pvm_hv_lower_half, .set_guest_debug = pvm_hv_set_guest_debug
 
 #endif /* PVM_HV_H */

@@ -153,7 +153,8 @@ static void pf_prefetch(struct pvm_hv_vcpu *hv)
         hv->prefetches++;
 }
 
-static enum pvm_m_result handle_fault(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error)
+static enum pvm_m_result handle_fault(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error,
+                                      bool *retry)
 {
     struct pvm_cpu *c = &hv->cpu;
     if (t->vector == PVM_VEC_INT80)
@@ -171,6 +172,7 @@ static enum pvm_m_result handle_fault(struct pvm_hv_vcpu *hv, const struct pvm_h
             hv->pf.pending = false; /* a retry that faulted after all (or another fault) */
         switch (pvm_shadow_fault(hv->shadow, &hv->env, t->cr2, access, &pfec, &gpa)) {
         case PVM_SHADOW_FIXED:
+            *retry = true; /* the instruction did not run: not a completed single step */
             return PVM_M_RESUME;
         case PVM_SHADOW_GUEST_PF:
             pf_note(hv, t->cr2, access);
@@ -187,17 +189,28 @@ static enum pvm_m_result handle_fault(struct pvm_hv_vcpu *hv, const struct pvm_h
     return pvm_m_exception(c, &hv->mem, v, has_err, has_err ? t->error_code : 0, 0);
 }
 
-static enum pvm_m_result handle_trap(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error)
+static enum pvm_m_result handle_trap(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error,
+                                     bool *retry)
 {
     switch (t->kind) {
     case PVM_HV_TRAP_SYSCALL:
         return pvm_m_syscall(&hv->cpu, &hv->mem);
     case PVM_HV_TRAP_FAULT:
-        return handle_fault(hv, t, provider_error);
+        return handle_fault(hv, t, provider_error, retry);
     case PVM_HV_TRAP_KICK:
     default:
+        *retry = true;
         return PVM_M_RESUME;
     }
+}
+
+/* A PVM_EXIT_DEBUG for @vector at the current RIP (pvm_vcpu_set_guest_debug). */
+static void debug_exit(struct pvm_cpu *c, unsigned vector)
+{
+    memset(&c->exit, 0, sizeof(c->exit));
+    c->exit.reason = PVM_EXIT_DEBUG;
+    c->exit.u.debug.vector = vector;
+    c->exit.u.debug.rip = c->rip;
 }
 
 /* Run guest code once: the provider's part of one loop turn. */
@@ -223,6 +236,10 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     struct pvm_hv_regs regs;
     struct pvm_hv_trap trap;
     regs_to_provider(c, &regs);
+    /* pvm_vcpu_set_guest_debug single-step: TF for the provider's run only, the guest keeps its own. */
+    const uint64_t guest_tf = c->rflags & PVM_RFLAGS_TF;
+    if (hv->dbg.step)
+        regs.rflags |= PVM_RFLAGS_TF;
     __atomic_store_n(&hv->running_slot, (int)slot, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&hv->kick_pending, __ATOMIC_SEQ_CST) || __atomic_load_n(&hv->attention, __ATOMIC_SEQ_CST)) {
         __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
@@ -245,15 +262,26 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         return PVM_M_EXIT;
     }
     regs_from_provider(hv, &regs);
+    if (hv->dbg.step) {
+        c->rflags = (c->rflags & ~PVM_RFLAGS_TF) | guest_tf;
+        /* The step's own #DB (a trap: RIP is past the instruction) is the debugger's, never the guest's. */
+        if (trap.kind == PVM_HV_TRAP_FAULT && trap.vector == PVM_VEC_DB) {
+            debug_exit(c, PVM_VEC_DB);
+            return PVM_M_EXIT;
+        }
+    }
     if (p->finish && p->finish(hv, slot, &trap) == PVM_M_SHUTDOWN)
         return PVM_M_SHUTDOWN;
-    bool provider_error = false;
-    enum pvm_m_result r = handle_trap(hv, &trap, &provider_error);
+    bool provider_error = false, retry = false;
+    enum pvm_m_result r = handle_trap(hv, &trap, &provider_error, &retry);
     if (provider_error) {
         *fatal_rc = fatal(hv, exit, PVM_EINTERNAL, "shadow MMU could not install a mapping for 0x%llx",
                           (unsigned long long)trap.cr2);
         return PVM_M_EXIT;
     }
+    /* An exit to the application completes its instruction on the next run (step_done there). */
+    if (hv->dbg.step && !retry && (r == PVM_M_RESUME || r == PVM_M_HALT))
+        hv->dbg.step_done = true;
     return r;
 }
 
@@ -284,14 +312,23 @@ static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
         *exit = hv->fatal;
         return 0;
     }
-    if (c->pending_exit != PVM_EXIT_NONE)
+    if (c->pending_exit != PVM_EXIT_NONE) {
         pvm_m_complete(c, exit);
+        if (hv->dbg.step)
+            hv->dbg.step_done = true; /* the stepped instruction ended in that exit */
+    }
 
     for (;;) {
         enum pvm_m_result r;
         if (__atomic_exchange_n(&hv->kick_pending, 0, __ATOMIC_SEQ_CST)) {
             memset(exit, 0, sizeof(*exit));
             exit->reason = PVM_EXIT_KICKED;
+            return 0;
+        }
+        if (hv->dbg.step_done) {
+            hv->dbg.step_done = false;
+            debug_exit(c, PVM_VEC_DB);
+            *exit = c->exit;
             return 0;
         }
         drain_inbox(hv);
@@ -337,6 +374,8 @@ static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
                                  c->exit.u.hypercall.args, &ret) == 0) {
                     c->exit.u.hypercall.ret = ret;
                     pvm_m_complete(c, &c->exit);
+                    if (hv->dbg.step)
+                        hv->dbg.step_done = true;
                     continue;
                 }
             }
@@ -359,4 +398,14 @@ int pvm_hv_run(pvm_vcpu *v, struct pvm_exit *exit)
         guest_stopped(hv, exit);
     pvm__mem_leave(v->vm);
     return rc;
+}
+
+int pvm_hv_set_guest_debug(pvm_vcpu *v, const struct pvm_guest_debug *dbg)
+{
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
+    hv->dbg.step = (dbg->flags & PVM_GUEST_DEBUG_SINGLESTEP) != 0;
+    hv->dbg.step_done = false;
+    hv->dbg.catch_mask[PVM_MODE_SUPERVISOR] = dbg->catch_smod;
+    hv->dbg.catch_mask[PVM_MODE_USER] = dbg->catch_umod;
+    return 0;
 }

@@ -140,6 +140,13 @@ static void mem_trace(void *opaque, unsigned vector, uint32_t error_code, uint8_
              from_mode == PVM_MODE_USER ? "umod" : "smod", (unsigned long long)from_rip, (unsigned long long)entry);
 }
 
+/* pvm_vcpu_set_guest_debug: a guest exception the application wants to see first. */
+static bool mem_catch_exc(void *opaque, unsigned vector, uint32_t mode)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    return vector < 32 && ((hv->dbg.catch_mask[mode & 1] >> vector) & 1);
+}
+
 /* ---- shadow MMU glue: the provider carries the mappings out ---------------- */
 
 static int sh_install(void *opaque, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa, unsigned prot)
@@ -223,7 +230,8 @@ int pvm_hv_vcpu_init(pvm_vcpu *v)
     pvm_m_reset(&hv->cpu, hv->p->linear_range);
     hv->cpu.vcpu_id = v->id;
     hv->mem = (struct pvm_mem){ .opaque = hv, .phys = mem_phys, .read_virt = mem_read_virt,
-                                .write_virt = mem_write_virt, .flush = mem_flush, .trace = mem_trace };
+                                .write_virt = mem_write_virt, .flush = mem_flush, .trace = mem_trace,
+                                .catch_exc = mem_catch_exc };
     hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .maxphyaddr_mask = PVM_PTE_ADDR };
     hv->regions_gen = __atomic_load_n(&v->vm->regions_gen, __ATOMIC_ACQUIRE);
     int rc = hv->p->vcpu_init(hv);

@@ -137,11 +137,27 @@ static enum pvm_m_result supervisor_interrupt(struct pvm_cpu *cpu, const struct 
     return PVM_M_RESUME;
 }
 
-enum pvm_m_result pvm_m_deliver(struct pvm_cpu *cpu, const struct pvm_mem *mem, unsigned vector,
-                                bool has_error_code, uint32_t error_code)
+/* A debugger caught guest exception @vector: report it instead of delivering (mem->catch_exc). */
+static enum pvm_m_result caught(struct pvm_cpu *cpu, unsigned vector, bool has_error_code, uint32_t error_code)
+{
+    memset(&cpu->exit, 0, sizeof(cpu->exit));
+    cpu->exit.reason = PVM_EXIT_DEBUG;
+    cpu->exit.u.debug.vector = vector;
+    cpu->exit.u.debug.has_error_code = has_error_code;
+    cpu->exit.u.debug.error_code = has_error_code ? error_code : 0;
+    cpu->exit.u.debug.rip = cpu->rip;
+    cpu->exit.u.debug.cr2 = vector == PVM_VEC_PF ? cpu->cr2 : 0;
+    cpu->pending_exit = PVM_EXIT_NONE;
+    return PVM_M_EXIT;
+}
+
+static enum pvm_m_result deliver(struct pvm_cpu *cpu, const struct pvm_mem *mem, unsigned vector,
+                                 bool has_error_code, uint32_t error_code, bool may_catch)
 {
     if (vector > 255 && vector != PVM_M_VEC_SYSCALL)
         return pvm_m__internal_error(cpu, PVM_EINVAL, "machine: deliver of bad vector %u", vector);
+    if (may_catch && vector < 32 && mem->catch_exc && mem->catch_exc(mem->opaque, vector, cpu->mode))
+        return caught(cpu, vector, has_error_code, error_code);
     /* §10.23 decision: libpvm has no non-PVM mode, so every injection is a PVM event. */
     pvm_m__sync_if(cpu, mem);
     uint8_t from_mode = cpu->mode;
@@ -160,6 +176,18 @@ enum pvm_m_result pvm_m_deliver(struct pvm_cpu *cpu, const struct pvm_mem *mem, 
     if (r == PVM_M_RESUME && mem->trace)
         mem->trace(mem->opaque, vector, has_error_code ? error_code : 0, from_mode, from_rip, cpu->rip);
     return r;
+}
+
+enum pvm_m_result pvm_m_deliver(struct pvm_cpu *cpu, const struct pvm_mem *mem, unsigned vector,
+                                bool has_error_code, uint32_t error_code)
+{
+    return deliver(cpu, mem, vector, has_error_code, error_code, true);
+}
+
+enum pvm_m_result pvm_m__deliver_injected(struct pvm_cpu *cpu, const struct pvm_mem *mem, unsigned vector,
+                                          bool has_error_code, uint32_t error_code)
+{
+    return deliver(cpu, mem, vector, has_error_code, error_code, false);
 }
 
 enum pvm_m_result pvm_m_int80(struct pvm_cpu *cpu, const struct pvm_mem *mem)

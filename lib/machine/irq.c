@@ -67,7 +67,7 @@ static enum pvm_m_result deliver_one(struct pvm_cpu *cpu, const struct pvm_mem *
         cpu->exc_pending = false;
         if (cpu->exc_vector == PVM_VEC_PF)
             cpu->cr2 = cpu->exc_cr2; /* §5.1: payload first */
-        return pvm_m_deliver(cpu, mem, cpu->exc_vector, cpu->exc_has_error, cpu->exc_error);
+        return pvm_m__deliver_injected(cpu, mem, cpu->exc_vector, cpu->exc_has_error, cpu->exc_error);
     }
     if (cpu->nmi_pending && !cpu->nmi_masked) {
         cpu->nmi_pending = false;

@@ -66,6 +66,13 @@ struct pvm_mem {
      */
     void (*trace)(void *opaque, unsigned vector, uint32_t error_code, uint8_t from_mode, uint64_t from_rip,
                   uint64_t entry);
+    /*
+     * (Optional) A debugger's catch: asked before exception @vector (< 32)
+     * that guest code raised in @mode is delivered.  True: nothing is
+     * delivered and the entry point returns PVM_M_EXIT with a PVM_EXIT_DEBUG
+     * exit (the state as at the fault).  Injected exceptions are not asked.
+     */
+    bool (*catch_exc)(void *opaque, unsigned vector, uint32_t mode);
 };
 
 /* What the provider must do after a pvm_m_* call. */

@@ -75,6 +75,10 @@ enum pvm_m_result pvm_m__trap_begin(struct pvm_cpu *cpu, const struct pvm_mem *m
 enum pvm_m_result pvm_m__trap_end(struct pvm_cpu *cpu, const struct pvm_mem *mem,
                                   enum pvm_m_result r);
 
+/* pvm_m_deliver for an exception the VMM injected: never offered to mem->catch_exc. */
+enum pvm_m_result pvm_m__deliver_injected(struct pvm_cpu *cpu, const struct pvm_mem *mem, unsigned vector,
+                                          bool has_error_code, uint32_t error_code);
+
 /* HLT / IRQ_HALT: halt unless an event can be delivered right now. */
 enum pvm_m_result pvm_m__halt(struct pvm_cpu *cpu, const struct pvm_mem *mem);
 

@@ -338,7 +338,8 @@ static void add_window(struct pvm_hv_vcpu *hv, struct nstub_fast_cfg *f, uint64_
 /*
  * What the stub of @slot may handle itself during the next run: only smod,
  * with the PVCS mapped into the stub and nothing pending, so that the model's
- * event check after each event has nothing to do (stub/fast.c).
+ * event check after each event has nothing to do (stub/fast.c); nothing
+ * while guest debugging is on (the core must see every #BP, #DB and step).
  */
 static bool setup_fast(struct pvm_hv_vcpu *hv, unsigned slot)
 {
@@ -348,7 +349,7 @@ static bool setup_fast(struct pvm_hv_vcpu *hv, unsigned slot)
     struct nstub_fast_cfg f = { .enabled = false };
     struct pvm_region r;
 
-    if (!nc->fast_on || c->mode != PVM_MODE_SUPERVISOR || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS ||
+    if (!nc->fast_on || pvm_hv_debug_on(hv) || c->mode != PVM_MODE_SUPERVISOR || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS ||
         pvm_hv_events_pending(hv) || !c->msr_vcpu_struct ||
         !pvm__gpa_lookup(hv->v->vm, c->msr_vcpu_struct, 4096, &r) || r.memfd_off == PVM_NO_MEMFD ||
         (r.flags & PVM_MEM_READONLY) || nstub_map_pvcs(st, r.memfd_off + (c->msr_vcpu_struct - r.gpa)) < 0) {
