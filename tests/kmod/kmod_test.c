@@ -5,7 +5,8 @@
  *                        max_pages_per_proc <= 2 x max_pages_per_as, both <= 4096):
  *                        node, version/info, create/map/unmap/close, every bad
  *                        argument's errno, memory the caller does not own, limits,
- *                        fork, many address spaces, unload refused while one is open
+ *                        fork, an address space outliving its creator, threads, many
+ *                        address spaces, unload refused while one is open
  *   kmod_test group GID  with pvm.ko group=GID: the node is root:GID 0660 and only
  *                        root and GID's members can open it
  *
@@ -16,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -510,6 +512,98 @@ static void test_fork(int dev)
     check_zero(dev, "after fork");
 }
 
+/*
+ * An address space that outlives its creator: the grandchild keeps the fd after
+ * the child (the owner) exited; it may look, not map, and its close unpins pages
+ * of an mm that no longer runs.
+ */
+static int orphan_child(int dev)
+{
+    char *buf = anon(4, PROT_READ | PROT_WRITE);
+    int as = create_as(dev), pipefd[2];
+    pid_t pid;
+    char c;
+
+    failures = 0;
+    CHECK_OK(map(as, 0x200000, buf, 4 * PG, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_WRITE));
+    if (pipe(pipefd))
+        return 1;
+    pid = fork();
+    if (pid == 0) {
+        close(pipefd[1]);
+        (void)!read(pipefd[0], &c, 1); /* EOF: the owner has exited */
+        while (getppid() != 1)         /* and is gone, not just closing */
+            usleep(1000);
+        CHECK(as_info_of(as).mapped_pages == 4);
+        CHECK(info_of(dev).nr_procs == 1 && info_of(dev).nr_pinned == 4); /* its mm only */
+        CHECK_ERR(map(as, 0, buf, PG, PVM_KMOD_MAP_READ), EPERM);
+        close(as);
+        CHECK(info_of(dev).nr_procs == 0 && info_of(dev).nr_pinned == 0);
+        _exit(failures ? 1 : 0);
+    }
+    return pid > 0 ? 0 : 1; /* exits at once, the fd still open in the grandchild */
+}
+
+static void test_orphan(int dev)
+{
+    pid_t pid = fork();
+    int st = -1;
+
+    if (pid == 0)
+        _exit(orphan_child(dev));
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* The grandchild is not ours to wait for: wait for its close instead. */
+    for (int k = 0; k < 5000 && info_of(dev).nr_as != 0; k++)
+        usleep(1000);
+    check_zero(dev, "after the orphaned address space");
+}
+
+/* Threads mapping, unmapping and reading counters of one address space at once. */
+struct race {
+    int dev, as;
+    char *buf;
+    uint64_t base;
+    int errors;
+};
+
+static void *race_thread(void *arg)
+{
+    struct race *r = arg;
+
+    for (int k = 0; k < 200; k++) {
+        if (map(r->as, r->base, r->buf, 8 * PG, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_WRITE) ||
+            map(r->as, r->base, r->buf, PG, PVM_KMOD_MAP_READ) != -1 || errno != EEXIST ||
+            unmap(r->as, r->base, 8 * PG))
+            r->errors++;
+        struct pvm_kmod_info i;
+        if (ioctl(r->dev, PVM_KMOD_INFO, &i))
+            r->errors++;
+    }
+    return NULL;
+}
+
+static void test_threads(int dev)
+{
+    enum { T = 4 };
+    char *buf = anon(8, PROT_READ | PROT_WRITE);
+    int as = create_as(dev);
+    struct race r[T];
+    pthread_t t[T];
+
+    for (int k = 0; k < T; k++) {
+        r[k] = (struct race){.dev = dev, .as = as, .buf = buf, .base = (uint64_t)k << 21};
+        CHECK(pthread_create(&t[k], NULL, race_thread, &r[k]) == 0);
+    }
+    for (int k = 0; k < T; k++) {
+        CHECK(pthread_join(t[k], NULL) == 0);
+        CHECK(r[k].errors == 0);
+    }
+    CHECK(as_info_of(as).mapped_pages == 0 && as_info_of(as).table_pages == 1);
+    close(as);
+    munmap(buf, 8 * PG);
+    check_zero(dev, "after threads");
+}
+
 static void test_many(int dev)
 {
     enum { N = 48 };
@@ -572,6 +666,8 @@ int main(int argc, char **argv)
         test_bad_map_args(dev);
         test_limits(dev);
         test_fork(dev);
+        test_orphan(dev);
+        test_threads(dev);
         test_many(dev);
         close(dev);
         test_busy();
