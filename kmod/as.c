@@ -67,7 +67,8 @@ static int map_pages(struct pvm_as *as, const struct pvm_kmod_map *m, unsigned l
 	unsigned long done = 0;
 	int ret;
 
-	mmap_read_lock(as->mm);
+	if (mmap_read_lock_killable(as->mm))
+		return -EINTR;
 	ret = check_vmas(as->mm, m->uaddr, m->uaddr + m->len);
 	while (!ret && done < n) {
 		long got = pin_user_pages(m->uaddr + (done << PAGE_SHIFT), min(n - done, PIN_CHUNK),

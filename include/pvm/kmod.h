@@ -96,7 +96,8 @@ _Static_assert(sizeof(struct pvm_kmod_create_as) == 32, "pvm_kmod_create_as layo
  *   0; -EINVAL bad argument (alignment, range, flags, reserved fields);
  *   -EFAULT the user range is not such memory; -EEXIST a page of the guest
  *   range is already mapped; -EPERM not the creating process; -ENOSPC the
- *   address space's page limit; -EDQUOT the process's page limit; -ENOMEM.
+ *   address space's page limit; -EDQUOT the process's page limit; -ENOMEM;
+ *   -EINTR a fatal signal.
  */
 struct pvm_kmod_map {
     uint64_t gva;                /* page aligned */
