@@ -25,7 +25,27 @@ struct pvm_as {
 	struct pvm_pgtable pt;
 	struct pvm_acct *acct;
 	struct mm_struct *mm;       /* the creator's; identity only (acct holds it) */
+	u64 id;
+	struct list_head node;      /* in as_list while its fd exists */
 };
+
+/* Live address spaces, for the debugfs dump.  Order: as_list_lock, then as->lock. */
+static LIST_HEAD(as_list);
+static DEFINE_MUTEX(as_list_lock);
+static atomic64_t as_next_id;
+
+void pvm_as_dump_all(struct seq_file *s)
+{
+	struct pvm_as *as;
+
+	mutex_lock(&as_list_lock);
+	list_for_each_entry(as, &as_list, node) {
+		mutex_lock(&as->lock);
+		pvm_pt_dump(s, &as->pt, as->id);
+		mutex_unlock(&as->lock);
+	}
+	mutex_unlock(&as_list_lock);
+}
 
 static bool gva_range_ok(u64 gva, u64 len)
 {
@@ -166,6 +186,7 @@ static long as_info(struct pvm_as *as, void __user *uarg)
 	mutex_lock(&as->lock);
 	info.mapped_pages = as->pt.nr_mapped;
 	info.table_pages = as->pt.nr_tables;
+	info.id = as->id;
 	mutex_unlock(&as->lock);
 	return copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
 }
@@ -200,7 +221,12 @@ static void as_free(struct pvm_as *as)
 
 static int as_release(struct inode *inode, struct file *f)
 {
-	as_free(f->private_data);
+	struct pvm_as *as = f->private_data;
+
+	mutex_lock(&as_list_lock);
+	list_del(&as->node);
+	mutex_unlock(&as_list_lock);
+	as_free(as);
 	atomic_long_dec(&pvm_stats.nr_as);
 	return 0;
 }
@@ -230,16 +256,24 @@ long pvm_as_create(const struct pvm_kmod_create_as __user *uarg)
 	if (!as)
 		return -ENOMEM;
 	mutex_init(&as->lock);
+	INIT_LIST_HEAD(&as->node);
+	as->id = atomic64_inc_return(&as_next_id);
 	as->mm = current->mm;
 	as->acct = pvm_acct_get(as->mm);
 	if (!as->acct || pvm_pt_init(&as->pt)) {
 		as_free(as);
 		return -ENOMEM;
 	}
-	/* Counted first: another thread may close the fd as soon as it exists. */
+	/* Listed and counted first: another thread may close the fd as soon as it exists. */
 	atomic_long_inc(&pvm_stats.nr_as);
+	mutex_lock(&as_list_lock);
+	list_add_tail(&as->node, &as_list);
+	mutex_unlock(&as_list_lock);
 	fd = anon_inode_getfd("[pvm-as]", &pvm_as_fops, as, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
+		mutex_lock(&as_list_lock);
+		list_del(&as->node);
+		mutex_unlock(&as_list_lock);
 		atomic_long_dec(&pvm_stats.nr_as);
 		as_free(as);
 	}

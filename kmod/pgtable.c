@@ -193,3 +193,41 @@ unsigned long pvm_pt_unmap(struct pvm_pgtable *pt, u64 gva, u64 end)
 {
 	return unmap_level(pt, pt->pml4, 39, gva, end);
 }
+
+/* The gva is rebuilt from the indices, so a leaf at the wrong index shows as a wrong gva. */
+void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id)
+{
+	unsigned int i4, i3, i2, i1;
+
+	for (i4 = 0; i4 < 512; i4++) {
+		u64 e4 = pt->pml4[i4], *l3;
+
+		if (!(e4 & _PAGE_PRESENT))
+			continue;
+		l3 = entry_table(e4);
+		for (i3 = 0; i3 < 512; i3++) {
+			u64 e3 = l3[i3], *l2;
+
+			if (!(e3 & _PAGE_PRESENT))
+				continue;
+			l2 = entry_table(e3);
+			for (i2 = 0; i2 < 512; i2++) {
+				u64 e2 = l2[i2], *l1;
+
+				if (!(e2 & _PAGE_PRESENT))
+					continue;
+				l1 = entry_table(e2);
+				for (i1 = 0; i1 < 512; i1++) {
+					u64 gva = (u64)i4 << 39 | (u64)i3 << 30 | (u64)i2 << 21 | (u64)i1 << 12;
+
+					if (!(l1[i1] & _PAGE_PRESENT))
+						continue;
+					if (gva & (1ull << 47))
+						gva |= 0xffff000000000000ull;
+					seq_printf(s, "%llu %016llx %016llx %016llx %016llx %016llx\n",
+						   id, gva, e4, e3, e2, l1[i1]);
+				}
+			}
+		}
+	}
+}

@@ -6,6 +6,7 @@
  * as.c        address-space objects (one anon-inode fd each), MAP/UNMAP
  * pgtable.c   an address space's own x86-64 4-level page tables
  * acct.c      mapped pages per process (mm)
+ * debugfs.c   <debugfs>/pvm/tables: every live address space's leaves (tests)
  */
 #ifndef PVM_KMOD_INTERNAL_H
 #define PVM_KMOD_INTERNAL_H
@@ -13,6 +14,7 @@
 #include <linux/atomic.h>
 #include <linux/mm_types.h>
 #include <linux/mutex.h>
+#include <linux/seq_file.h>
 #include <linux/types.h>
 
 #include <pvm/kmod.h>
@@ -56,8 +58,16 @@ bool pvm_pt_any_mapped(struct pvm_pgtable *pt, u64 gva, unsigned long n);
 int pvm_pt_map(struct pvm_pgtable *pt, u64 gva, struct page *page, unsigned int flags);
 /* Clear the leaves of [gva, end), unpin their pages, free emptied tables. */
 unsigned long pvm_pt_unmap(struct pvm_pgtable *pt, u64 gva, u64 end);
+/* One line per leaf: "id gva pml4e pdpte pde pte". */
+void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id);
 
 /* ---- as.c ---------------------------------------------------------------- */
 long pvm_as_create(const struct pvm_kmod_create_as __user *uarg);
+/* pvm_pt_dump() of every live address space. */
+void pvm_as_dump_all(struct seq_file *s);
+
+/* ---- debugfs.c ------------------------------------------------------------ */
+void pvm_debugfs_init(void);
+void pvm_debugfs_exit(void);
 
 #endif /* PVM_KMOD_INTERNAL_H */

@@ -141,6 +141,7 @@ static int __init pvm_init(void)
 	ret = cdev_device_add(&pvm_cdev, pvm_dev);
 	if (ret)
 		goto err_dev;
+	pvm_debugfs_init();
 	pr_info("pvm: ABI version %u, /dev/pvm (%s)\n", PVM_KMOD_ABI_VERSION,
 		group >= 0 ? "mode 0660, group from group=" : "mode 0600, root");
 	return 0;
@@ -156,6 +157,7 @@ err_region:
 
 static void __exit pvm_exit(void)
 {
+	pvm_debugfs_exit();
 	cdev_device_del(&pvm_cdev, pvm_dev);
 	put_device(pvm_dev);
 	class_destroy(pvm_class);

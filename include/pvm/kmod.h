@@ -125,11 +125,17 @@ struct pvm_kmod_unmap {
 _Static_assert(sizeof(struct pvm_kmod_unmap) == 40, "pvm_kmod_unmap layout");
 #define PVM_KMOD_AS_UNMAP _IOW(PVM_KMOD_IOC_MAGIC, 0x11, struct pvm_kmod_unmap)
 
-/* ioctl(as, PVM_KMOD_AS_INFO, &info): this address space's counters. */
+/*
+ * ioctl(as, PVM_KMOD_AS_INFO, &info): this address space's counters, and the
+ * id that names it in the module's debugfs dump of every live address space's
+ * leaves (root only: <debugfs>/pvm/tables, one line per mapped page:
+ * "id gva pml4e pdpte pde pte", each in hex).
+ */
 struct pvm_kmod_as_info {
     uint64_t mapped_pages;
     uint64_t table_pages;        /* its PML4 included */
-    uint64_t reserved[6];
+    uint64_t id;                 /* unique while the module stays loaded */
+    uint64_t reserved[5];
 };
 _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout");
 #define PVM_KMOD_AS_INFO _IOR(PVM_KMOD_IOC_MAGIC, 0x12, struct pvm_kmod_as_info)

@@ -3,7 +3,8 @@
  *
  *   kmod_test            with pvm.ko loaded with small limits (max_pages_per_as <
  *                        max_pages_per_proc <= 2 x max_pages_per_as, both <= 4096):
- *                        node, version/info, create/map/unmap/close, every bad
+ *                        node, version/info, create/map/unmap/close, every entry of
+ *                        the page tables (debugfs, against pagemap), every bad
  *                        argument's errno, memory the caller does not own, limits,
  *                        fork, an address space outliving its creator, threads, many
  *                        address spaces, unload refused while one is open
@@ -18,6 +19,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -604,6 +606,104 @@ static void test_threads(int dev)
     check_zero(dev, "after threads");
 }
 
+/* The debugfs line of (as id, gva): the entries on its path; false if none. */
+static bool dump_entries(uint64_t id, uint64_t gva, uint64_t e[4], unsigned *lines_of_id)
+{
+    FILE *f = fopen("/sys/kernel/debug/pvm/tables", "r");
+    unsigned long long lid, lgva, x[4];
+    bool found = false;
+
+    *lines_of_id = 0;
+    if (!f) {
+        perror("/sys/kernel/debug/pvm/tables");
+        return false;
+    }
+    while (fscanf(f, "%llu %llx %llx %llx %llx %llx", &lid, &lgva, &x[0], &x[1], &x[2], &x[3]) == 6) {
+        if (lid != id)
+            continue;
+        ++*lines_of_id;
+        if (lgva == gva) {
+            for (int k = 0; k < 4; k++)
+                e[k] = x[k];
+            found = true;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The frame behind one of our pages (root sees frames in pagemap). */
+static uint64_t pfn_of(const void *p)
+{
+    uint64_t v = 0;
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+
+    if (fd < 0 || pread(fd, &v, 8, (off_t)((uintptr_t)p / PG * 8)) != 8)
+        v = 0;
+    if (fd >= 0)
+        close(fd);
+    return (v >> 63) ? (v & ((1ull << 55) - 1)) : 0;
+}
+
+/* Every bit of every entry on the path of a leaf, and its frame. */
+static void check_leaf(uint64_t id, uint64_t gva, const void *user, uint64_t want_flags)
+{
+    const uint64_t addr = 0x000ffffffffff000ull;
+    uint64_t e[4] = {0}, pfn = pfn_of(user);
+    unsigned lines;
+
+    CHECK(pfn != 0);
+    if (!dump_entries(id, gva, e, &lines)) {
+        fprintf(stderr, "FAIL: no leaf for gva %#llx in address space %llu\n",
+                (unsigned long long)gva, (unsigned long long)id);
+        failures++;
+        return;
+    }
+    for (int k = 0; k < 3; k++) /* P|RW|US|A, no NX: the leaf decides */
+        CHECK((e[k] & ~addr) == 0x27);
+    CHECK((e[3] & addr) >> 12 == pfn);
+    if ((e[3] & ~addr) != want_flags) {
+        fprintf(stderr, "FAIL: gva %#llx leaf flags %#llx, want %#llx\n", (unsigned long long)gva,
+                (unsigned long long)(e[3] & ~addr), (unsigned long long)want_flags);
+        failures++;
+    }
+}
+
+static void test_tables(int dev)
+{
+    const uint64_t nx = 1ull << 63, r = nx | 0x25, rw = nx | 0x67, rx = 0x25, rwx = 0x67;
+    const uint64_t hi = PVM_KMOD_GVA_HIGH_END - PG;
+    char *buf = anon(4, PROT_READ | PROT_WRITE);
+    int as = create_as(dev), mfd = memfd_create("kmod_tables", MFD_CLOEXEC);
+    char *mp;
+    uint64_t id = as_info_of(as).id, e[4];
+    unsigned lines;
+
+    CHECK(id != 0 && mfd >= 0 && ftruncate(mfd, PG) == 0);
+    mp = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    CHECK(mp != MAP_FAILED);
+    mp[0] = 1; /* a page in the page cache for pagemap to show */
+    CHECK_OK(map(as, 0x400000, buf, 2 * PG, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_WRITE));
+    CHECK_OK(map(as, 0x7ffffffff000ull, buf + 2 * PG, PG, PVM_KMOD_MAP_READ));
+    CHECK_OK(map(as, PVM_KMOD_GVA_HIGH_START + PG, mp, PG, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_EXEC));
+    CHECK_OK(map(as, hi, buf + 3 * PG, PG, PVM_KMOD_MAP_ALL));
+    check_leaf(id, 0x400000, buf, rw);
+    check_leaf(id, 0x401000, buf + PG, rw);
+    check_leaf(id, 0x7ffffffff000ull, buf + 2 * PG, r);
+    check_leaf(id, PVM_KMOD_GVA_HIGH_START + PG, mp, rx);
+    check_leaf(id, hi, buf + 3 * PG, rwx);
+    CHECK(dump_entries(id, 0x400000, e, &lines) && lines == 5);
+    CHECK_OK(unmap(as, 0x400000, PG));
+    CHECK(!dump_entries(id, 0x400000, e, &lines) && lines == 4);
+    check_leaf(id, 0x401000, buf + PG, rw);
+    close(as);
+    CHECK(!dump_entries(id, 0x401000, e, &lines) && lines == 0);
+    munmap(mp, PG);
+    close(mfd);
+    munmap(buf, 4 * PG);
+    check_zero(dev, "after tables");
+}
+
 static void test_many(int dev)
 {
     enum { N = 48 };
@@ -663,6 +763,7 @@ int main(int argc, char **argv)
         check_zero(dev, "at start");
         test_create(dev);
         test_map_unmap(dev);
+        test_tables(dev);
         test_bad_map_args(dev);
         test_limits(dev);
         test_fork(dev);
