@@ -57,7 +57,7 @@ static bool gva_range_ok(u64 gva, u64 len)
 	       (gva >= PVM_KMOD_GVA_HIGH_START && end <= PVM_KMOD_GVA_HIGH_END);
 }
 
-/* Anonymous memory or a tmpfs file (memfd, shared anonymous): plain pages the process owns. */
+/* Anonymous memory or a tmpfs file (memfd, shared anonymous): pages the process owns. */
 static int check_vmas(struct mm_struct *mm, unsigned long start, unsigned long end)
 {
 	unsigned long addr;
@@ -96,12 +96,14 @@ static int map_pages(struct pvm_as *as, const struct pvm_kmod_map *m, unsigned l
 		long i;
 
 		if (got <= 0) {
-			/* Out of memory or killed: say so; anything else is not the caller's memory. */
+			/* Out of memory or killed: say so; else not the caller's memory. */
 			ret = (got == -ENOMEM || got == -EINTR) ? got : -EFAULT;
 			break;
 		}
 		for (i = 0; i < got; i++) {
-			ret = pvm_pt_map(&as->pt, m->gva + ((done + i) << PAGE_SHIFT), pages[i], m->flags);
+			u64 gva = m->gva + ((done + i) << PAGE_SHIFT);
+
+			ret = pvm_pt_map(&as->pt, gva, pages[i], m->flags);
 			if (ret) {
 				unpin_user_pages(pages + i, got - i);
 				break;

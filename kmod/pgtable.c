@@ -104,7 +104,8 @@ static unsigned long count_level(u64 *table, int shift, u64 addr, u64 end)
 		if (shift == PAGE_SHIFT)
 			n++;
 		else
-			n += count_level(entry_table(e), shift - 9, addr, span_end(addr, shift, end));
+			n += count_level(entry_table(e), shift - 9, addr,
+					 span_end(addr, shift, end));
 	}
 	return n;
 }
@@ -218,7 +219,8 @@ void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id)
 					continue;
 				l1 = entry_table(e2);
 				for (i1 = 0; i1 < 512; i1++) {
-					u64 gva = (u64)i4 << 39 | (u64)i3 << 30 | (u64)i2 << 21 | (u64)i1 << 12;
+					u64 gva = (u64)i4 << 39 | (u64)i3 << 30 |
+						  (u64)i2 << 21 | (u64)i1 << 12;
 
 					if (!(l1[i1] & _PAGE_PRESENT))
 						continue;

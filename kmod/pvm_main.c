@@ -26,7 +26,8 @@ MODULE_PARM_DESC(max_pages_per_as, "most pages one address space may map (defaul
 
 unsigned long pvm_max_pages_per_proc = 1048576;
 module_param_named(max_pages_per_proc, pvm_max_pages_per_proc, ulong, 0444);
-MODULE_PARM_DESC(max_pages_per_proc, "most pages one process may map in all (default 1048576 = 4 GiB)");
+MODULE_PARM_DESC(max_pages_per_proc,
+		 "most pages one process may map in all (default 1048576 = 4 GiB)");
 
 static int group = -1;
 module_param(group, int, 0444);
