@@ -1,0 +1,143 @@
+/*
+ * pvm/kmod.h - the ioctl ABI of the kmod/ module's /dev/pvm (version 1).
+ *
+ * Shared by the module and user space: fixed-size types only, every struct
+ * padded explicitly and its size pinned with _Static_assert, so the layout is
+ * the same for every compiler and for 32-bit and 64-bit callers.  Reserved
+ * fields and padding must be zero: the module rejects anything else with
+ * -EINVAL, so later versions can give them a meaning.
+ *
+ * Version 1 holds the device, address spaces and mappings; running guest code
+ * (the world switch) comes in a later version (docs/design.md "kmod").
+ *
+ *   /dev/pvm fd:  PVM_KMOD_GET_VERSION, PVM_KMOD_INFO, PVM_KMOD_CREATE_AS
+ *   AS fd:        PVM_KMOD_AS_MAP, PVM_KMOD_AS_UNMAP, PVM_KMOD_AS_INFO
+ *
+ * An unknown ioctl on either fd returns -ENOTTY.
+ */
+#ifndef PVM_KMOD_H
+#define PVM_KMOD_H
+
+#ifdef __KERNEL__
+#include <linux/types.h>
+#else
+#include <stdint.h>
+#endif
+#include <linux/ioctl.h>
+
+#define PVM_KMOD_DEVICE      "/dev/pvm"
+#define PVM_KMOD_ABI_VERSION 1u
+#define PVM_KMOD_PAGE_SIZE   4096ull
+
+/*
+ * Guest-virtual addresses an address space can map: both canonical halves of
+ * 4-level paging except the top 512 GiB (PML4 slot 511), which the module
+ * keeps for its own switch page, IDT, GDT, TSS and stacks.
+ */
+#define PVM_KMOD_GVA_LOW_END    0x0000800000000000ull /* [0, LOW_END) */
+#define PVM_KMOD_GVA_HIGH_START 0xffff800000000000ull /* [HIGH_START, HIGH_END) */
+#define PVM_KMOD_GVA_HIGH_END   0xffffff8000000000ull /* the reserved slot starts here */
+
+/* Longest range one PVM_KMOD_AS_MAP may map (1 GiB); UNMAP has no cap. */
+#define PVM_KMOD_MAP_MAX_LEN (1ull << 30)
+
+#define PVM_KMOD_IOC_MAGIC 0xb7
+
+/* ioctl(dev, PVM_KMOD_GET_VERSION): returns PVM_KMOD_ABI_VERSION. */
+#define PVM_KMOD_GET_VERSION _IO(PVM_KMOD_IOC_MAGIC, 0x00)
+
+/* ioctl(dev, PVM_KMOD_INFO, &info): the module's limits and counters. */
+struct pvm_kmod_info {
+    uint32_t abi_version;        /* PVM_KMOD_ABI_VERSION */
+    uint32_t size;               /* sizeof(struct pvm_kmod_info) */
+    uint64_t gva_low_end;        /* PVM_KMOD_GVA_* */
+    uint64_t gva_high_start;
+    uint64_t gva_high_end;
+    uint64_t map_max_len;        /* PVM_KMOD_MAP_MAX_LEN */
+    uint64_t max_pages_per_as;   /* module parameters */
+    uint64_t max_pages_per_proc;
+    uint32_t map_flags;          /* PVM_KMOD_MAP_* the module knows */
+    uint32_t pad0;
+    /* Module-wide counters: all 0 once every address space is closed. */
+    uint64_t nr_as;              /* live address spaces */
+    uint64_t nr_pinned;          /* user pages pinned by mappings */
+    uint64_t nr_tables;          /* page-table pages (PML4s included) */
+    uint64_t nr_procs;           /* processes with an address space */
+    uint64_t caller_pages;       /* pages the calling process has mapped */
+    uint64_t reserved[7];
+};
+_Static_assert(sizeof(struct pvm_kmod_info) == 160, "pvm_kmod_info layout");
+#define PVM_KMOD_INFO _IOR(PVM_KMOD_IOC_MAGIC, 0x01, struct pvm_kmod_info)
+
+/*
+ * ioctl(dev, PVM_KMOD_CREATE_AS, &arg): a new, empty address space.
+ * Returns its fd (O_RDWR | O_CLOEXEC); closing the last reference unmaps
+ * and unpins everything.  Only the creating process (its mm) may map into it.
+ */
+struct pvm_kmod_create_as {
+    uint32_t flags;              /* none defined: 0 */
+    uint32_t pad0;
+    uint64_t reserved[3];
+};
+_Static_assert(sizeof(struct pvm_kmod_create_as) == 32, "pvm_kmod_create_as layout");
+#define PVM_KMOD_CREATE_AS _IOW(PVM_KMOD_IOC_MAGIC, 0x02, struct pvm_kmod_create_as)
+
+/* Mapping permissions: READ is required (x86 has no write- or exec-only pages). */
+#define PVM_KMOD_MAP_READ  0x1u
+#define PVM_KMOD_MAP_WRITE 0x2u
+#define PVM_KMOD_MAP_EXEC  0x4u
+#define PVM_KMOD_MAP_ALL   0x7u
+
+/*
+ * ioctl(as, PVM_KMOD_AS_MAP, &arg): map the caller's pages [uaddr, uaddr+len)
+ * at guest-virtual [gva, gva+len), all or nothing.  The user range must be
+ * anonymous or shmem (memfd) memory of the calling process, writable by it
+ * for MAP_WRITE; the pages stay pinned until unmapped.
+ *   0; -EINVAL bad argument (alignment, range, flags, reserved fields);
+ *   -EFAULT the user range is not such memory; -EEXIST a page of the guest
+ *   range is already mapped; -EPERM not the creating process; -ENOSPC the
+ *   address space's page limit; -EDQUOT the process's page limit; -ENOMEM;
+ *   -EINTR a fatal signal.
+ */
+struct pvm_kmod_map {
+    uint64_t gva;                /* page aligned */
+    uint64_t uaddr;              /* page aligned, the caller's virtual address */
+    uint64_t len;                /* page multiple, 0 < len <= PVM_KMOD_MAP_MAX_LEN */
+    uint32_t flags;              /* PVM_KMOD_MAP_* */
+    uint32_t pad0;
+    uint64_t reserved[2];
+};
+_Static_assert(sizeof(struct pvm_kmod_map) == 48, "pvm_kmod_map layout");
+#define PVM_KMOD_AS_MAP _IOW(PVM_KMOD_IOC_MAGIC, 0x10, struct pvm_kmod_map)
+
+/*
+ * ioctl(as, PVM_KMOD_AS_UNMAP, &arg): unmap and unpin whatever is mapped in
+ * [gva, gva+len) (holes are fine) and free page tables left empty.
+ *   0; -EINVAL bad argument; -EPERM not the creating process.
+ */
+struct pvm_kmod_unmap {
+    uint64_t gva;                /* page aligned */
+    uint64_t len;                /* page multiple, > 0, inside one GVA range */
+    uint32_t flags;              /* none defined: 0 */
+    uint32_t pad0;
+    uint64_t reserved[2];
+};
+_Static_assert(sizeof(struct pvm_kmod_unmap) == 40, "pvm_kmod_unmap layout");
+#define PVM_KMOD_AS_UNMAP _IOW(PVM_KMOD_IOC_MAGIC, 0x11, struct pvm_kmod_unmap)
+
+/*
+ * ioctl(as, PVM_KMOD_AS_INFO, &info): this address space's counters, and the
+ * id that names it in the module's debugfs dump of every live address space's
+ * leaves (root only: <debugfs>/pvm/tables, one line per mapped page:
+ * "id gva pml4e pdpte pde pte", each in hex).
+ */
+struct pvm_kmod_as_info {
+    uint64_t mapped_pages;
+    uint64_t table_pages;        /* its PML4 included */
+    uint64_t id;                 /* unique while the module stays loaded */
+    uint64_t reserved[5];
+};
+_Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout");
+#define PVM_KMOD_AS_INFO _IOR(PVM_KMOD_IOC_MAGIC, 0x12, struct pvm_kmod_as_info)
+
+#endif /* PVM_KMOD_H */

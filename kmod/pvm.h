@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kmod/pvm.h - what the files of the pvm module share.
+ *
+ * pvm_main.c  module parameters, counters, /dev/pvm and its ioctls
+ * as.c        address-space objects (one anon-inode fd each), MAP/UNMAP
+ * pgtable.c   an address space's own x86-64 4-level page tables
+ * acct.c      mapped pages per process (mm)
+ * debugfs.c   <debugfs>/pvm/tables: every live address space's leaves (tests)
+ */
+#ifndef PVM_KMOD_INTERNAL_H
+#define PVM_KMOD_INTERNAL_H
+
+#include <linux/atomic.h>
+#include <linux/mm_types.h>
+#include <linux/mutex.h>
+#include <linux/seq_file.h>
+#include <linux/types.h>
+
+#include <pvm/kmod.h>
+
+/* Module parameters (read-only once loaded). */
+extern unsigned long pvm_max_pages_per_as;
+extern unsigned long pvm_max_pages_per_proc;
+
+/* Module-wide counters for PVM_KMOD_INFO: leaks show as non-zero values. */
+struct pvm_stats {
+	atomic_long_t nr_as;
+	atomic_long_t nr_pinned;
+	atomic_long_t nr_tables;
+	atomic_long_t nr_procs;
+};
+extern struct pvm_stats pvm_stats;
+
+/* ---- acct.c: pages mapped per process ---------------------------------- */
+struct pvm_acct;
+/* The accounting of @mm, created on first use; NULL on -ENOMEM. */
+struct pvm_acct *pvm_acct_get(struct mm_struct *mm);
+void pvm_acct_put(struct pvm_acct *a);
+/* Reserve @n pages against the process limit: 0 or -EDQUOT. */
+int pvm_acct_charge(struct pvm_acct *a, unsigned long n);
+void pvm_acct_uncharge(struct pvm_acct *a, unsigned long n);
+/* Pages mapped by @mm's address spaces (0 if it has none). */
+unsigned long pvm_acct_pages_of(struct mm_struct *mm);
+
+/* ---- pgtable.c: 4-level tables of one address space -------------------- */
+struct pvm_pgtable {
+	u64 *pml4;                 /* kernel address of the root page */
+	unsigned long nr_tables;   /* the root included */
+	unsigned long nr_mapped;   /* leaf entries (pinned pages) */
+};
+int pvm_pt_init(struct pvm_pgtable *pt);
+/* Free every table; every leaf must be gone (pvm_pt_unmap over all of it). */
+void pvm_pt_fini(struct pvm_pgtable *pt);
+/* True if a leaf is present anywhere in [gva, gva + n pages). */
+bool pvm_pt_any_mapped(struct pvm_pgtable *pt, u64 gva, unsigned long n);
+/* Map one page: the leaf must be empty.  0 or -ENOMEM. */
+int pvm_pt_map(struct pvm_pgtable *pt, u64 gva, struct page *page, unsigned int flags);
+/* Clear the leaves of [gva, end), unpin their pages, free emptied tables. */
+unsigned long pvm_pt_unmap(struct pvm_pgtable *pt, u64 gva, u64 end);
+/* One line per leaf: "id gva pml4e pdpte pde pte". */
+void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id);
+
+/* ---- as.c ---------------------------------------------------------------- */
+long pvm_as_create(const struct pvm_kmod_create_as __user *uarg);
+/* pvm_pt_dump() of every live address space. */
+void pvm_as_dump_all(struct seq_file *s);
+
+/* ---- debugfs.c ------------------------------------------------------------ */
+void pvm_debugfs_init(void);
+void pvm_debugfs_exit(void);
+
+#endif /* PVM_KMOD_INTERNAL_H */
