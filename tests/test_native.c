@@ -1528,6 +1528,16 @@ static void *irqm_injector(void *p)
     struct irqm_arg *a = p;
     static const uint8_t vec[3] = { 0x40, 0x50, 0x60 };
     a->ok = true;
+    /*
+     * v1 only once the guest has set IF (by a plain PVCS write, as PVM allows): an interrupt
+     * that comes earlier is held pending with IP set (§5.7), and this guest never looks at IP
+     * while it spins - which a loaded machine that starts the VM late would make happen.
+     */
+    const uint64_t flags = GVM_PVCS + offsetof(struct pvm_vcpu_struct, event_flags);
+    for (int i = 0; i < 100000 && !(gload(a->g, flags) & PVM_EVENT_FLAGS_IF); i++) {
+        struct timespec ts = { 0, 100000 };
+        nanosleep(&ts, NULL);
+    }
     sleep_ms(20);
     for (int i = 0; i < 3 && a->ok; i++) {
         struct pvm_event ev = { .type = PVM_EVENT_INTERRUPT, .vector = vec[i] };
