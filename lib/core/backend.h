@@ -50,6 +50,21 @@ struct pvm_backend_ops {
     int (*translate)(pvm_vcpu *vcpu, uint64_t gva, uint64_t *gpa);
     uint64_t (*linear_range)(const pvm_vm *vm);               /* default MSR value */
     void (*lower_half)(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
+
+    /*
+     * Snapshots (snapshot.c); all three or none (PVM_ENOTSUP).  Called only
+     * while no vCPU runs.  snap_format names the vCPU state layout: a
+     * snapshot restores only into a backend with the same one.
+     * snap_save_vcpu: the vCPU's whole state as a malloc'd blob.
+     * snap_load_vcpu: check @blob (untrusted: from a file) and, if @apply,
+     * make it the vCPU's state; a blob that fails the check changes nothing.
+     * snap_flush: guest memory was copied or restored behind the shadow
+     * MMUs: drop every writable mapping (@full: every mapping).
+     */
+    const char *snap_format;
+    int (*snap_save_vcpu)(pvm_vcpu *v, void **blob, size_t *len);
+    int (*snap_load_vcpu)(pvm_vcpu *v, const void *blob, size_t len, bool apply);
+    void (*snap_flush)(pvm_vm *vm, bool full);
 };
 
 /* Registry (registry.c). */

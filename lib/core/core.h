@@ -50,6 +50,26 @@ struct pvm_region {
 };
 #define PVM_NO_MEMFD UINT64_MAX
 
+/* ---- write tracking for snapshots (dirty.c) ------------------------------- */
+
+/*
+ * Pages of the memfd arena written since the VM's last snapshot or restore
+ * (docs/design.md "Snapshots"): a bitmap for "already recorded" and a list
+ * of the recorded pages, so that a restore costs O(pages written).  Marking
+ * is lock-free (vCPU threads, host-call handlers); reading and clearing
+ * happen only while no vCPU runs.  pt marks pages the shadow MMU read page
+ * tables from since its last full flush: if one of them was written, a
+ * restore must flush every shadow (the TLB of the guest's old tables).
+ */
+struct pvm_dirty {
+    int on;                        /* atomic: tracking since a snapshot */
+    uint64_t npages;               /* arena pages covered (the snapshot's RAM size) */
+    uint64_t *bits, *pt;           /* npages bits each */
+    uint32_t *list;                /* npages entries; nlist used */
+    uint64_t nlist;                /* atomic */
+    struct pvm_snapshot *base;     /* the snapshot the bits are relative to (a reference) */
+};
+
 /* ---- VM and vCPU ---------------------------------------------------------- */
 
 struct pvm_vm {
@@ -79,6 +99,8 @@ struct pvm_vm {
     pvm_hostcall_fn hostcall;
     void *hostcall_opaque;
 
+    struct pvm_dirty dirty;        /* write tracking since the last snapshot or restore */
+
     void *loader;                  /* loader private (boot layout), freed with the VM */
     void (*loader_free)(void *);
 };
@@ -103,6 +125,23 @@ void pvm__memory_fini(pvm_vm *vm);
 /* Bracket a vCPU thread's use of guest-RAM host pointers (see pvm_vm.mem_users). */
 void pvm__mem_enter(pvm_vm *vm);
 void pvm__mem_leave(pvm_vm *vm);
+
+/* Write tracking (dirty.c).  Cheap when off: one atomic load. */
+static inline bool pvm__dirty_on(const pvm_vm *vm)
+{
+    return __atomic_load_n(&vm->dirty.on, __ATOMIC_ACQUIRE);
+}
+/* Record memfd-arena bytes [off, off+len) as written. */
+void pvm__dirty_mark(pvm_vm *vm, uint64_t off, uint64_t len);
+/* The same by guest-physical address (regions without a memfd offset are not tracked). */
+void pvm__dirty_mark_gpa(pvm_vm *vm, uint64_t gpa, uint64_t len);
+/* Is the arena page holding guest-physical @gpa recorded?  Records it first if @write. */
+bool pvm__dirty_page(pvm_vm *vm, uint64_t gpa, bool write);
+/* The page at @gpa holds page tables the shadow MMU used. */
+void pvm__dirty_pt(pvm_vm *vm, uint64_t gpa);
+/* Start tracking relative to @base (a new reference is taken; the old one dropped). */
+int pvm__dirty_start(pvm_vm *vm, struct pvm_snapshot *base, uint64_t npages);
+void pvm__dirty_fini(pvm_vm *vm);
 
 /* ---- utilities ------------------------------------------------------------ */
 

@@ -65,6 +65,16 @@ void pvm_vcpu_destroy(pvm_vcpu *v)
     free(v);
 }
 
+pvm_vcpu *pvm_vm_vcpu(pvm_vm *vm, uint32_t id)
+{
+    if (!vm || id >= vm->opts.max_vcpus)
+        return NULL;
+    pthread_mutex_lock(&vm->lock);
+    pvm_vcpu *v = vm->vcpus[id] && vm->vcpus[id]->ready ? vm->vcpus[id] : NULL;
+    pthread_mutex_unlock(&vm->lock);
+    return v;
+}
+
 uint32_t pvm_vcpu_id(const pvm_vcpu *v)
 {
     return v ? v->id : 0;
@@ -196,8 +206,10 @@ static int guest_access(pvm_vcpu *v, uint64_t gva, void *buf, size_t len, bool w
                                 (unsigned long long)a, (unsigned long long)gpa);
                 break;
             }
-            if (pass == 1 && write)
+            if (pass == 1 && write) {
+                pvm__dirty_mark_gpa(v->vm, gpa, chunk);
                 memcpy(h, b + done, chunk);
+            }
             else if (pass == 1)
                 memcpy(b + done, h, chunk);
             done += chunk;

@@ -105,6 +105,19 @@ struct pvm_cpu_provider {
      * Under hv->inbox_lock; any thread.
      */
     bool (*post_irq)(struct pvm_hv_vcpu *hv, unsigned vector);
+
+    /*
+     * Optional (snapshots; without them the core answers PVM_ENOTSUP): the
+     * guest's FPU/SSE/AVX image, while the vCPU is stopped.  get_fpu: *len
+     * is the buffer size in, the image size out (0: no state yet: the vCPU
+     * never ran); PVM_ERANGE if the buffer is too small.  set_fpu: the image
+     * for the next run (checked there against the host's: a mismatch loses
+     * the vCPU with a reason); check_fpu: could this host take @len bytes
+     * (0, or PVM_ENOTSUP with a reason)?
+     */
+    int (*get_fpu)(struct pvm_hv_vcpu *hv, void *buf, size_t *len);
+    int (*set_fpu)(struct pvm_hv_vcpu *hv, const void *buf, size_t len);
+    int (*check_fpu)(struct pvm_hv_vcpu *hv, size_t len);
 };
 
 #define PVM_HV_INBOX_MAX 64
@@ -177,6 +190,11 @@ void pvm_hv_region_del(pvm_vm *vm, const struct pvm_region *r);
 int pvm_hv_set_cpuid(pvm_vcpu *v, const struct pvm_cpuid_entry *e, size_t n);
 int pvm_hv_translate(pvm_vcpu *v, uint64_t gva, uint64_t *gpa);
 uint64_t pvm_hv_linear_range(const pvm_vm *vm);
+/* Snapshots (snapshot.c). */
+#define PVM_HV_SNAP_FORMAT "pvm-hv/1"
+int pvm_hv_snap_save_vcpu(pvm_vcpu *v, void **blob, size_t *len);
+int pvm_hv_snap_load_vcpu(pvm_vcpu *v, const void *blob, size_t len, bool apply);
+void pvm_hv_snap_flush(pvm_vm *vm, bool full);
 void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
 
 /* The ops of a backend that is this core over @provider (after .name, .id, .probe). */
@@ -187,6 +205,8 @@ void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
     .set_sregs = pvm_hv_set_sregs, .get_msr = pvm_hv_get_msr, .set_msr = pvm_hv_set_msr,               \
     .inject = pvm_hv_inject, .kick = pvm_hv_kick, .region_del = pvm_hv_region_del,                     \
     .set_cpuid = pvm_hv_set_cpuid, .translate = pvm_hv_translate, .linear_range = pvm_hv_linear_range, \
-    .lower_half = pvm_hv_lower_half
+    .lower_half = pvm_hv_lower_half, .snap_format = PVM_HV_SNAP_FORMAT,                                 \
+    .snap_save_vcpu = pvm_hv_snap_save_vcpu, .snap_load_vcpu = pvm_hv_snap_load_vcpu,                  \
+    .snap_flush = pvm_hv_snap_flush
 
 #endif /* PVM_HV_H */

@@ -229,6 +229,9 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         return PVM_M_RESUME;
     }
     pf_prefetch(hv);
+    /* A provider may write the PVCS itself (the native fast path): after a snapshot it counts as written. */
+    if (pvm__dirty_on(vm) && c->msr_vcpu_struct)
+        pvm__dirty_mark_gpa(vm, c->msr_vcpu_struct & ~PVM_PAGE_MASK, PVM_PAGE_SIZE);
     if (p->prepare)
         p->prepare(hv, slot);
     pvm__mem_leave(vm); /* guest code runs: pvm_vm_free_memory() may proceed */

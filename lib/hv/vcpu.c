@@ -47,7 +47,17 @@ static uint64_t *pte_ptr(void *opaque, uint64_t gpa)
     struct pvm_hv_vcpu *hv = opaque;
     if (gpa & 7)
         return NULL;
+    /* After a snapshot: a restore that rewrites this page must flush every shadow. */
+    if (pvm__dirty_on(hv->v->vm))
+        pvm__dirty_pt(hv->v->vm, gpa);
     return pvm__gpa_lookup(hv->v->vm, gpa, 8, NULL);
+}
+
+/* The walker set an A/D bit: a write to guest RAM by the library. */
+static void pte_written(void *opaque, uint64_t gpa)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    pvm__dirty_mark_gpa(hv->v->vm, gpa, 8);
 }
 
 static void *mem_phys(void *opaque, uint64_t gpa, size_t len, bool write)
@@ -57,6 +67,8 @@ static void *mem_phys(void *opaque, uint64_t gpa, size_t len, bool write)
     void *p = pvm__gpa_lookup(hv->v->vm, gpa, len, &r);
     if (p && write && (r.flags & PVM_MEM_READONLY))
         return NULL;
+    if (p && write)
+        pvm__dirty_mark_gpa(hv->v->vm, gpa, len);
     return p;
 }
 
@@ -175,11 +187,21 @@ static uint64_t sh_ram_extent(void *opaque, uint64_t gpa, uint32_t *flags)
     return r.size - (gpa - r.gpa);
 }
 
+/* Write tracking after a snapshot: the guest gets a page writable only once it is recorded. */
+static int sh_track_write(void *opaque, uint64_t gpa, bool write)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    if (!pvm__dirty_on(hv->v->vm))
+        return PVM_SHADOW_TRACK_OFF;
+    return pvm__dirty_page(hv->v->vm, gpa, write) ? PVM_SHADOW_TRACK_WRITABLE : PVM_SHADOW_TRACK_READONLY;
+}
+
 static const struct pvm_shadow_ops shadow_ops = {
     .install = sh_install,
     .remove = sh_remove,
     .reset_slot = sh_reset_slot,
     .ram_extent = sh_ram_extent,
+    .track_write = sh_track_write,
 };
 
 /* ---- vCPU lifetime ----------------------------------------------------- */
@@ -211,7 +233,8 @@ int pvm_hv_vcpu_init(pvm_vcpu *v)
     hv->cpu.vcpu_id = v->id;
     hv->mem = (struct pvm_mem){ .opaque = hv, .phys = mem_phys, .read_virt = mem_read_virt,
                                 .write_virt = mem_write_virt, .flush = mem_flush, .trace = mem_trace };
-    hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .maxphyaddr_mask = PVM_PTE_ADDR };
+    hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .pte_written = pte_written,
+                                .maxphyaddr_mask = PVM_PTE_ADDR };
     hv->regions_gen = __atomic_load_n(&v->vm->regions_gen, __ATOMIC_ACQUIRE);
     int rc = hv->p->vcpu_init(hv);
     if (rc < 0) {
