@@ -115,6 +115,13 @@ START_TEST(restore_continues_same_run)
         ck_assert_ptr_nonnull(cpu);
         ck_assert_ptr_null(pvm_vm_vcpu(vm, 1));
         ck_assert_int_eq(pvm_vm_backend(vm), pvm_vm_backend(g.vm));
+        /* The exit it stopped at, as the application first saw it. */
+        ck_assert_int_eq(pvm_vcpu_pending_exit(cpu, &e), 0);
+        ck_assert_uint_eq(e.reason, PVM_EXIT_HYPERCALL);
+        ck_assert_uint_eq(e.u.hypercall.nr, PVM_HOSTCALL(1));
+        ck_assert_uint_eq(e.u.hypercall.args[0], nonce);
+        ck_assert_uint_eq(e.u.hypercall.args[1], 3);
+        ck_assert_int_eq(memcmp(&e, &at, sizeof(e)), 0);
         e = at;
         expect_count(cpu, &e, nonce, 4);
         expect_count(cpu, &e, nonce, 5);

@@ -628,6 +628,15 @@ PVM_EXPORT int pvm_vm_create_from_snapshot(pvm_vm **out, const pvm_snapshot *sna
  */
 PVM_EXPORT pvm_vcpu *pvm_vm_vcpu(pvm_vm *vm, uint32_t id);
 /**
+ * The exit @vcpu stopped at and still awaits an answer for (a host call,
+ * port input or an MMIO read: the next pvm_vcpu_run() completes it with
+ * the struct it is given), or reason PVM_EXIT_NONE if none.  For a VM
+ * created from a snapshot file, whose application never saw that exit.
+ * Errors: PVM_EINVAL, PVM_EBUSY (running), PVM_ENOTSUP.  Thread safety: as
+ * the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_pending_exit(pvm_vcpu *vcpu, struct pvm_exit *exit);
+/**
  * Write @snap to the file @path (mode 0600; written to a temporary file and
  * renamed, so @path is either the old file or the complete new one).  The
  * format is versioned and CRC32C-checksummed (docs/design.md "Snapshot

@@ -65,6 +65,8 @@ struct pvm_backend_ops {
     int (*snap_save_vcpu)(pvm_vcpu *v, void **blob, size_t *len);
     int (*snap_load_vcpu)(pvm_vcpu *v, const void *blob, size_t len, bool apply);
     void (*snap_flush)(pvm_vm *vm, bool full);
+    /* The exit the vCPU stopped at and awaits an answer for (reason NONE if none). */
+    int (*pending_exit)(pvm_vcpu *v, struct pvm_exit *exit);
 };
 
 /* Registry (registry.c). */

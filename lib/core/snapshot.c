@@ -301,7 +301,28 @@ static int same_layout(pvm_vm *vm, const struct pvm_snapshot *s)
     return 0;
 }
 
-/* Copy back the pages written since the snapshot; true if one held page tables the shadows used. */
+/*
+ * Do the page-table page @now and its snapshot copy @old (NULL: zeros)
+ * differ in more than A and D bits?  Only then can a shadow mapping built
+ * from @now be wrong for @old: one that needed D is writable and dropped
+ * anyway, and a cached translation whose A bit reads clear again is what a
+ * TLB may hold after software clears A without a flush (SDM 4.10.4.3).
+ */
+static bool pt_changed(const uint8_t *now, const uint8_t *old)
+{
+    const uint64_t ad = PVM_PTE_A | PVM_PTE_D;
+    for (size_t i = 0; i < PVM_PAGE_SIZE; i += 8) {
+        uint64_t a, b = 0;
+        memcpy(&a, now + i, 8);
+        if (old)
+            memcpy(&b, old + i, 8);
+        if ((a ^ b) & ~ad)
+            return true;
+    }
+    return false;
+}
+
+/* Copy back the pages written since the snapshot; true if the shadows' page tables changed. */
 static bool restore_dirty(pvm_vm *vm, const struct pvm_snapshot *s)
 {
     struct pvm_dirty *d = &vm->dirty;
@@ -310,14 +331,16 @@ static bool restore_dirty(pvm_vm *vm, const struct pvm_snapshot *s)
     for (uint64_t i = 0; i < n; i++) {
         uint64_t page = d->list[i], off = page * PVM_PAGE_SIZE;
         uint8_t *h = arena_host(vm, off);
+        bool nz = pvm__snap_page_nonzero(s, page);
+        if (h && !pt && ((d->pt[page / 64] >> (page % 64)) & 1))
+            pt = pt_changed(h, nz ? s->ram + off : NULL);
         if (h) {
-            if (pvm__snap_page_nonzero(s, page))
+            if (nz)
                 memcpy(h, s->ram + off, PVM_PAGE_SIZE);
             else
                 memset(h, 0, PVM_PAGE_SIZE);
         }
         d->bits[page / 64] &= ~(1ull << (page % 64));
-        pt |= (d->pt[page / 64] >> (page % 64)) & 1;
     }
     d->nlist = 0;
     return pt;

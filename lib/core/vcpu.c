@@ -102,6 +102,18 @@ int pvm_vcpu_get_sregs(pvm_vcpu *v, struct pvm_sregs *s) { STATE_CALL(pvm_vcpu_g
 int pvm_vcpu_set_sregs(pvm_vcpu *v, const struct pvm_sregs *s) { STATE_CALL(pvm_vcpu_set_sregs, v, s, set_sregs(v, s)); }
 int pvm_vcpu_get_msr(pvm_vcpu *v, uint32_t i, uint64_t *val) { STATE_CALL(pvm_vcpu_get_msr, v, val, get_msr(v, i, val)); }
 
+int pvm_vcpu_pending_exit(pvm_vcpu *v, struct pvm_exit *exit)
+{
+    pvm__clear_error();
+    if (!v || !exit)
+        return pvm__error(PVM_EINVAL, "pvm_vcpu_pending_exit: NULL argument");
+    if (__atomic_load_n(&v->running, __ATOMIC_ACQUIRE))
+        return pvm__error(PVM_EBUSY, "pvm_vcpu_pending_exit: vCPU %u is running", v->id);
+    if (!v->vm->ops->pending_exit)
+        return pvm__error(PVM_ENOTSUP, "pvm_vcpu_pending_exit: not supported by the %s backend", v->vm->ops->name);
+    return v->vm->ops->pending_exit(v, exit);
+}
+
 int pvm_vcpu_set_msr(pvm_vcpu *v, uint32_t index, uint64_t value)
 {
     pvm__clear_error();

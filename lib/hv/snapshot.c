@@ -68,6 +68,7 @@ static void encode(struct buf *b, const struct pvm_cpu *c, const struct pvm_even
 #define PB(f) { uint8_t v = c->f; put(b, &v, 1); }
     CPU_BOOL(PB)
 #undef PB
+    put(b, &c->exit, sizeof(c->exit)); /* the exit an incomplete one answers (pvm_vcpu_pending_exit) */
     put(b, c->cpuid, (size_t)c->nr_cpuid * sizeof(c->cpuid[0]));
     put(b, &nr_inbox, 4);
     put(b, inbox, (size_t)nr_inbox * sizeof(*inbox));
@@ -134,6 +135,12 @@ static int decode(struct buf *b, struct pvm_cpu *c, struct pvm_event *inbox, uin
         BAD("incomplete exit (sizes %u/%u/%u, register %u, kind %u, length %u)", c->pending_io_size,
             c->pending_mmio_size, c->pending_mmio_dst_size, c->pending_mmio_reg, c->pending_mmio_ext,
             c->pending_insn_len);
+    get(b, &c->exit, sizeof(c->exit));
+    if (c->exit.reason > PVM_EXIT_INTERNAL_ERROR)
+        BAD("exit reason %u", c->exit.reason);
+    /* Messages are strings wherever the union puts them (beyond every numeric member). */
+    c->exit.u.shutdown.reason[PVM_EXIT_MSG_MAX - 1] = '\0';
+    c->exit.u.internal.msg[PVM_EXIT_MSG_MAX - 1] = '\0';
     get(b, c->cpuid, (size_t)c->nr_cpuid * sizeof(c->cpuid[0]));
     get(b, nr_inbox, 4);
     if (b->bad || *nr_inbox > PVM_HV_INBOX_MAX)
@@ -232,4 +239,14 @@ void pvm_hv_snap_flush(pvm_vm *vm, bool full)
         else
             pvm_shadow_drop_writable(hv->shadow);
     }
+}
+
+int pvm_hv_pending_exit(pvm_vcpu *v, struct pvm_exit *e)
+{
+    const struct pvm_cpu *c = &pvm_hv_of(v)->cpu;
+    memset(e, 0, sizeof(*e));
+    if (c->pending_exit == PVM_EXIT_NONE || c->exit.reason != c->pending_exit)
+        return 0;
+    *e = c->exit;
+    return 0;
 }
