@@ -14,6 +14,7 @@
 #include "hv.h"
 
 #define SNAP_MAGIC 0x50435648u /* "HVCP" */
+#define PVM_HV_FPU_MAX 65536      /* XSAVE images are a few KiB; AMX-sized ones fit */
 
 /* struct pvm_cpu, field by field: (name) for u64, u32, u16, u8 and bool. */
 #define CPU_U64(X)                                                                                     \
@@ -150,7 +151,7 @@ static int decode(struct buf *b, struct pvm_cpu *c, struct pvm_event *inbox, uin
         if (!event_ok(&inbox[i]))
             BAD("queued event %u (type %u vector %u) is invalid", i, inbox[i].type, inbox[i].vector);
     get(b, fpu_len, 4);
-    if (b->bad || *fpu_len > b->len - b->pos)
+    if (b->bad || *fpu_len > PVM_HV_FPU_MAX || *fpu_len > b->len - b->pos)
         BAD("truncated FPU state");
     *fpu = b->p + b->pos;
     b->pos += *fpu_len;
@@ -169,11 +170,15 @@ int pvm_hv_snap_save_vcpu(pvm_vcpu *v, void **blob, size_t *len)
     if (hv->dead)
         return pvm__error(PVM_ESTATE, "pvm_vm_snapshot: vCPU %u has stopped for good (%s)", v->id,
                           hv->fatal.reason == PVM_EXIT_SHUTDOWN ? "shutdown" : "internal error");
-    static _Thread_local uint8_t fpu[65536];
-    size_t fpu_len = sizeof(fpu);
+    size_t fpu_len = PVM_HV_FPU_MAX;
+    uint8_t *fpu = malloc(fpu_len);
+    if (!fpu)
+        return pvm__error(PVM_ENOMEM, "pvm_vm_snapshot: out of memory");
     int rc = hv->p->get_fpu(hv, fpu, &fpu_len);
-    if (rc < 0)
+    if (rc < 0) {
+        free(fpu);
         return pvm__error(rc, "pvm_vm_snapshot: vCPU %u: reading the FPU state failed", v->id);
+    }
     pthread_mutex_lock(&hv->inbox_lock);
     struct buf b = { 0 };
     encode(&b, &hv->cpu, hv->inbox, hv->nr_inbox, fpu, (uint32_t)fpu_len);
@@ -183,6 +188,7 @@ int pvm_hv_snap_save_vcpu(pvm_vcpu *v, void **blob, size_t *len)
     if (b.p)
         encode(&b, &hv->cpu, hv->inbox, hv->nr_inbox, fpu, (uint32_t)fpu_len);
     pthread_mutex_unlock(&hv->inbox_lock);
+    free(fpu);
     if (!b.p)
         return pvm__error(PVM_ENOMEM, "pvm_vm_snapshot: out of memory");
     *blob = b.p;
