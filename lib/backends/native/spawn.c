@@ -175,7 +175,8 @@ static int death_pipe(void)
 /* ---- exec of the image: clone(CLONE_VM|CLONE_VFORK), O(library fds) --------- */
 
 struct exec_args {
-    const int *fds;     /* become 3, 4, 5 */
+    const int *fds;     /* become 3, 4, 5 (and 6) */
+    int nfds;           /* 3, or 4 with a snapshot memfd */
     char *const *argv;
     int err;
     const char *what;
@@ -189,19 +190,20 @@ static int exec_child(void *p)
 {
     struct exec_args *a = p;
     static char *const envp[] = { NULL };
-    int img, tmp[3];
+    int img, tmp[4];
 
     a->what = "dup";
-    if ((img = fcntl(image_fd, F_DUPFD_CLOEXEC, 6)) < 0)
+    if ((img = fcntl(image_fd, F_DUPFD_CLOEXEC, 7)) < 0)
         goto fail;
-    for (int i = 0; i < 3; i++)
-        if ((tmp[i] = fcntl(a->fds[i], F_DUPFD, 6)) < 0)
+    for (int i = 0; i < a->nfds; i++)
+        if ((tmp[i] = fcntl(a->fds[i], F_DUPFD, 7)) < 0)
             goto fail;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < a->nfds; i++)
         if (dup2(tmp[i], 3 + i) < 0)
             goto fail;
     a->what = "close_range";
-    if (syscall(SYS_close_range, 0u, 2u, 0u) < 0 || syscall(SYS_close_range, 6u, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
+    if (syscall(SYS_close_range, 0u, 2u, 0u) < 0 ||
+        syscall(SYS_close_range, (unsigned)(3 + a->nfds), ~0u, CLOSE_RANGE_CLOEXEC) < 0)
         goto fail;
     a->what = "execveat";
     syscall(SYS_execveat, img, "", a->argv, envp, AT_EMPTY_PATH);
@@ -210,10 +212,11 @@ fail:
     _exit(127);
 }
 
-static int exec_image(const int fds[3], char *const argv[], pid_t *pid, int *pidfd, char *err, size_t errlen)
+static int exec_image(const int *fds, int nfds, char *const argv[], pid_t *pid, int *pidfd, char *err,
+                      size_t errlen)
 {
     /* vfork-style: no copy of the library's address space (ARCHITECTURE.md). */
-    struct exec_args a = { .fds = fds, .argv = argv };
+    struct exec_args a = { .fds = fds, .nfds = nfds, .argv = argv };
     char stack[8192] __attribute__((aligned(16)));
     sigset_t all, old;
     sigfillset(&all);
@@ -313,7 +316,7 @@ static struct nspawn_zygote *zygote_start(char *err, size_t errlen)
     snprintf(pidbuf, sizeof(pidbuf), "%d", (int)getpid());
     char *argv[] = { "pvm-zygote", NSTUB_ZYGOTE_ARG, pidbuf, NULL };
     int fds[3] = { sv[1], pagefd, death_r };
-    if (exec_image(fds, argv, &ipid, &ipidfd, err, errlen) < 0)
+    if (exec_image(fds, 3, argv, &ipid, &ipidfd, err, errlen) < 0)
         goto fail;
     close(sv[1]);
     close(pagefd);
@@ -426,7 +429,7 @@ static void slot_release(struct nspawn_zygote *z, int slot)
     pthread_mutex_unlock(&zlock);
 }
 
-static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, volatile struct nstub_ctl *ctl, pid_t *pid,
+static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, int snap_fd, volatile struct nstub_ctl *ctl, pid_t *pid,
                            int *pidfd, char *err, size_t errlen)
 {
     int slot;
@@ -448,15 +451,17 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, volatile s
     struct iovec iov = { &req, sizeof(req) };
     union {
         struct cmsghdr h;
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(3 * sizeof(int))];
     } cm;
     memset(&cm, 0, sizeof(cm));
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+    const int nfds = snap_fd >= 0 ? 3 : 2;
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
     struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
-    memcpy(CMSG_DATA(c), (int[]){ ram_fd, ctl_fd }, 2 * sizeof(int));
+    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), (int[]){ ram_fd, ctl_fd, snap_fd }, (size_t)nfds * sizeof(int));
     ssize_t n;
     while ((n = sendmsg(z->sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
         ;
@@ -506,8 +511,8 @@ static int spawn_by_zygote(struct nspawn *sp, int ram_fd, int ctl_fd, volatile s
     return 0;
 }
 
-int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, volatile struct nstub_ctl *ctl, pid_t *pid, int *pidfd,
-                char *err, size_t errlen)
+int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int snap_fd, volatile struct nstub_ctl *ctl, pid_t *pid,
+                int *pidfd, char *err, size_t errlen)
 {
     pthread_once(&init_once, spawn_init);
     sp->z = NULL;
@@ -517,7 +522,7 @@ int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, volatile struct nstub
     if (image_fd < 0)
         return set_err(err, errlen, "memfd for the stub image: %s", strerror(image_errno)), PVM_EIO;
     if (use_zygote) {
-        int rc = spawn_by_zygote(sp, ram_fd, ctl_fd, ctl, pid, pidfd, err, errlen);
+        int rc = spawn_by_zygote(sp, ram_fd, ctl_fd, snap_fd, ctl, pid, pidfd, err, errlen);
         if (rc <= 0)
             return rc;
     }
@@ -530,8 +535,8 @@ int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, volatile struct nstub
         return set_err(err, errlen, "death pipe: %s", strerror(-rc)), PVM_EIO;
     ctl->parent_pid = (int32_t)getpid();
     static char *const argv[] = { "pvm-stub", NULL };
-    int fds[3] = { ram_fd, ctl_fd, dr };
-    return exec_image(fds, argv, pid, pidfd, err, errlen);
+    int fds[4] = { ram_fd, ctl_fd, dr, snap_fd };
+    return exec_image(fds, snap_fd >= 0 ? 4 : 3, argv, pid, pidfd, err, errlen);
 }
 
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status)

@@ -4,7 +4,7 @@
  *
  * Stubs are forked by zygote processes (stub/zygote.c): the first stub of a
  * process starts one, a new one is started per NSPAWN_ZYGOTE_STUBS live
- * stubs.  A spawn then costs a sendmsg with two fds and a fork of a tiny
+ * stubs.  A spawn then costs a sendmsg with two (three) fds and a fork of a tiny
  * process: nothing in it grows with the library's fd table.
  * PVM_NATIVE_ZYGOTE=0 in the environment (read once) spawns every stub
  * directly from the library instead (clone(CLONE_VM|CLONE_VFORK) +
@@ -27,13 +27,13 @@ struct nspawn {
 };
 
 /*
- * Start a stub on @ram_fd and the control memfd @ctl_fd (both stay the
- * caller's), whose control area @ctl is mapped and filled; sets
- * ctl->parent_pid to the stub's parent.  Returns 0 with *pid and *pidfd, or
- * a negative PVM_E* code with the reason in err.
+ * Start a stub on @ram_fd, the control memfd @ctl_fd and, if @snap_fd >= 0,
+ * a sealed snapshot memfd (all stay the caller's), whose control area @ctl
+ * is mapped and filled; sets ctl->parent_pid to the stub's parent.  Returns
+ * 0 with *pid and *pidfd, or a negative PVM_E* code with the reason in err.
  */
-int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, volatile struct nstub_ctl *ctl, pid_t *pid, int *pidfd,
-                char *err, size_t errlen);
+int nspawn_stub(struct nspawn *sp, int ram_fd, int ctl_fd, int snap_fd, volatile struct nstub_ctl *ctl, pid_t *pid,
+                int *pidfd, char *err, size_t errlen);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);
 /* The stub was sent SIGKILL: wait until it is reaped (no zombie left) and free its slot. */

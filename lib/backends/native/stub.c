@@ -79,6 +79,7 @@ struct nstub {
     struct nstub_fast_cfg fast;       /* what the next run publishes (stub/fast.c) */
     struct nstub_fast_result fast_res;/* what the fast path did in the last run */
     uint64_t pvcs_off;                /* memfd offset mapped (or queued) at NSTUB_PVCS_ADDR, or UINT64_MAX */
+    bool has_snap;                    /* holds a snapshot memfd as NSTUB_FD_SNAP */
     uint64_t irq_posted[4];           /* vectors posted to ctl->fast.irq since the last take (caller's lock) */
 };
 
@@ -297,6 +298,7 @@ static void flush_cmds(struct nstub *s)
         c->cmds[i].off = s->cmds[i].off;
         c->cmds[i].op = s->cmds[i].op;
         c->cmds[i].prot = s->cmds[i].prot;
+        c->cmds[i].fd = s->cmds[i].fd;
     }
     c->nr_cmds = s->nr_cmds;
     s->nr_cmds = 0;
@@ -339,9 +341,15 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         cfg->kick_signal == SIGSTOP || fault_signal(cfg->kick_signal))
         return set_err(err, errlen, "nstub_create: kick signal %d cannot be used", cfg->kick_signal), PVM_EINVAL;
 
+    /* A guest can reach every fd its stub holds: the snapshot's must refuse writable mappings. */
+    int seals = cfg->snap_memfd > 0 ? fcntl(cfg->snap_memfd, F_GET_SEALS) : 0;
+    if (cfg->snap_memfd > 0 && (seals < 0 || !(seals & F_SEAL_WRITE)))
+        return set_err(err, errlen, "nstub_create: snapshot memfd %d is not sealed against writes", cfg->snap_memfd),
+               PVM_EBADF;
     struct nstub *s = calloc(1, sizeof(*s));
     if (!s)
         return set_err(err, errlen, "nstub_create: out of memory"), PVM_ENOMEM;
+    s->has_snap = cfg->snap_memfd > 0;
     s->pid = -1;
     s->pidfd = -1;
     s->stat_fd = -1;
@@ -375,7 +383,8 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     pid_t pid;
     int pidfd;
     char why[160] = "";
-    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, s->ctl, &pid, &pidfd, why, sizeof(why));
+    rc = nspawn_stub(&s->sp, cfg->memfd, s->ctl_fd, s->has_snap ? cfg->snap_memfd : -1, s->ctl, &pid, &pidfd, why,
+                     sizeof(why));
     if (rc < 0) {
         set_err(err, errlen, "nstub_create: %s", why);
         goto fail;
@@ -445,12 +454,12 @@ static bool guest_range_ok(uint64_t gva, uint64_t len)
            len <= NSTUB_GUEST_HI - gva;
 }
 
-static int queue(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint64_t off, uint32_t prot)
+static int queue(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint64_t off, uint32_t prot, uint32_t fd)
 {
     if (s->nr_cmds) {
         /* Shadow MMUs install page by page: merge runs that continue the last command. */
         struct nstub_cmd *l = &s->cmds[s->nr_cmds - 1];
-        if (l->op == op && l->prot == prot && l->gva + l->len == gva &&
+        if (l->op == op && l->prot == prot && l->fd == fd && l->gva + l->len == gva &&
             (op == NSTUB_CMD_UNMAP || l->off + l->len == off)) {
             l->len += len;
             return 0;
@@ -461,18 +470,24 @@ static int queue(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint6
         if (rc < 0)
             return rc;
     }
-    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = gva, .len = len, .off = off, .op = op, .prot = prot };
+    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = gva, .len = len, .off = off, .op = op, .prot = prot, .fd = fd };
     return 0;
+}
+
+int nstub_map_fd(struct nstub *s, unsigned fd, uint64_t gva, uint64_t len, uint64_t off, int prot)
+{
+    if (!s || !guest_range_ok(gva, len) || (off & 4095) || off > (uint64_t)INT64_MAX - len ||
+        (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || (fd != NSTUB_FD_RAM && fd != NSTUB_FD_SNAP) ||
+        (fd == NSTUB_FD_SNAP && (!s->has_snap || (prot & PROT_WRITE))))
+        return PVM_EINVAL;
+    if (s->dead)
+        return 0;
+    return queue(s, NSTUB_CMD_MAP, gva, len, off, (uint32_t)prot, fd);
 }
 
 int nstub_map(struct nstub *s, uint64_t gva, uint64_t len, uint64_t off, int prot)
 {
-    if (!s || !guest_range_ok(gva, len) || (off & 4095) || off > (uint64_t)INT64_MAX - len ||
-        (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
-        return PVM_EINVAL;
-    if (s->dead)
-        return 0;
-    return queue(s, NSTUB_CMD_MAP, gva, len, off, (uint32_t)prot);
+    return nstub_map_fd(s, NSTUB_FD_RAM, gva, len, off, prot);
 }
 
 int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len)
@@ -481,7 +496,7 @@ int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len)
         return PVM_EINVAL;
     if (s->dead)
         return 0;
-    return queue(s, NSTUB_CMD_UNMAP, gva, len, 0, 0);
+    return queue(s, NSTUB_CMD_UNMAP, gva, len, 0, 0, 0);
 }
 
 int nstub_unmap_all(struct nstub *s)
@@ -492,7 +507,7 @@ int nstub_unmap_all(struct nstub *s)
     s->pvcs_off = UINT64_MAX;   /* a queued PVCS mapping too: map it again */
     if (s->dead)
         return 0;
-    return queue(s, NSTUB_CMD_UNMAP, NSTUB_GUEST_LO, NSTUB_GUEST_HI - NSTUB_GUEST_LO, 0, 0);
+    return queue(s, NSTUB_CMD_UNMAP, NSTUB_GUEST_LO, NSTUB_GUEST_HI - NSTUB_GUEST_LO, 0, 0, 0);
 }
 
 int nstub_map_pvcs(struct nstub *s, uint64_t off)

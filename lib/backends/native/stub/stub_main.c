@@ -188,8 +188,11 @@ static int apply_cmds(void)
         uint64_t gva = c->cmds[i].gva, len = c->cmds[i].len, off = c->cmds[i].off;
         uint32_t op = c->cmds[i].op, prot = c->cmds[i].prot;
         long r;
-        if (op == NSTUB_CMD_MAP) {
-            r = SYS(__NR_mmap, gva, len, prot, MAP_SHARED | MAP_FIXED, NSTUB_FD_RAM, off);
+        uint32_t fd = c->cmds[i].fd;
+        if (op == NSTUB_CMD_MAP && fd != NSTUB_FD_RAM && fd != NSTUB_FD_SNAP) {
+            r = -9;
+        } else if (op == NSTUB_CMD_MAP) {
+            r = SYS(__NR_mmap, gva, len, prot, MAP_SHARED | MAP_FIXED, fd, off);
             if (r >= 0 && (uint64_t)r != gva)
                 r = -14;
         } else if (op == NSTUB_CMD_UNMAP) {
@@ -341,7 +344,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
 /* ---- the seccomp filter ---------------------------------------------------- */
 
-enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_FUTEX, L_MMAP, L_MMAP_FD, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
 
 struct bpf {
     struct sock_filter f[96];
@@ -434,10 +437,15 @@ static void install_filter(void)
     LD(D_ARG_HI(3));
     JEQ(0, L_ALLOW, L_TRAP);
 
-    /* mmap: only the guest-RAM memfd, MAP_SHARED|MAP_FIXED, plain prot bits ... */
+    /*
+     * mmap: only the guest-RAM memfd or the snapshot memfd (sealed against
+     * writes: the kernel refuses it PROT_WRITE), MAP_SHARED|MAP_FIXED, plain prot bits ...
+     */
     LABEL(L_MMAP);
     LD(D_ARG_LO(4));
-    JEQ(NSTUB_FD_RAM, L_NEXT, L_TRAP);
+    JEQ(NSTUB_FD_RAM, L_MMAP_FD, L_NEXT);
+    JEQ(NSTUB_FD_SNAP, L_MMAP_FD, L_TRAP);
+    LABEL(L_MMAP_FD);
     LD(D_ARG_LO(3));
     JEQ(MAP_SHARED | MAP_FIXED, L_NEXT, L_TRAP);
     LD(D_ARG_HI(3));

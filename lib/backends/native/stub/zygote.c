@@ -79,8 +79,9 @@ struct k_msghdr {
 struct k_cmsg {
     size_t len;
     int level, type;
-    int fds[2];
+    int fds[3];
 };
+#define K_CMSG_HDR 16   /* len, level, type */
 struct k_sigaction {
     void (*handler)(int);
     unsigned long flags;
@@ -195,16 +196,21 @@ static void reap(void)
     }
 }
 
-/* In the forked child: fds 3/4 from the request, 5 stays, nothing else; then the stub start-up. */
-static void become_stub(int ram, int ctl)
+/*
+ * In the forked child: fds 3/4 (and 6, the snapshot memfd, if @snap >= 0)
+ * from the request, 5 stays, nothing else; then the stub start-up.
+ */
+static void become_stub(int ram, int ctl, int snap)
 {
     int r2 = (int)SYS(__NR_fcntl, ram, F_DUPFD, 16, 0, 0, 0);
     int c2 = (int)SYS(__NR_fcntl, ctl, F_DUPFD, 16, 0, 0, 0);
-    if (r2 < 0 || c2 < 0 || SYS(__NR_dup2, r2, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM ||
-        SYS(__NR_dup2, c2, NSTUB_FD_CTL, 0, 0, 0, 0) != NSTUB_FD_CTL)
+    int s2 = snap >= 0 ? (int)SYS(__NR_fcntl, snap, F_DUPFD, 16, 0, 0, 0) : -1;
+    if (r2 < 0 || c2 < 0 || (snap >= 0 && s2 < 0) || SYS(__NR_dup2, r2, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM ||
+        SYS(__NR_dup2, c2, NSTUB_FD_CTL, 0, 0, 0, 0) != NSTUB_FD_CTL ||
+        (s2 >= 0 && SYS(__NR_dup2, s2, NSTUB_FD_SNAP, 0, 0, 0, 0) != NSTUB_FD_SNAP))
         zexit(124);
     SYS(__NR_close_range, 0, 2, 0, 0, 0, 0);
-    SYS(__NR_close_range, NSTUB_FD_DEATH + 1, ~0u, 0, 0, 0, 0);
+    SYS(__NR_close_range, s2 >= 0 ? NSTUB_FD_SNAP + 1 : NSTUB_FD_DEATH + 1, ~0u, 0, 0, 0, 0);
     /* Nothing of the zygote's bookkeeping stays visible to a guest. */
     for (unsigned i = 0; i < NSTUB_ZYG_SLOTS; i++)
         zpid[i] = 0;
@@ -277,15 +283,15 @@ void nstub_zygote_main(void)
             kill_all_and_exit();   /* the library closed its end: exec */
         if (n < 0)
             continue;
-        int nfds = 0, fds[2] = { -1, -1 };
-        if (mh.controllen >= sizeof(struct k_cmsg) - 8 && cm.level == SOL_SOCKET && cm.type == SCM_RIGHTS) {
-            nfds = (int)((cm.len - (sizeof(struct k_cmsg) - 8)) / sizeof(int));
-            for (int i = 0; i < nfds && i < 2; i++)
+        int nfds = 0, fds[3] = { -1, -1, -1 };
+        if (mh.controllen >= K_CMSG_HDR && cm.len >= K_CMSG_HDR && cm.level == SOL_SOCKET && cm.type == SCM_RIGHTS) {
+            nfds = (int)((cm.len - K_CMSG_HDR) / sizeof(int));
+            for (int i = 0; i < nfds && i < 3; i++)
                 fds[i] = cm.fds[i];
         }
-        if (n != sizeof(req) || req.op != NSTUB_ZOP_SPAWN || req.slot >= NSTUB_ZYG_SLOTS || nfds != 2 ||
+        if (n != sizeof(req) || req.op != NSTUB_ZOP_SPAWN || req.slot >= NSTUB_ZYG_SLOTS || nfds < 2 || nfds > 3 ||
             (mh.flags & MSG_CTRUNC)) {
-            for (int i = 0; i < nfds && i < 2; i++)
+            for (int i = 0; i < nfds && i < 3; i++)
                 SYS(__NR_close, fds[i], 0, 0, 0, 0, 0);
             if (req.slot < NSTUB_ZYG_SLOTS) {
                 ZP->slot[req.slot].status = 22;
@@ -297,11 +303,11 @@ void nstub_zygote_main(void)
         volatile struct nstub_zslot *sl = &ZP->slot[req.slot];
         long pid = SYS(__NR_clone, SIGCHLD, 0, 0, 0, 0, 0);
         if (pid == 0) {
-            become_stub(fds[0], fds[1]);
+            become_stub(fds[0], fds[1], fds[2]);
             return;   /* into the stub start-up */
         }
-        SYS(__NR_close, fds[0], 0, 0, 0, 0, 0);
-        SYS(__NR_close, fds[1], 0, 0, 0, 0, 0);
+        for (int i = 0; i < nfds; i++)
+            SYS(__NR_close, fds[i], 0, 0, 0, 0, 0);
         if (pid < 0) {
             sl->status = (int32_t)-pid;
             __atomic_store_n(&sl->state, NSTUB_Z_FAILED, __ATOMIC_SEQ_CST);
