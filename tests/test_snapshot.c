@@ -10,10 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/core.h"
+#include "core/snapshot.h"
 #include "hv/hv.h"
 #include "guestvm.h"
 #include "testutil.h"
@@ -270,6 +272,148 @@ START_TEST(vms_from_one_snapshot_isolated)
 }
 END_TEST
 
+/* ---- VMs sharing a snapshot's pages (one vCPU) ---------------------------------- */
+
+static uint64_t own_pages(const pvm_vm *vm)
+{
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < (vm->cow_npages + 63) / 64; i++)
+        n += (uint64_t)__builtin_popcountll(vm->cow_own[i]);
+    return n;
+}
+
+static pvm_vm *shared_vm(const pvm_snapshot *snap)
+{
+    struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
+    o.backend = gvm_backend();
+    o.max_vcpus = 1;
+    o.max_memory = 64ull << 20;
+    pvm_vm *vm;
+    ck_assert_msg(pvm_vm_create_from_snapshot(&vm, snap, &o) == 0, "%s", pvm_last_error());
+    return vm;
+}
+
+START_TEST(vms_share_snapshot_pages)
+{
+    struct gvm g;
+    struct pvm_exit e = { 0 };
+    gvm_boot(&g, g_count_start, g_count_end);
+    run_hc(g.cpu, &e, 0, 1);
+    const uint64_t nonce = e.u.hypercall.args[0];
+    expect_count(g.cpu, &e, nonce, 2);
+    expect_count(g.cpu, &e, nonce, 3);
+    pvm_snapshot *snap;
+    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    const struct pvm_exit at = e;
+    if (gvm_backend() != PVM_BACKEND_NATIVE) {
+        pvm_snapshot_free(snap);
+        gvm_fini(&g);
+        return;   /* only native shares pages; the other cases cover copies */
+    }
+    /* The snapshot's RAM cannot be written by anyone: sealed. */
+    ck_assert_int_eq(fcntl(snap->fd, F_GET_SEALS) & (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK),
+                     F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK);
+    ck_assert_ptr_eq(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, snap->fd, 0), MAP_FAILED);
+
+    pvm_vm *a = shared_vm(snap), *b = shared_vm(snap);
+    ck_assert_ptr_eq(a->cow, snap);
+    ck_assert_uint_eq(own_pages(a), 0);
+    struct pvm_exit ea = at, eb = at;
+    pvm_vcpu *ca = pvm_vm_vcpu(a, 0), *cb = pvm_vm_vcpu(b, 0);
+    expect_count(ca, &ea, nonce, 4);
+    expect_count(ca, &ea, nonce, 5);
+    expect_count(ca, &ea, nonce, 6);
+    /* Written: the counter's page and the PVCS page; everything else is still the snapshot's. */
+    ck_assert_uint_eq(own_pages(a), 2);
+    ck_assert_uint_eq(own_pages(b), 0);
+    expect_count(cb, &eb, nonce, 4);
+    ck_assert_uint_eq(own_pages(b), 2);
+    /* The library reads what the guest wrote, each VM its own. */
+    const uint8_t *ha = pvm_vm_gpa_to_host(a, GVM_DATA, 16), *hb = pvm_vm_gpa_to_host(b, GVM_DATA, 16);
+    uint64_t va, vb;
+    memcpy(&va, ha + 8, 8);
+    memcpy(&vb, hb + 8, 8);
+    ck_assert_uint_eq(va, 6);
+    ck_assert_uint_eq(vb, 4);
+    /* A host write to a page still shared makes it the VM's own, and the guest sees it at once. */
+    static const uint64_t planted = 0x1234;
+    ck_assert_int_eq(pvm_vcpu_write_guest(ca, GVM_DATA + 8, &planted, 8), 0);
+    run_hc(ca, &ea, 0, 1);
+    ck_assert_uint_eq(ea.u.hypercall.args[1], 0x1235);
+    ck_assert_uint_eq(ea.u.hypercall.args[2], 7); /* the SSE counter knows nothing of it */
+
+    /* Restores copy back into the VM's own pages; they stay its own. */
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(pvm_vm_restore(a, snap), 0);
+        ea = at;
+        expect_count(ca, &ea, nonce, 4);
+    }
+    ck_assert_uint_eq(own_pages(a), 2);
+
+    /* A snapshot of a sharing VM holds what it sees; a VM from that one goes on. */
+    pvm_snapshot *s2;
+    ck_assert_int_eq(pvm_vm_snapshot(a, &s2), 0);
+    pvm_vm *c = shared_vm(s2);
+    struct pvm_exit ec = ea;
+    expect_count(pvm_vm_vcpu(c, 0), &ec, nonce, 5);
+    pvm_vm_destroy(c);
+    ck_assert_int_eq(pvm_vm_restore(a, s2), 0);
+    ck_assert_int_eq(pvm_vm_restore(a, snap), 0);   /* back to the one it shares: a full (own pages) restore */
+    ea = at;
+    expect_count(ca, &ea, nonce, 4);
+    pvm_snapshot_free(s2);
+
+    /* From a file too. */
+    char path[128];
+    tmp_path(path, sizeof(path), "shared.snap");
+    ck_assert_int_eq(pvm_snapshot_save(snap, path), 0);
+    pvm_snapshot *loaded;
+    ck_assert_int_eq(pvm_snapshot_load(&loaded, path), 0);
+    unlink(path);
+    pvm_vm *d = shared_vm(loaded);
+    ck_assert_ptr_eq(d->cow, loaded);
+    pvm_snapshot_free(loaded); /* d keeps it */
+    struct pvm_exit ed = at;
+    expect_count(pvm_vm_vcpu(d, 0), &ed, nonce, 4);
+    pvm_vm_destroy(d);
+
+    pvm_vm_destroy(a);
+    expect_count(cb, &eb, nonce, 5);
+    pvm_vm_destroy(b);
+    pvm_snapshot_free(snap);
+    gvm_fini(&g);
+}
+END_TEST
+
+START_TEST(shared_vm_restore_undoes_scribbles)
+{
+    struct gvm g;
+    struct pvm_exit e = { 0 };
+    scribble_vm(&g);
+    run_hc(g.cpu, &e, 0, 1);
+    pvm_snapshot *snap;
+    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    const struct pvm_exit at = e;
+    pvm_vm *vm = shared_vm(snap);
+    pvm_vcpu *cpu = pvm_vm_vcpu(vm, 0);
+    const uint8_t *ram = pvm_vm_gpa_to_host(vm, 0, 4096); /* page 0 only: the rest stays shared */
+    (void)ram;
+    for (int round = 0; round < 3; round++) {
+        e = at;
+        run_hc(cpu, &e, 0, 2);
+        const uint8_t *h = pvm_vm_gpa_to_host(vm, SCRIB, SCRIB_PAGES * 4096);
+        for (unsigned i = 0; i < SCRIB_PAGES * 4096; i++)
+            ck_assert_uint_eq(h[i], 0xaa);
+        ck_assert_int_eq(pvm_vm_restore(vm, snap), 0);
+        expect_pattern(h - SCRIB);
+    }
+    expect_pattern(g.ram); /* the VM it came from never saw any of it */
+    pvm_vm_destroy(vm);
+    pvm_snapshot_free(snap);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* ---- files ------------------------------------------------------------------- */
 
 static uint32_t crc32c_ref(const uint8_t *p, size_t n)
@@ -514,6 +658,8 @@ int main(void)
     tcase_add_test(tc, pending_interrupts_survive);
     tcase_add_test(tc, restore_undoes_writes);
     tcase_add_test(tc, vms_from_one_snapshot_isolated);
+    tcase_add_test(tc, vms_share_snapshot_pages);
+    tcase_add_test(tc, shared_vm_restore_undoes_scribbles);
     tcase_add_test(tc, bad_files_refused);
     tcase_add_test(tc, no_leak_over_10000_restores);
     tcase_add_test(tc, snapshot_refused_while_running_or_unsupported);

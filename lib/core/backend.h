@@ -14,6 +14,8 @@
 
 /* Capabilities. */
 #define PVM_CAP_ANY_HOST_MEMORY (1u << 0) /* regions may use any host memory, not only the arena */
+/* VMs created from a snapshot may share its pages (cow.c): the provider maps PVM_HV_PROT_SNAPSHOT pages. */
+#define PVM_CAP_SHARED_SNAPSHOT (1u << 1)
 
 struct pvm_cpu_provider;
 
@@ -65,6 +67,11 @@ struct pvm_backend_ops {
     int (*snap_save_vcpu)(pvm_vcpu *v, void **blob, size_t *len);
     int (*snap_load_vcpu)(pvm_vcpu *v, const void *blob, size_t len, bool apply);
     void (*snap_flush)(pvm_vm *vm, bool full);
+    /*
+     * Guest RAM changed behind the shadow MMUs (a shared snapshot page was
+     * copied): make vCPUs running guest code look at once (any thread).
+     */
+    void (*mem_changed)(pvm_vm *vm);
     /* The exit the vCPU stopped at and awaits an answer for (reason NONE if none). */
     int (*pending_exit)(pvm_vcpu *v, struct pvm_exit *exit);
 };

@@ -27,35 +27,43 @@ static bool mark_page(struct pvm_dirty *d, uint64_t page)
     return true;
 }
 
-void pvm__dirty_mark(pvm_vm *vm, uint64_t off, uint64_t len)
+bool pvm__dirty_mark(pvm_vm *vm, uint64_t off, uint64_t len)
 {
     if (!pvm__dirty_on(vm) || !len)
-        return;
-    for (uint64_t p = off / PVM_PAGE_SIZE; p <= (off + len - 1) / PVM_PAGE_SIZE; p++)
+        return true;
+    for (uint64_t p = off / PVM_PAGE_SIZE; p <= (off + len - 1) / PVM_PAGE_SIZE; p++) {
+        /* Own before recorded: a restore copies only into the VM's own pages. */
+        if (pvm__cow_own(vm, p) < 0)
+            return false;
         if (!mark_page(&vm->dirty, p))
             break;
+    }
+    return true;
 }
 
-void pvm__dirty_mark_gpa(pvm_vm *vm, uint64_t gpa, uint64_t len)
+bool pvm__dirty_mark_gpa(pvm_vm *vm, uint64_t gpa, uint64_t len)
 {
     struct pvm_region r;
     if (!pvm__dirty_on(vm) || !len || !pvm__gpa_lookup(vm, gpa, len, &r) || r.memfd_off == PVM_NO_MEMFD)
-        return;
-    pvm__dirty_mark(vm, r.memfd_off + (gpa - r.gpa), len);
+        return true;
+    return pvm__dirty_mark(vm, r.memfd_off + (gpa - r.gpa), len);
 }
 
-bool pvm__dirty_page(pvm_vm *vm, uint64_t gpa, bool write)
+int pvm__dirty_page(pvm_vm *vm, uint64_t gpa, bool write)
 {
     struct pvm_region r;
     if (!pvm__gpa_lookup(vm, gpa, 1, &r) || r.memfd_off == PVM_NO_MEMFD)
-        return false;
+        return 0;
     uint64_t page = (r.memfd_off + (gpa - r.gpa)) / PVM_PAGE_SIZE;
     struct pvm_dirty *d = &vm->dirty;
     if (page >= d->npages)
-        return true; /* memory allocated after the snapshot: not tracked (a restore refuses it) */
-    if (write)
+        return 1; /* memory allocated after the snapshot: not tracked (a restore refuses it) */
+    if (write) {
+        if (pvm__cow_own(vm, page) < 0)
+            return -1;
         return mark_page(d, page);
-    return page < d->npages && (__atomic_load_n(&d->bits[page / 64], __ATOMIC_RELAXED) & (1ull << (page % 64)));
+    }
+    return (__atomic_load_n(&d->bits[page / 64], __ATOMIC_RELAXED) & (1ull << (page % 64))) != 0;
 }
 
 void pvm__dirty_pt(pvm_vm *vm, uint64_t gpa)

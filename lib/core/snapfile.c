@@ -285,6 +285,8 @@ static int parse(struct pvm_snapshot *s, const uint8_t *data, uint64_t size, con
         s->nonzero[p / 64] |= 1ull << (p % 64);
     }
     s->nr_nonzero = h.nr_pages;
+    if (pvm__snap_seal(s) < 0)
+        return pvm__error(PVM_EIO, "pvm_snapshot_load: sealing the snapshot's memfd: %s", strerror(errno));
     return 0;
 }
 

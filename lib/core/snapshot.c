@@ -24,8 +24,10 @@
 struct pvm_snapshot *pvm__snap_new(void)
 {
     struct pvm_snapshot *s = calloc(1, sizeof(*s));
-    if (s)
+    if (s) {
         s->refs = 1;
+        s->fd = -1;
+    }
     return s;
 }
 
@@ -34,13 +36,33 @@ int pvm__snap_alloc_ram(struct pvm_snapshot *s, uint64_t ram_size)
     s->ram_size = ram_size;
     if (!ram_size)
         return 0;
-    s->ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    s->fd = memfd_create("pvm-snapshot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (s->fd < 0 || ftruncate(s->fd, (off_t)ram_size) < 0)
+        return PVM_ENOMEM;
+    s->ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
     if (s->ram == MAP_FAILED) {
         s->ram = NULL;
         return PVM_ENOMEM;
     }
     s->nonzero = calloc((size_t)(ram_size / PVM_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
     return s->nonzero ? 0 : PVM_ENOMEM;
+}
+
+int pvm__snap_seal(struct pvm_snapshot *s)
+{
+    if (s->fd < 0)
+        return 0;
+    /* F_SEAL_WRITE needs every shared mapping that could become writable gone first. */
+    munmap(s->ram, s->ram_size);
+    s->ram = NULL;
+    if (fcntl(s->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+        return PVM_EIO;
+    s->ram = mmap(NULL, s->ram_size, PROT_READ, MAP_SHARED, s->fd, 0);
+    if (s->ram == MAP_FAILED) {
+        s->ram = NULL;
+        return PVM_ENOMEM;
+    }
+    return 0;
 }
 
 void pvm__snap_ref(struct pvm_snapshot *s)
@@ -54,6 +76,8 @@ void pvm__snap_unref(struct pvm_snapshot *s)
         return;
     if (s->ram)
         munmap(s->ram, s->ram_size);
+    if (s->fd >= 0)
+        close(s->fd);
     free(s->nonzero);
     for (uint32_t i = 0; i < s->nr_vcpus; i++)
         free(s->vcpus[i].state);
@@ -146,24 +170,36 @@ static int cmp_alloc(const void *a, const void *b)
     return x->off < y->off ? -1 : x->off > y->off;
 }
 
+static void copy_page(struct pvm_snapshot *s, const uint8_t *src, uint64_t p)
+{
+    if (page_is_zero(src))
+        return;
+    memcpy(s->ram + p, src, PVM_PAGE_SIZE);
+    s->nonzero[p / PVM_PAGE_SIZE / 64] |= 1ull << (p / PVM_PAGE_SIZE % 64);
+    s->nr_nonzero++;
+}
+
 /* Copy the data of arena [off, off+size) into s->ram, skipping the memfd's holes and zero pages. */
 static void copy_ram(pvm_vm *vm, struct pvm_snapshot *s, const uint8_t *host, uint64_t off, uint64_t size)
 {
     uint64_t pos = off, end = off + size;
+    if (vm->cow) {
+        /* Pages still shared live in the snapshot's memfd, not in ours: look at each through the view. */
+        for (uint64_t p = off; p < end; p += PVM_PAGE_SIZE) {
+            uint64_t pg = p / PVM_PAGE_SIZE;
+            if (!pvm__cow_shared(vm, pg) || pvm__snap_page_nonzero(vm->cow, pg))
+                copy_page(s, host + (p - off), p);
+        }
+        return;
+    }
     while (pos < end) {
         off_t d = lseek(vm->memfd, (off_t)pos, SEEK_DATA);
         if (d < 0 || (uint64_t)d >= end)
             break;
         off_t h = lseek(vm->memfd, d, SEEK_HOLE);
         uint64_t hend = h < 0 || (uint64_t)h > end ? end : (uint64_t)h;
-        for (uint64_t p = (uint64_t)d & ~PVM_PAGE_MASK; p < hend; p += PVM_PAGE_SIZE) {
-            const uint8_t *src = host + (p - off);
-            if (page_is_zero(src))
-                continue;
-            memcpy(s->ram + p, src, PVM_PAGE_SIZE);
-            s->nonzero[p / PVM_PAGE_SIZE / 64] |= 1ull << (p / PVM_PAGE_SIZE % 64);
-            s->nr_nonzero++;
-        }
+        for (uint64_t p = (uint64_t)d & ~PVM_PAGE_MASK; p < hend; p += PVM_PAGE_SIZE)
+            copy_page(s, host + (p - off), p);
         pos = hend;
     }
 }
@@ -222,7 +258,11 @@ static int take(pvm_vm *vm, struct pvm_snapshot *s)
         }
         s->vcpus[s->nr_vcpus++] = (struct pvm_snap_vcpu){ .id = i, .len = (uint32_t)len, .state = blob };
     }
-    return pvm__snap_check(s, "pvm_vm_snapshot");
+    if ((rc = pvm__snap_check(s, "pvm_vm_snapshot")) < 0)
+        return rc;
+    if ((rc = pvm__snap_seal(s)) < 0)
+        return pvm__error(rc, "pvm_vm_snapshot: sealing the snapshot's memfd: %s", strerror(errno));
+    return 0;
 }
 
 int pvm_vm_snapshot(pvm_vm *vm, pvm_snapshot **out)
@@ -349,6 +389,19 @@ static bool restore_dirty(pvm_vm *vm, const struct pvm_snapshot *s)
 /* Copy all of @s's RAM: the VM's arena becomes the snapshot's, byte for byte. */
 static void restore_all(pvm_vm *vm, const struct pvm_snapshot *s)
 {
+    if (vm->cow) {
+        /* @s is the shared snapshot (same_layout): only the pages made own differ. */
+        for (uint64_t page = 0; page < vm->cow_npages; page++) {
+            if (pvm__cow_shared(vm, page))
+                continue;
+            uint8_t *h = arena_host(vm, page * PVM_PAGE_SIZE);
+            if (h && pvm__snap_page_nonzero(s, page))
+                memcpy(h, s->ram + page * PVM_PAGE_SIZE, PVM_PAGE_SIZE);
+            else if (h)
+                memset(h, 0, PVM_PAGE_SIZE);
+        }
+        return;
+    }
     for (size_t i = 0; i < vm->nr_allocs; i++) {
         const struct pvm_alloc *a = &vm->allocs[i];
         /* Zero pages become holes again: memory is given back, not written. */
@@ -371,6 +424,9 @@ int pvm_vm_restore(pvm_vm *vm, const pvm_snapshot *snap)
     int rc = vcpu_running(vm) ? pvm__error(PVM_EBUSY, "pvm_vm_restore: a vCPU is inside pvm_vcpu_run()")
                               : same_layout(vm, s);
     bool full = true;
+    if (rc == 0 && vm->cow && s != vm->cow && vm->dirty.base != s)
+        rc = pvm__error(PVM_ENOTSUP, "pvm_vm_restore: this VM shares the pages of the snapshot it was created "
+                        "from; it restores only that one or the one it last took");
     if (rc == 0 && vm->dirty.base == s && pvm__dirty_on(vm)) {
         full = restore_dirty(vm, s);
     } else if (rc == 0 && (rc = pvm__dirty_start(vm, s, s->ram_size / PVM_PAGE_SIZE)) == 0) {
@@ -389,8 +445,12 @@ int pvm_vm_restore(pvm_vm *vm, const pvm_snapshot *snap)
 
 /* ---- pvm_vm_create_from_snapshot ----------------------------------------------------- */
 
-/* Give a fresh @vm the snapshot's arena: same offsets, only the non-zero pages written. */
-static int build_arena(pvm_vm *vm, const struct pvm_snapshot *s)
+/*
+ * Give a fresh @vm the snapshot's arena: same offsets.  Shared (cow.c) on a
+ * backend that can and with one vCPU: nothing is copied, the view maps the
+ * snapshot's memfd.  Else only the non-zero pages are written.
+ */
+static int build_arena(pvm_vm *vm, struct pvm_snapshot *s)
 {
     if (s->ram_size > vm->opts.max_memory)
         return pvm__error(PVM_ERANGE, "pvm_vm_create_from_snapshot: the snapshot's 0x%llx bytes of RAM exceed "
@@ -401,6 +461,21 @@ static int build_arena(pvm_vm *vm, const struct pvm_snapshot *s)
     if (!vm->allocs)
         return pvm__error(PVM_ENOMEM, "pvm_vm_create_from_snapshot: out of memory");
     vm->arena_used = s->ram_size;
+    if ((vm->ops->caps & PVM_CAP_SHARED_SNAPSHOT) && vm->opts.max_vcpus == 1 && s->fd >= 0) {
+        vm->cow_npages = s->ram_size / PVM_PAGE_SIZE;
+        if (!(vm->cow_own = calloc((size_t)(vm->cow_npages + 63) / 64, sizeof(uint64_t))))
+            return pvm__error(PVM_ENOMEM, "pvm_vm_create_from_snapshot: out of memory");
+        pvm__snap_ref(s);
+        vm->cow = s;
+        for (uint32_t i = 0; i < s->nr_allocs; i++) {
+            const struct pvm_snap_alloc *a = &s->allocs[i];
+            void *h = mmap(NULL, a->size, PROT_READ, MAP_SHARED, s->fd, (off_t)a->off);
+            if (h == MAP_FAILED)
+                return pvm__error(PVM_ENOMEM, "pvm_vm_create_from_snapshot: mmap: %s", strerror(errno));
+            vm->allocs[vm->nr_allocs++] = (struct pvm_alloc){ .host = h, .off = a->off, .size = a->size };
+        }
+        goto regions;
+    }
     /* Runs of non-zero pages, one pwrite each: no page faults in this process. */
     uint64_t npages = s->ram_size / PVM_PAGE_SIZE;
     for (uint64_t p = 0; p < npages;) {
@@ -433,6 +508,7 @@ static int build_arena(pvm_vm *vm, const struct pvm_snapshot *s)
         vm->allocs[vm->nr_allocs++] = (struct pvm_alloc){ .host = h, .off = a->off, .size = a->size };
     }
     /* Holes between allocations (memory freed before the snapshot) stay holes. */
+regions:
     for (uint32_t i = 0; i < s->nr_regions; i++) {
         const struct pvm_snap_region *r = &s->regions[i];
         int rc = pvm_vm_map_memory(vm, r->gpa, arena_host(vm, r->memfd_off), r->size, r->flags);

@@ -37,7 +37,8 @@ struct pvm_snapshot {
     uint64_t max_memory;
 
     uint64_t ram_size;              /* bytes of the memfd arena */
-    uint8_t *ram;                   /* private anonymous copy: zero pages stay unpopulated */
+    int fd;                         /* memfd holding ram (zero pages are holes), sealed once filled; -1 none */
+    uint8_t *ram;                   /* its mapping: read-only once sealed */
     uint64_t *nonzero;              /* bitmap: pages with data (sparse copies and files) */
     uint64_t nr_nonzero;
 
@@ -49,8 +50,13 @@ struct pvm_snapshot {
 
 /* An empty snapshot with one reference, or NULL. */
 struct pvm_snapshot *pvm__snap_new(void);
-/* RAM of @ram_size bytes (zero-filled, unpopulated) and its bitmap. */
+/* RAM of @ram_size bytes (zero-filled, unpopulated, writable) and its bitmap. */
 int pvm__snap_alloc_ram(struct pvm_snapshot *s, uint64_t ram_size);
+/*
+ * Make the RAM immutable: map it read-only and seal the memfd against
+ * writes, so that guests may map it (VMs sharing it, cow.c).  0 or PVM_E*.
+ */
+int pvm__snap_seal(struct pvm_snapshot *s);
 void pvm__snap_ref(struct pvm_snapshot *s);
 void pvm__snap_unref(struct pvm_snapshot *s);
 /* Check the layout fields (untrusted input): 0 or PVM_EBADSNAP with the reason. */

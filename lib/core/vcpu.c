@@ -219,7 +219,10 @@ static int guest_access(pvm_vcpu *v, uint64_t gva, void *buf, size_t len, bool w
                 break;
             }
             if (pass == 1 && write) {
-                pvm__dirty_mark_gpa(v->vm, gpa, chunk);
+                if (!pvm__dirty_mark_gpa(v->vm, gpa, chunk)) {
+                    rc = pvm__error(PVM_ENOMEM, "%s: %s", fn, pvm_last_error());
+                    break;
+                }
                 memcpy(h, b + done, chunk);
             }
             else if (pass == 1)

@@ -39,10 +39,12 @@ struct pvm_walk_env {
     bool nxe;          /* EFER.NXE: NX bit honoured, else reserved */
     uint64_t maxphyaddr_mask; /* e.g. 0x000ffffffffff000 for 52 bits */
     /*
-     * (Optional, snapshots) Called after the walk set an A or D bit in the
-     * entry at guest-physical @gpa: the library's own write to guest RAM.
+     * (Optional, snapshots) Called before the walk sets an A or D bit in the
+     * entry at guest-physical @gpa (a write to guest RAM by the library,
+     * which may then lose a race and not happen); false: the page cannot be
+     * written, and the walk ends as BAD_PT.
      */
-    void (*pte_written)(void *opaque, uint64_t gpa);
+    bool (*pte_write)(void *opaque, uint64_t gpa);
 };
 
 /* Outcome of a walk. */
@@ -132,6 +134,7 @@ struct pvm_shadow_ops {
 #define PVM_SHADOW_TRACK_OFF 0
 #define PVM_SHADOW_TRACK_WRITABLE 1
 #define PVM_SHADOW_TRACK_READONLY 2
+#define PVM_SHADOW_TRACK_ERROR 3     /* the page cannot be made writable: the fault ends in ERROR */
 
 #define PVM_SHADOW_MAX_ROOTS 4           /* default for max_roots = 0 */
 #define PVM_SHADOW_DEFAULT_MAPPINGS 4096 /* default for max_mappings = 0 */

@@ -102,12 +102,12 @@ enum pvm_walk_status pvm_mmu_walk(const struct pvm_walk_env *env, uint64_t root,
                     continue;
                 /* Locked update like hardware; never touch a changed entry. */
                 uint64_t seen = val[i];
+                if (env->pte_write && !env->pte_write(env->opaque, pgpa[i]))
+                    return PVM_WALK_BAD_PT;
                 if (__atomic_compare_exchange_n(ptr[i], &seen, want, false, __ATOMIC_SEQ_CST,
-                                                __ATOMIC_RELAXED)) {
+                                                __ATOMIC_RELAXED))
                     val[i] = want;
-                    if (env->pte_written)
-                        env->pte_written(env->opaque, pgpa[i]);
-                } else
+                else
                     lost = true;
             }
             /* Re-walk on a race; after AD_RETRIES report what is there (D may be

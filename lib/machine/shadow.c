@@ -328,6 +328,8 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
     int track = PVM_SHADOW_TRACK_OFF;
     if ((prot & PVM_PROT_WRITE) && s->ops->track_write)
         track = s->ops->track_write(s->opaque, gpa, (acc & PVM_PFEC_W) != 0);
+    if (track == PVM_SHADOW_TRACK_ERROR)
+        return PVM_SHADOW_ERROR;
     if (track == PVM_SHADOW_TRACK_READONLY)
         prot &= ~PVM_PROT_WRITE;
     if (r.page_size > PAGE && track == PVM_SHADOW_TRACK_OFF) {

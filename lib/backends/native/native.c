@@ -120,7 +120,9 @@ static int ensure_stub(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t 
     struct native_cpu *nc = nc_of(hv);
     if (nc->stubs[slot])
         return 0;
-    struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal };
+    int snap = pvm__cow_fd(hv->v->vm);
+    struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal,
+                                .snap_memfd = snap > 0 ? snap : 0 };
     int rc = nstub_create(&nc->stubs[slot], &cfg, err, errlen);
     if (rc == 0)
         __atomic_store_n(&host_fpu_size, nstub_fpu_size(nc->stubs[slot]), __ATOMIC_RELAXED);
@@ -224,7 +226,8 @@ static int native_map(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint6
         return -1;
     int p = ((prot & PVM_PROT_READ) ? PROT_READ : 0) | ((prot & PVM_PROT_WRITE) ? PROT_WRITE : 0) |
             ((prot & PVM_PROT_EXEC) ? PROT_EXEC : 0);
-    return nstub_map(nc_of(hv)->stubs[slot], gva, len, r->memfd_off + (gpa - r->gpa), p);
+    unsigned fd = (prot & PVM_HV_PROT_SNAPSHOT) ? NSTUB_FD_SNAP : NSTUB_FD_RAM;
+    return nstub_map_fd(nc_of(hv)->stubs[slot], fd, gva, len, r->memfd_off + (gpa - r->gpa), p);
 }
 
 static int native_unmap(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len)
@@ -563,7 +566,7 @@ static const struct pvm_cpu_provider native_cpu = {
 const struct pvm_backend_ops pvm_native_backend = {
     .name = "native",
     .id = PVM_BACKEND_NATIVE,
-    .caps = 0,
+    .caps = PVM_CAP_SHARED_SNAPSHOT,
     .probe = native_probe,
     PVM_HV_BACKEND_OPS(&native_cpu),
 };
