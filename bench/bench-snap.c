@@ -8,8 +8,9 @@
  *   tracked), and a restore to another snapshot (a full copy) for scale;
  *   pvm_vm_create_from_snapshot() -> the guest's first instruction (its
  *   TSC) and -> its first exit back in the host;
- *   memory of N VMs created from one snapshot, each run to its first exit
- *   (RSS and PSS of this process and every stub, from /proc).
+ *   memory of N VMs created from one snapshot (one vCPU each: they share
+ *   its pages copy-on-write), each run to its first exit: RSS and PSS of
+ *   this process and every stub, Shmem and MemAvailable from /proc.
  *
  * Usage: bench-snap [--json FILE] [--vms N] [--data-mib M] [--quick]
  */

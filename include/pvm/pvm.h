@@ -613,10 +613,15 @@ PVM_EXPORT int pvm_vm_restore(pvm_vm *vm, const pvm_snapshot *snap);
 /**
  * Create a VM in the state of @snap, with its vCPUs (find them with
  * pvm_vm_vcpu()).  @opts NULL: the snapshot's backend, max_vcpus and
- * max_memory.  Guest RAM is written sparsely: only the snapshot's non-zero
- * pages cost memory.  Errors: those of pvm_vm_create(), PVM_ENOTSUP (the
- * backend's state format differs), PVM_ERANGE (RAM or vCPU ids beyond the
- * options), PVM_EBADSNAP.  Nothing is left behind on failure.
+ * max_memory.  Guest RAM: with max_vcpus 1 on a backend that can (native),
+ * the VM shares the snapshot's pages copy-on-write: a page costs memory
+ * only once the VM (guest or library) first writes it, and the snapshot's
+ * pages themselves are sealed against writes; a VM that shares restores
+ * only @snap or a snapshot it took itself (PVM_ENOTSUP otherwise).  Other
+ * VMs get a copy of the snapshot's non-zero pages.  Errors: those of
+ * pvm_vm_create(), PVM_ENOTSUP (the backend's state format differs),
+ * PVM_ERANGE (RAM or vCPU ids beyond the options), PVM_EBADSNAP.  Nothing
+ * is left behind on failure.
  * Thread safety: any thread; @snap may be shared.
  */
 PVM_EXPORT int pvm_vm_create_from_snapshot(pvm_vm **out, const pvm_snapshot *snap,
