@@ -202,10 +202,8 @@ int pvm_hv_snap_load_vcpu(pvm_vcpu *v, const void *blob, size_t len, bool apply)
     if (!hv->p->set_fpu || !hv->p->check_fpu)
         return pvm__error(PVM_ENOTSUP, "pvm_vm_restore: the %s provider cannot load the FPU state yet",
                           hv->p->name);
-    struct pvm_cpu *c = malloc(sizeof(*c));
-    if (!c)
-        return pvm__error(PVM_ENOMEM, "pvm_vm_restore: out of memory");
-    *c = hv->cpu;
+    /* On the stack (~8 KiB): a restore allocates nothing. */
+    struct pvm_cpu cpu = hv->cpu, *c = &cpu;
     struct pvm_event inbox[PVM_HV_INBOX_MAX];
     uint32_t nr_inbox = 0, fpu_len = 0;
     const uint8_t *fpu = NULL;
@@ -228,7 +226,6 @@ int pvm_hv_snap_load_vcpu(pvm_vcpu *v, const void *blob, size_t len, bool apply)
         hv->dead = false; /* a vCPU that stopped for good after the snapshot runs again */
         hv->cpuid_gen++; /* the providers' copies of the table are stale */
     }
-    free(c);
     return rc;
 }
 
