@@ -241,6 +241,21 @@ int main(int argc, char **argv)
         }
         pvm_vm_destroy(v2);
     }
+    /* The split: the create call alone (no stub yet: stubs start at the first run), then the first run. */
+    double *cr = calloc(nc, sizeof(*cr));
+    for (unsigned i = 0; i < nc; i++) {
+        pvm_vm *v2;
+        uint64_t t0 = bench_rdtsc();
+        if (pvm_vm_create_from_snapshot(&v2, snap, NULL) < 0)
+            die("create from snapshot");
+        cr[i] = (double)(bench_rdtsc() - t0) / tsc_per_ns;
+        run_first(v2);
+        pvm_vm_destroy(v2);
+    }
+    bench_from_samples(&r, "snap.create_from_snapshot_call_only", cr, nc);
+    bench_print(&r);
+    bench_json(json, &r);
+    free(cr);
     bench_from_samples(&r, "snap.create_from_snapshot_to_first_insn", first, nc);
     bench_print(&r);
     bench_json(json, &r);
