@@ -574,6 +574,73 @@ START_TEST(bad_files_refused)
 }
 END_TEST
 
+/*
+ * Sealed files with random lies in the header, layout and vCPU state: every
+ * load either refuses or gives a snapshot whose create/restore refuses or
+ * works; nothing crashes (the process would die) and nothing is changed by
+ * a refusal.
+ */
+START_TEST(fuzzed_files_refused_cleanly)
+{
+    struct gvm g;
+    struct pvm_exit e = { 0 };
+    gvm_boot(&g, g_count_start, g_count_end);
+    run_hc(g.cpu, &e, 0, 1);
+    pvm_snapshot *snap;
+    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    char good[128], bad[128];
+    tmp_path(good, sizeof(good), "fuzz-good.snap");
+    tmp_path(bad, sizeof(bad), "fuzz-bad.snap");
+    ck_assert_int_eq(pvm_snapshot_save(snap, good), 0);
+    size_t n;
+    uint8_t *b = read_all(good, &n), *c = malloc(n);
+    /* The parts before the page data: header, allocations, regions, the vCPU blob. */
+    const size_t span = 104 + 16 + 32 + 8 + snap->vcpus[0].len;
+    ck_assert_uint_lt(span, n);
+    unsigned seed = 12345, loaded = 0, refused = 0;
+    for (int i = 0; i < 400; i++) {
+        memcpy(c, b, n);
+        int flips = 1 + (int)(rand_r(&seed) % 4);
+        for (int k = 0; k < flips; k++) {
+            size_t at = (size_t)rand_r(&seed) % span;
+            c[at] = (uint8_t)(rand_r(&seed) & 1 ? c[at] ^ (1u << (rand_r(&seed) % 8)) : (uint8_t)rand_r(&seed));
+        }
+        reseal(c, n);
+        write_all(bad, c, n);
+        pvm_snapshot *s = NULL;
+        int rc = pvm_snapshot_load(&s, bad);
+        if (rc < 0) {
+            ck_assert_msg(rc == PVM_EBADSNAP || rc == PVM_EVERSION, "load gave %d: %s", rc, pvm_last_error());
+            ck_assert_ptr_null(s);
+            refused++;
+            continue;
+        }
+        loaded++;
+        struct pvm_regs before, after;
+        ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &before), 0);
+        rc = pvm_vm_restore(g.vm, s);
+        if (rc < 0) {
+            ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &after), 0);
+            ck_assert_int_eq(memcmp(&before, &after, sizeof(before)), 0);
+        }
+        pvm_vm *vm = NULL;
+        if (pvm_vm_create_from_snapshot(&vm, s, NULL) == 0)
+            pvm_vm_destroy(vm);
+        else
+            ck_assert_ptr_null(vm);
+        pvm_snapshot_free(s);
+    }
+    ck_assert_uint_eq(loaded + refused, 400);
+    ck_assert_uint_gt(refused, 0);
+    free(b);
+    free(c);
+    unlink(good);
+    unlink(bad);
+    pvm_snapshot_free(snap);
+    gvm_fini(&g);
+}
+END_TEST
+
 static long rss_kib(void)
 {
     long pages = 0, rss = 0;
@@ -661,6 +728,7 @@ int main(void)
     tcase_add_test(tc, vms_share_snapshot_pages);
     tcase_add_test(tc, shared_vm_restore_undoes_scribbles);
     tcase_add_test(tc, bad_files_refused);
+    tcase_add_test(tc, fuzzed_files_refused_cleanly);
     tcase_add_test(tc, no_leak_over_10000_restores);
     tcase_add_test(tc, snapshot_refused_while_running_or_unsupported);
     suite_add_tcase(s, tc);
