@@ -602,7 +602,10 @@ PVM_EXPORT int pvm_vm_snapshot(pvm_vm *vm, pvm_snapshot **out);
  * it: same allocations, regions and vCPU ids; PVM_ESTATE otherwise) and be
  * quiescent (PVM_EBUSY).  Restoring the snapshot the VM last took or was
  * last restored to costs O(pages written since), not O(guest RAM); another
- * snapshot costs a full copy.  A restore that fails changes nothing.
+ * snapshot costs a full copy.  Events queued with pvm_vcpu_inject() and
+ * kicks not yet delivered are replaced by the snapshot's; the host-call
+ * handler and what pvm_vm_load_elf() recorded stay the VM's.  A restore that
+ * fails changes nothing.
  * Errors: PVM_EINVAL, PVM_EBUSY, PVM_ESTATE, PVM_ENOTSUP (a snapshot of
  * another backend's state format), PVM_EBADSNAP (vCPU state that fails its
  * checks), PVM_ENOMEM.
