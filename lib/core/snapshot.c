@@ -102,7 +102,7 @@ int pvm__snap_check(const struct pvm_snapshot *s, const char *fn)
     if (s->max_vcpus == 0 || s->max_vcpus > PVM_MAX_VCPUS)
         BAD("%s: max_vcpus %u is not 1..%u", fn, s->max_vcpus, PVM_MAX_VCPUS);
     if ((s->ram_size & PVM_PAGE_MASK) || s->ram_size > PVM_SNAP_MAX_RAM || (s->max_memory & PVM_PAGE_MASK) ||
-        s->max_memory > PVM_SNAP_MAX_RAM || s->max_memory < s->ram_size)
+        s->max_memory > PVM_SNAP_MAX_MEMORY || s->max_memory < s->ram_size)
         BAD("%s: RAM size 0x%llx or max_memory 0x%llx is not page aligned, too large, or inconsistent", fn,
             (unsigned long long)s->ram_size, (unsigned long long)s->max_memory);
     if (s->nr_allocs > PVM_SNAP_MAX_ALLOCS || s->nr_regions > PVM_SNAP_MAX_REGIONS || s->nr_vcpus > s->max_vcpus)
@@ -215,7 +215,8 @@ static int take(pvm_vm *vm, struct pvm_snapshot *s)
     s->max_memory = vm->opts.max_memory;
     if (vm->arena_used > PVM_SNAP_MAX_RAM || vm->nr_allocs > PVM_SNAP_MAX_ALLOCS ||
         vm->nr_regions > PVM_SNAP_MAX_REGIONS)
-        return pvm__error(PVM_ERANGE, "pvm_vm_snapshot: too many allocations or regions");
+        return pvm__error(PVM_ERANGE, "pvm_vm_snapshot: more than 1 TiB of guest RAM, or too many allocations "
+                          "or regions");
     if ((rc = pvm__snap_alloc_ram(s, vm->arena_used)) < 0)
         return pvm__error(rc, "pvm_vm_snapshot: out of memory for 0x%llx bytes of guest RAM",
                           (unsigned long long)vm->arena_used);

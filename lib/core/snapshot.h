@@ -8,7 +8,9 @@
 #include "core.h"
 
 /* Bounds every snapshot (and so every file) must keep. */
-#define PVM_SNAP_MAX_RAM (1ull << 46)     /* as max_memory */
+#define PVM_SNAP_MAX_MEMORY (1ull << 46)  /* as max_memory */
+/* Guest RAM a snapshot holds: 1 TiB keeps the per-page bitmaps a file can make us allocate at 32 MiB. */
+#define PVM_SNAP_MAX_RAM (1ull << 40)
 #define PVM_SNAP_MAX_ALLOCS 4096u
 #define PVM_SNAP_MAX_REGIONS 4096u
 #define PVM_SNAP_MAX_STATE (1u << 20)     /* one vCPU's backend state */
