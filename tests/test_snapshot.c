@@ -414,6 +414,57 @@ START_TEST(shared_vm_restore_undoes_scribbles)
 }
 END_TEST
 
+START_TEST(prestarted_vms_handed_out)
+{
+    struct gvm g;
+    struct pvm_exit e = { 0 };
+    gvm_boot(&g, g_count_start, g_count_end);
+    run_hc(g.cpu, &e, 0, 1);
+    const uint64_t nonce = e.u.hypercall.args[0];
+    pvm_snapshot *snap;
+    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    const struct pvm_exit at = e;
+    /* A one-vCPU snapshot too, whose VMs share its pages. */
+    pvm_vm *one = shared_vm(snap);
+    pvm_snapshot *snap1;
+    ck_assert_int_eq(pvm_vm_snapshot(one, &snap1), 0);
+    pvm_vm_destroy(one);
+    const int fds0 = pvm_test_count_fds();
+
+    pvm_snapshot *both[2] = { snap, snap1 };
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(pvm_snapshot_prestart(both[k], 3) == 0, "%s", pvm_last_error());
+        ck_assert_uint_eq(both[k]->npool, 3);
+        pvm_vm *vms[4];
+        for (int i = 0; i < 4; i++) {
+            ck_assert_int_eq(pvm_vm_create_from_snapshot(&vms[i], both[k], NULL), 0);
+            ck_assert_uint_eq(both[k]->npool, i < 3 ? 2 - i : 0);
+        }
+        ck_assert_ptr_eq(vms[0]->cow, k ? snap1 : NULL);
+        for (int i = 0; i < 4; i++) {
+            struct pvm_exit ei = at;
+            expect_count(pvm_vm_vcpu(vms[i], 0), &ei, nonce, 2);
+            expect_count(pvm_vm_vcpu(vms[i], 0), &ei, nonce, 3);
+            pvm_vm_destroy(vms[i]);
+        }
+        /* Options given: never from the pool. */
+        ck_assert_int_eq(pvm_snapshot_prestart(both[k], 2), 0);
+        struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
+        o.backend = gvm_backend();
+        pvm_vm *vm;
+        ck_assert_int_eq(pvm_vm_create_from_snapshot(&vm, both[k], &o), 0);
+        ck_assert_uint_eq(both[k]->npool, 2);
+        pvm_vm_destroy(vm);
+    }
+    ck_assert_int_eq(pvm_snapshot_prestart(NULL, 1), PVM_EINVAL);
+    /* The two VMs still waiting in each go with the application's reference: nothing is left. */
+    pvm_snapshot_free(snap);   /* g.vm keeps it (and its memfd) alive */
+    pvm_snapshot_free(snap1);
+    ck_assert_int_eq(pvm_test_count_fds(), fds0 - 1); /* and snap1's own memfd is gone */
+    gvm_fini(&g);
+}
+END_TEST
+
 /* ---- files ------------------------------------------------------------------- */
 
 static uint32_t crc32c_ref(const uint8_t *p, size_t n)
@@ -727,6 +778,7 @@ int main(void)
     tcase_add_test(tc, vms_from_one_snapshot_isolated);
     tcase_add_test(tc, vms_share_snapshot_pages);
     tcase_add_test(tc, shared_vm_restore_undoes_scribbles);
+    tcase_add_test(tc, prestarted_vms_handed_out);
     tcase_add_test(tc, bad_files_refused);
     tcase_add_test(tc, fuzzed_files_refused_cleanly);
     tcase_add_test(tc, no_leak_over_10000_restores);

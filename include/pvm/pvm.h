@@ -631,6 +631,18 @@ PVM_EXPORT int pvm_vm_restore(pvm_vm *vm, const pvm_snapshot *snap);
 PVM_EXPORT int pvm_vm_create_from_snapshot(pvm_vm **out, const pvm_snapshot *snap,
                                            const struct pvm_vm_options *opts);
 /**
+ * Start @n VMs from @snap ahead of time (each with what its first run
+ * would start: on native, the stub process of each vCPU), so that
+ * pvm_vm_create_from_snapshot(&vm, @snap, NULL) hands one out at once
+ * instead of creating it; it creates as usual when none is left, or when
+ * it is given options.  The waiting VMs belong to the application's
+ * reference: pvm_snapshot_free() destroys those not taken.  At most 4096
+ * wait at a time.  Returns 0, or the first error (the VMs started before
+ * it stay): those of pvm_vm_create_from_snapshot(), PVM_ERANGE (4096 are
+ * waiting), PVM_ENOTSUP (the backend cannot).  Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_snapshot_prestart(pvm_snapshot *snap, unsigned n);
+/**
  * The vCPU of @vm with id @id, or NULL (no such vCPU).  For VMs created
  * from a snapshot.  Thread safety: any thread; the vCPU must not be
  * destroyed meanwhile.
@@ -663,7 +675,12 @@ PVM_EXPORT int pvm_snapshot_save(const pvm_snapshot *snap, const char *path);
  * Thread safety: any thread.
  */
 PVM_EXPORT int pvm_snapshot_load(pvm_snapshot **out, const char *path);
-/** Drop the application's reference to @snap (NULL ignored).  Any thread. */
+/**
+ * Drop the application's reference to @snap (NULL ignored), and destroy
+ * the VMs pvm_snapshot_prestart() started that nobody took.  VMs created
+ * from it keep it alive.  Any thread, but not concurrently with other
+ * calls on @snap.
+ */
 PVM_EXPORT void pvm_snapshot_free(pvm_snapshot *snap);
 
 #ifdef __cplusplus

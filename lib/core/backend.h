@@ -72,6 +72,8 @@ struct pvm_backend_ops {
      * copied): make vCPUs running guest code look at once (any thread).
      */
     void (*mem_changed)(pvm_vm *vm);
+    /* Start what the vCPU's first run would start (a stub), ahead of time (pvm_snapshot_prestart). */
+    int (*warm_vcpu)(pvm_vcpu *v);
     /* The exit the vCPU stopped at and awaits an answer for (reason NONE if none). */
     int (*pending_exit)(pvm_vcpu *v, struct pvm_exit *exit);
 };

@@ -27,6 +27,7 @@ struct pvm_snapshot *pvm__snap_new(void)
     if (s) {
         s->refs = 1;
         s->fd = -1;
+        pthread_mutex_init(&s->pool_lock, NULL);
     }
     return s;
 }
@@ -84,11 +85,25 @@ void pvm__snap_unref(struct pvm_snapshot *s)
     free(s->vcpus);
     free(s->allocs);
     free(s->regions);
+    free(s->pool);
+    pthread_mutex_destroy(&s->pool_lock);
     free(s);
 }
 
 void pvm_snapshot_free(pvm_snapshot *snap)
 {
+    if (!snap)
+        return;
+    /* Started VMs nobody took hold references too: they go with the application's. */
+    pthread_mutex_lock(&snap->pool_lock);
+    pvm_vm **pool = snap->pool;
+    unsigned n = snap->npool;
+    snap->pool = NULL;
+    snap->npool = snap->pool_cap = 0;
+    pthread_mutex_unlock(&snap->pool_lock);
+    for (unsigned i = 0; i < n; i++)
+        pvm_vm_destroy(pool[i]);
+    free(pool);
     pvm__snap_unref(snap);
 }
 
@@ -519,6 +534,8 @@ regions:
     return 0;
 }
 
+static int create_from(pvm_vm **out, struct pvm_snapshot *s, const struct pvm_vm_options *opts);
+
 int pvm_vm_create_from_snapshot(pvm_vm **out, const pvm_snapshot *snap, const struct pvm_vm_options *opts)
 {
     pvm__clear_error();
@@ -526,6 +543,70 @@ int pvm_vm_create_from_snapshot(pvm_vm **out, const pvm_snapshot *snap, const st
         return pvm__error(PVM_EINVAL, "pvm_vm_create_from_snapshot: NULL argument");
     *out = NULL;
     struct pvm_snapshot *s = (struct pvm_snapshot *)snap;
+    if (!opts) {
+        pvm_vm *vm = NULL;
+        pthread_mutex_lock(&s->pool_lock);
+        if (s->npool)
+            vm = s->pool[--s->npool];
+        pthread_mutex_unlock(&s->pool_lock);
+        if (vm) {
+            *out = vm;
+            return 0;
+        }
+    }
+    return create_from(out, s, opts);
+}
+
+/* Park @vm in @s's pool: 0, or PVM_ERANGE/PVM_ENOMEM (the caller keeps @vm). */
+static int pool_push(struct pvm_snapshot *s, pvm_vm *vm)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->pool_lock);
+    if (s->npool >= PVM_SNAP_MAX_POOL) {
+        rc = PVM_ERANGE;
+    } else if (s->npool == s->pool_cap) {
+        unsigned cap = s->pool_cap ? s->pool_cap * 2 : 16;
+        pvm_vm **np = realloc(s->pool, cap * sizeof(*np));
+        if (np) {
+            s->pool = np;
+            s->pool_cap = cap;
+        } else {
+            rc = PVM_ENOMEM;
+        }
+    }
+    if (rc == 0)
+        s->pool[s->npool++] = vm;
+    pthread_mutex_unlock(&s->pool_lock);
+    return rc;
+}
+
+int pvm_snapshot_prestart(pvm_snapshot *snap, unsigned n)
+{
+    pvm__clear_error();
+    if (!snap)
+        return pvm__error(PVM_EINVAL, "pvm_snapshot_prestart: NULL snapshot");
+    for (unsigned i = 0; i < n; i++) {
+        pvm_vm *vm;
+        int rc = create_from(&vm, snap, NULL);
+        if (rc < 0)
+            return rc;
+        for (uint32_t j = 0; j < snap->nr_vcpus && rc == 0; j++)
+            rc = vm->ops->warm_vcpu ? vm->ops->warm_vcpu(vm->vcpus[snap->vcpus[j].id])
+                                    : pvm__error(PVM_ENOTSUP, "pvm_snapshot_prestart: the %s backend cannot "
+                                                 "start vCPUs ahead of time", vm->ops->name);
+        if (rc == 0 && (rc = pool_push(snap, vm)) < 0)
+            rc = pvm__error(rc, "pvm_snapshot_prestart: %s", rc == PVM_ERANGE ? "4096 VMs are waiting already"
+                                                                               : "out of memory");
+        if (rc < 0) {
+            pvm_vm_destroy(vm);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int create_from(pvm_vm **out, struct pvm_snapshot *s, const struct pvm_vm_options *opts)
+{
     struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
     if (opts) {
         o = *opts;

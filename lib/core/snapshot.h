@@ -48,7 +48,13 @@ struct pvm_snapshot {
     struct pvm_snap_alloc *allocs;  /* sorted by off, disjoint, inside ram_size */
     struct pvm_snap_region *regions;/* sorted by gpa, disjoint, each inside one alloc */
     struct pvm_snap_vcpu *vcpus;    /* sorted by id */
+
+    /* VMs started ahead of time (pvm_snapshot_prestart), handed out by create; the app's reference owns them. */
+    pthread_mutex_t pool_lock;
+    pvm_vm **pool;
+    unsigned npool, pool_cap;
 };
+#define PVM_SNAP_MAX_POOL 4096u
 
 /* An empty snapshot with one reference, or NULL. */
 struct pvm_snapshot *pvm__snap_new(void);

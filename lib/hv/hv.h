@@ -204,6 +204,7 @@ int pvm_hv_snap_load_vcpu(pvm_vcpu *v, const void *blob, size_t len, bool apply)
 void pvm_hv_snap_flush(pvm_vm *vm, bool full);
 int pvm_hv_pending_exit(pvm_vcpu *v, struct pvm_exit *e);
 void pvm_hv_mem_changed(pvm_vm *vm);
+int pvm_hv_warm_vcpu(pvm_vcpu *v);
 /* Drop mappings of shared snapshot pages the VM copied since (vCPU thread, before guest code runs). */
 void pvm_hv_cow_flush(struct pvm_hv_vcpu *hv);
 void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
@@ -218,6 +219,7 @@ void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
     .set_cpuid = pvm_hv_set_cpuid, .translate = pvm_hv_translate, .linear_range = pvm_hv_linear_range, \
     .lower_half = pvm_hv_lower_half, .snap_format = PVM_HV_SNAP_FORMAT,                                 \
     .snap_save_vcpu = pvm_hv_snap_save_vcpu, .snap_load_vcpu = pvm_hv_snap_load_vcpu,                  \
-    .snap_flush = pvm_hv_snap_flush, .pending_exit = pvm_hv_pending_exit, .mem_changed = pvm_hv_mem_changed
+    .snap_flush = pvm_hv_snap_flush, .pending_exit = pvm_hv_pending_exit, .mem_changed = pvm_hv_mem_changed,  \
+    .warm_vcpu = pvm_hv_warm_vcpu
 
 #endif /* PVM_HV_H */

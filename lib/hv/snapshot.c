@@ -253,3 +253,20 @@ int pvm_hv_pending_exit(pvm_vcpu *v, struct pvm_exit *e)
     *e = c->exit;
     return 0;
 }
+
+int pvm_hv_warm_vcpu(pvm_vcpu *v)
+{
+    struct pvm_hv_vcpu *hv = pvm_hv_of(v);
+    char err[160];
+    /* The slot the first run will pick for this (CR3, mode): it finds the provider ready there. */
+    unsigned slot = pvm_shadow_activate(hv->shadow, hv->cpu.cr3, hv->cpu.mode == PVM_MODE_USER);
+    int rc = hv->p->activate(hv, slot, err, sizeof(err));
+    if (rc < 0)
+        return pvm__error(rc, "pvm_snapshot_prestart: %s: %s", hv->p->name, err);
+    /* The first instruction's page, as its fetch would map it: one fault less on the first run. */
+    pvm_hv_refresh_env(hv);
+    pvm__mem_enter(v->vm);
+    pvm_shadow_prefetch(hv->shadow, &hv->env, hv->cpu.rip, PVM_PFEC_I);
+    pvm__mem_leave(v->vm);
+    return 0;
+}
