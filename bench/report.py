@@ -145,6 +145,25 @@ def main():
     row("  creation time, first 50 VMs", "pvm.idle_vms_first_create_us")
     row("  creation time, last 50 VMs", "pvm.idle_vms_last_create_us")
 
+    # Snapshots (bench-snap).
+    row("snapshot (16 MiB RAM, 1 MiB data)", "snap.snapshot_16mib_1mib_data")
+    for k in (1, 16, 256):
+        key = "snap.restore_%d_dirty" % k
+        ok = None
+        if k == 16:
+            ok = p50(key) is not None and p50(key) <= 20e3
+        row("restore, %d page(s) written (Hyperlight ~0.09 ms)" % k, key, None, "", "<= 20 us" if k == 16 else "", ok)
+    c = p50("snap.create_from_snapshot_to_first_insn")
+    row("create from snapshot -> first instruction (Hyperlight ~0.6 ms)", "snap.create_from_snapshot_to_first_insn",
+        None, "", "<= 100 us", c is not None and c <= 100e3)
+    c = p50("snap.prestarted_create_to_first_insn")
+    row("  the same, VM started ahead (pvm_snapshot_prestart)", "snap.prestarted_create_to_first_insn",
+        None, "", "<= 100 us", c is not None and c <= 100e3)
+    tot = val("snap.vms_memavailable_drop_mib")
+    row("VMs from one snapshot: MemAvailable drop", "snap.vms_memavailable_drop_mib", None, "",
+        "< 1024 MiB for 1000", tot is not None and val("snap.vms_from_one_snapshot") == 1000 and tot < 1024)
+    row("  per VM (PSS + Shmem)", "snap.vm_pss_plus_shmem_kib_each")
+
     # Peers.
     def peer(label, key, prefix):
         if key in r:

@@ -198,6 +198,56 @@ START_TEST(gdb_demo)
 }
 END_TEST
 
+START_TEST(snapshot_loop)
+{
+    SKIP_IF_NO_BACKEND();
+    struct result r;
+    run(&r, (char *[]){ BIN "snapshot-loop", BIN "snap-server.elf", "100", "1000", "1000000", "10", NULL });
+    expect(&r,
+           "primes <= 100: 25 (requests served by this run: 1)\n"
+           "primes <= 1000: 168 (requests served by this run: 1)\n"
+           "primes <= 1000000: 78498 (requests served by this run: 1)\n"
+           "primes <= 10: 4 (requests served by this run: 1)\n", 0);
+}
+END_TEST
+
+/* pvm-run saves a snapshot at a host call; --restore answers that call again and runs on. */
+START_TEST(pvm_run_snapshot_restore)
+{
+    SKIP_IF_NO_BACKEND();
+    struct result r;
+    char dir[] = "/tmp/pvm-run-snap.XXXXXX", file[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(file, sizeof(file), "%s/hostcall.snap", dir);
+    run(&r, (char *[]){ PVM_RUN, "--snapshot-after-hostcall", "1", file, BIN "hostcall.elf", NULL });
+    expect(&r, "hostcall: host returned -38\n", 1);
+    ck_assert_msg(strstr(r.err, "snapshot after host call 1 saved to "), "stderr: %s", r.err);
+    for (int i = 0; i < 2; i++) {
+        run(&r, (char *[]){ PVM_RUN, "--restore", file, NULL });
+        expect(&r, "hostcall: host returned -38\n", 1);
+        ck_assert_str_eq(r.err, "");
+    }
+    /* Host call 2 is the guest's console write: the restored run prints that line again. */
+    run(&r, (char *[]){ PVM_RUN, "--snapshot-after-hostcall", "2", file, BIN "hostcall.elf", NULL });
+    expect(&r, "hostcall: host returned -38\n", 1);
+    run(&r, (char *[]){ PVM_RUN, "--restore", file, NULL });
+    expect(&r, "hostcall: host returned -38\n", 1);
+    /* A corrupt file: a clear error and status 125. */
+    FILE *f = fopen(file, "r+b");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 200, SEEK_SET);
+    fputc(0x5a, f);
+    fclose(f);
+    run(&r, (char *[]){ PVM_RUN, "--restore", file, NULL });
+    expect(&r, "", 125);
+    ck_assert_msg(strstr(r.err, "checksum mismatch"), "stderr: %s", r.err);
+    run(&r, (char *[]){ PVM_RUN, "--snapshot-after-hostcall", "1", NULL });
+    ck_assert_int_eq(r.status, 2);
+    unlink(file);
+    rmdir(dir);
+}
+END_TEST
+
 START_TEST(triple_fault)
 {
     SKIP_IF_NO_BACKEND();
@@ -321,6 +371,8 @@ int main(void)
     tcase_add_test(t, run_missing_file);
     tcase_add_test(t, run_bad_elf);
     tcase_add_test(t, run_usage);
+    tcase_add_test(t, snapshot_loop);
+    tcase_add_test(t, pvm_run_snapshot_restore);
     suite_add_tcase(s, t);
     int rc = pvm_test_run_suite(s);
     if (rc == 0 && skip_reason[0]) {

@@ -340,7 +340,7 @@ static enum pvm_walk_status walk(struct ram *r, uint64_t root, uint64_t gva, uin
                                  struct pvm_walk_result *res)
 {
     struct pvm_walk_env env = { r, pte_ptr, PVM_LA_RANGE_MAKE(0x1b2, 0x1d2, 0x1ff, 0x1ff), true,
-                                PVM_PTE_ADDR };
+                                PVM_PTE_ADDR, NULL };
     return pvm_mmu_walk(&env, root, gva, access, false, res);
 }
 

@@ -4,7 +4,10 @@
  *   pvm-run [options] guest.elf [guest args...]
  *
  * One host thread per vCPU, the guest console on stdout, and the guest's
- * exit status (PVM_HOSTCALL_EXIT) as pvm-run's own.  Launcher failures exit
+ * exit status (PVM_HOSTCALL_EXIT) as pvm-run's own.  With
+ * --snapshot-after-hostcall N FILE it saves a snapshot of the VM when the
+ * guest makes its Nth host call; --restore FILE runs on from such a file
+ * (answering the host call the snapshot stopped at) instead of booting.  Launcher failures exit
  * with 125, a guest that crashes (triple fault, backend error, halt without
  * an exit status) with 124, bad usage with 2.  With --gdb it first waits for
  * one gdb connection and lets pvm_gdb_serve() run the guest.
@@ -45,6 +48,9 @@ struct opts {
     bool trace, stats;
     const char *core_dir;     /* --core-on-crash */
     const char *gdb;          /* --gdb [HOST]:PORT */
+    uint64_t snap_after;      /* --snapshot-after-hostcall N FILE: 0 = off */
+    const char *snap_file;
+    const char *restore;      /* --restore FILE */
 };
 
 struct runner {
@@ -56,6 +62,8 @@ struct runner {
     int status;               /* guest exit status, or EXIT_CRASH */
     bool have_status;
     uint64_t exits[NR_REASONS];
+    uint64_t hostcalls;       /* vCPU 0's, for --snapshot-after-hostcall */
+    struct sockaddr_in gdb_addr;  /* --gdb, parsed */
 };
 
 static const char *prog = "pvm-run";
@@ -64,7 +72,9 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "Usage: %s [options] guest.elf [guest args...]\n"
-        "Run a libpvm guest (an ELF built with the libpvm guest SDK).\n"
+        "       %s [options] --restore FILE\n"
+        "Run a libpvm guest (an ELF built with the libpvm guest SDK), or continue one\n"
+        "from a snapshot file.\n"
         "\n"
         "Options:\n"
         "  -b, --backend=NAME   backend: auto (default), native or kvm; the environment\n"
@@ -82,13 +92,20 @@ static void usage(FILE *f)
         "                       control the guest: gdb guest.elf -ex 'target remote HOST:PORT'.\n"
         "                       If gdb detaches, the guest runs on; if it kills the guest or\n"
         "                       disconnects, pvm-run exits with %d\n"
+        "      --snapshot-after-hostcall N FILE\n"
+        "                       when the guest makes its Nth host call (counting from 1,\n"
+        "                       console writes included), save a snapshot of the VM to FILE,\n"
+        "                       then go on; needs --vcpus 1\n"
+        "      --restore FILE   instead of booting an ELF, create the VM from the snapshot\n"
+        "                       FILE and run on from where it was taken (the pending host\n"
+        "                       call is answered first); --mem and --vcpus do not apply\n"
         "  -h, --help           show this help and exit\n"
         "  -V, --version        show the pvm-run and libpvm versions and exit\n"
         "\n"
         "The guest's console goes to stdout; the guest args become its command line.\n"
         "Exit status: the guest's exit status; %d if the guest crashed (triple fault,\n"
         "backend error, halt without exit), %d if it could not be started, %d for bad usage.\n",
-        prog, PVM_MAX_VCPUS, EXIT_CRASH, EXIT_CRASH, EXIT_LAUNCH, EXIT_USAGE);
+        prog, prog, PVM_MAX_VCPUS, EXIT_CRASH, EXIT_CRASH, EXIT_LAUNCH, EXIT_USAGE);
 }
 
 static void die_usage(const char *fmt, ...)
@@ -402,12 +419,32 @@ struct vcpu_arg {
     pvm_vcpu *vcpu;
 };
 
+/* --snapshot-after-hostcall: vCPU 0 is the only one, stopped at its Nth host call. */
+static void maybe_snapshot(struct runner *r, pvm_vcpu *vcpu, const struct pvm_exit *e)
+{
+    if (!r->o.snap_after || pvm_vcpu_id(vcpu) != 0 || e->reason != PVM_EXIT_HYPERCALL ||
+        (e->u.hypercall.nr >> 32) != (PVM_HOSTCALL(0) >> 32) || ++r->hostcalls != r->o.snap_after)
+        return;
+    pvm_snapshot *snap;
+    if (pvm_vm_snapshot(r->vm, &snap) < 0 || pvm_snapshot_save(snap, r->o.snap_file) < 0) {
+        msg(r, "snapshot: %s", pvm_last_error());
+        finish(r, EXIT_LAUNCH);
+        return;
+    }
+    pvm_snapshot_free(snap);
+    msg(r, "snapshot after host call %" PRIu64 " saved to %s", r->o.snap_after, r->o.snap_file);
+}
+
 static void *vcpu_thread(void *p)
 {
     struct vcpu_arg *a = p;
     struct runner *r = a->r;
     struct pvm_exit e;
     memset(&e, 0, sizeof(e));
+    /* Restored: first answer the exit the snapshot stopped at. */
+    if (r->o.restore && pvm_vcpu_pending_exit(a->vcpu, &e) == 0 && e.reason != PVM_EXIT_NONE &&
+        !handle_exit(r, a->vcpu, &e))
+        return NULL;
     while (!atomic_load(&r->stop)) {
         int rc = pvm_vcpu_run(a->vcpu, &e);
         if (rc < 0) {
@@ -422,6 +459,7 @@ static void *vcpu_thread(void *p)
         }
         if (r->o.trace)
             trace_exit(r, pvm_vcpu_id(a->vcpu), &e);
+        maybe_snapshot(r, a->vcpu, &e);
         if (!handle_exit(r, a->vcpu, &e))
             break;
     }
@@ -469,6 +507,104 @@ static char *join_args(int argc, char **argv)
     return s;
 }
 
+/* Run every vCPU of r->vm on its own thread until the guest is done; destroys the VM. */
+static int run_vm(struct runner *r)
+{
+    struct vcpu_arg *args = calloc(r->o.vcpus, sizeof(*args));
+    pthread_t *threads = calloc(r->o.vcpus, sizeof(*threads));
+    if (!args || !threads) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return EXIT_LAUNCH;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* The timer first: with --gdb its ticks reach the guest while gdb runs it too. */
+    pthread_t timer;
+    bool have_timer = r->o.timer_hz && pthread_create(&timer, NULL, timer_thread, r) == 0;
+    unsigned started = 0;
+    bool run = !r->o.gdb || serve_gdb(r, &r->gdb_addr);
+    for (; run && started < r->o.vcpus; started++) {
+        args[started] = (struct vcpu_arg){ r, r->vcpus[started] };
+        if (pthread_create(&threads[started], NULL, vcpu_thread, &args[started]) != 0) {
+            msg(r, "cannot start a thread for vCPU %u", started);
+            finish(r, EXIT_LAUNCH);
+            break;
+        }
+    }
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    if (!r->have_status) {
+        msg(r, "every vCPU stopped without an exit status");
+        finish(r, EXIT_CRASH);
+    }
+    atomic_store(&r->stop, true);
+    if (have_timer)
+        pthread_join(timer, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+
+    if (r->o.stats) {
+        double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        uint64_t total = 0;
+        fprintf(stderr, "%s: stats: run time %.6f s, backend %s, %u vCPU(s)\n", prog, secs,
+                pvm_backend_name(pvm_vm_backend(r->vm)), r->o.vcpus);
+        for (int i = 1; i < NR_REASONS; i++) {
+            total += r->exits[i];
+            if (r->exits[i])
+                fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, reason_names[i], r->exits[i]);
+        }
+        fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, "total exits", total);
+    }
+    if (r->o.core_dir && r->status == EXIT_CRASH) {
+        char core[4096];
+        snprintf(core, sizeof(core), "%s/pvm-core.%d", r->o.core_dir, (int)getpid());
+        if (pvm_vm_write_core(r->vm, core) == 0)
+            fprintf(stderr, "%s: core written to %s\n", prog, core);
+        else
+            fprintf(stderr, "%s: no core written: %s\n", prog, pvm_last_error());
+    }
+    pvm_vm_destroy(r->vm);
+    free(r->vcpus);
+    free(args);
+    free(threads);
+    fflush(stdout);
+    return r->status;
+}
+
+/* --restore FILE: the VM and its vCPUs come from the snapshot. */
+static int run_restored(struct runner *r, bool backend_given)
+{
+    pvm_snapshot *snap;
+    if (pvm_snapshot_load(&snap, r->o.restore) < 0) {
+        fprintf(stderr, "%s: %s\n", prog, pvm_last_error());
+        return EXIT_LAUNCH;
+    }
+    struct pvm_vm_options vo = PVM_VM_OPTIONS_INIT;
+    vo.backend = r->o.backend;
+    int rc = pvm_vm_create_from_snapshot(&r->vm, snap, backend_given ? &vo : NULL);
+    pvm_snapshot_free(snap);
+    if (rc < 0) {
+        fprintf(stderr, "%s: cannot create a VM from %s: %s\n", prog, r->o.restore, pvm_last_error());
+        return EXIT_LAUNCH;
+    }
+    r->vcpus = calloc(PVM_MAX_VCPUS, sizeof(*r->vcpus));
+    if (!r->vcpus) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        pvm_vm_destroy(r->vm);
+        return EXIT_LAUNCH;
+    }
+    r->o.vcpus = 0;
+    for (uint32_t id = 0; id < PVM_MAX_VCPUS; id++)
+        if (pvm_vm_vcpu(r->vm, id))
+            r->vcpus[r->o.vcpus++] = pvm_vm_vcpu(r->vm, id);
+    if (r->o.vcpus == 0) {
+        fprintf(stderr, "%s: %s has no vCPUs\n", prog, r->o.restore);
+        pvm_vm_destroy(r->vm);
+        free(r->vcpus);
+        return EXIT_LAUNCH;
+    }
+    return run_vm(r);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -480,14 +616,16 @@ int main(int argc, char **argv)
         { "stats", no_argument, NULL, 'S' },
         { "core-on-crash", required_argument, NULL, 'C' },
         { "gdb", required_argument, NULL, 'G' },
+        { "snapshot-after-hostcall", required_argument, NULL, 'N' },
+        { "restore", required_argument, NULL, 'R' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
     struct runner r;
     memset(&r, 0, sizeof(r));
-    r.o = (struct opts){ PVM_BACKEND_AUTO, 64ull << 20, 1, 0, false, false, NULL, NULL };
-    struct sockaddr_in gdb_addr;
+    r.o = (struct opts){ .backend = PVM_BACKEND_AUTO, .mem = 64ull << 20, .vcpus = 1 };
+    bool backend_given = false;
     pthread_mutex_init(&r.lock, NULL);
 
     int c;
@@ -497,6 +635,7 @@ int main(int argc, char **argv)
         case 'b':
             if (pvm_backend_from_name(optarg, &r.o.backend) < 0)
                 die_usage("unknown backend '%s' (auto, native or kvm)", optarg);
+            backend_given = true;
             break;
         case 'm':
             if (!parse_size(optarg, &r.o.mem) || r.o.mem == 0 || (r.o.mem & 4095))
@@ -514,10 +653,22 @@ int main(int argc, char **argv)
         case 'S': r.o.stats = true; break;
         case 'C': r.o.core_dir = optarg; break;
         case 'G':
-            if (!parse_hostport(optarg, &gdb_addr))
+            if (!parse_hostport(optarg, &r.gdb_addr))
                 die_usage("--gdb '%s' is not [HOST]:PORT (HOST an IPv4 address, PORT 0..65535)", optarg);
             r.o.gdb = optarg;
             break;
+        case 'N': {
+            unsigned n;
+            /* Two arguments: N here, FILE the next word. */
+            if (!parse_uint(optarg, UINT32_MAX > 1000000000u ? 1000000000u : UINT32_MAX, &n) || n == 0)
+                die_usage("--snapshot-after-hostcall '%s' is not a number in 1..1000000000", optarg);
+            if (optind >= argc)
+                die_usage("--snapshot-after-hostcall needs N and FILE");
+            r.o.snap_after = n;
+            r.o.snap_file = argv[optind++];
+            break;
+        }
+        case 'R': r.o.restore = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V':
             printf("pvm-run %d.%d.%d (libpvm %s, PVM ABI generation A)\n", PVM_VERSION_MAJOR,
@@ -527,6 +678,13 @@ int main(int argc, char **argv)
             fprintf(stderr, "(try %s --help)\n", prog);
             return EXIT_USAGE;
         }
+    }
+    if (r.o.snap_after && r.o.vcpus != 1)
+        die_usage("--snapshot-after-hostcall needs --vcpus 1");
+    if (r.o.restore) {
+        if (optind < argc)
+            die_usage("--restore takes no guest ELF");
+        return run_restored(&r, backend_given);
     }
     if (optind >= argc)
         die_usage("no guest ELF given");
@@ -560,9 +718,7 @@ int main(int argc, char **argv)
         return EXIT_LAUNCH;
     }
     r.vcpus = calloc(r.o.vcpus, sizeof(*r.vcpus));
-    struct vcpu_arg *args = calloc(r.o.vcpus, sizeof(*args));
-    pthread_t *threads = calloc(r.o.vcpus, sizeof(*threads));
-    if (!r.vcpus || !args || !threads) {
+    if (!r.vcpus) {
         fprintf(stderr, "%s: out of memory\n", prog);
         return EXIT_LAUNCH;
     }
@@ -576,56 +732,5 @@ int main(int argc, char **argv)
         }
     }
 
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    /* The timer first: with --gdb its ticks reach the guest while gdb runs it too. */
-    pthread_t timer;
-    bool have_timer = r.o.timer_hz && pthread_create(&timer, NULL, timer_thread, &r) == 0;
-    unsigned started = 0;
-    bool run = !r.o.gdb || serve_gdb(&r, &gdb_addr);
-    for (; run && started < r.o.vcpus; started++) {
-        args[started] = (struct vcpu_arg){ &r, r.vcpus[started] };
-        if (pthread_create(&threads[started], NULL, vcpu_thread, &args[started]) != 0) {
-            msg(&r, "cannot start a thread for vCPU %u", started);
-            finish(&r, EXIT_LAUNCH);
-            break;
-        }
-    }
-    for (unsigned i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
-    if (!r.have_status) {
-        msg(&r, "every vCPU stopped without an exit status");
-        finish(&r, EXIT_CRASH);
-    }
-    atomic_store(&r.stop, true);
-    if (have_timer)
-        pthread_join(timer, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-
-    if (r.o.stats) {
-        double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-        uint64_t total = 0;
-        fprintf(stderr, "%s: stats: run time %.6f s, backend %s, %u vCPU(s)\n", prog, secs,
-                pvm_backend_name(pvm_vm_backend(r.vm)), r.o.vcpus);
-        for (int i = 1; i < NR_REASONS; i++) {
-            total += r.exits[i];
-            if (r.exits[i])
-                fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, reason_names[i], r.exits[i]);
-        }
-        fprintf(stderr, "%s: stats:   %-15s %" PRIu64 "\n", prog, "total exits", total);
-    }
-    if (r.o.core_dir && r.status == EXIT_CRASH) {
-        char core[4096];
-        snprintf(core, sizeof(core), "%s/pvm-core.%d", r.o.core_dir, (int)getpid());
-        if (pvm_vm_write_core(r.vm, core) == 0)
-            fprintf(stderr, "%s: core written to %s\n", prog, core);
-        else
-            fprintf(stderr, "%s: no core written: %s\n", prog, pvm_last_error());
-    }
-    pvm_vm_destroy(r.vm);
-    free(r.vcpus);
-    free(args);
-    free(threads);
-    fflush(stdout);
-    return r.status;
+    return run_vm(&r);
 }

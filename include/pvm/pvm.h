@@ -79,7 +79,8 @@ PVM_EXPORT const char *pvm_version_string(void);
     X(EVERSION, -1001, "unsupported option-struct version")                   \
     X(EBADELF, -1002, "invalid or unsupported ELF file")                      \
     X(ESTATE, -1003, "object is in the wrong state for this call")            \
-    X(EINTERNAL, -1004, "internal error")
+    X(EINTERNAL, -1004, "internal error")                                    \
+    X(EBADSNAP, -1005, "invalid, corrupt or truncated snapshot file")
 
 /** Error codes returned (negated) by libpvm functions. */
 enum pvm_error {
@@ -697,6 +698,129 @@ enum pvm_gdb_end {
  */
 PVM_EXPORT int pvm_gdb_serve(pvm_vm *vm, int fd, const struct pvm_gdb_options *opts, enum pvm_gdb_end *end,
                              int *status);
+
+/* ---- snapshots -------------------------------------------------------- */
+
+/**
+ * A snapshot of a VM (opaque): its guest RAM, memory layout (allocations
+ * and regions), and every vCPU's complete state: registers, segment and
+ * control state, all MSRs the model keeps (the PVM MSRs of the PVCS
+ * protocol included), the CPUID table, pending exceptions, NMIs and
+ * interrupts (queued injections too), an incomplete exit awaiting its
+ * answer, and the FPU/SSE/AVX state.  Not included: the host-call handler,
+ * the ELF symbols and boot layout of pvm_vm_load_elf() (a VM created from a
+ * snapshot has none: pvm_vcpu_setup_call() gives PVM_ESTATE there), and
+ * memory the application maps from outside pvm_vm_alloc_memory().
+ * A snapshot is immutable and reference counted: VMs created from it or
+ * restored to it keep it alive after pvm_snapshot_free().
+ */
+typedef struct pvm_snapshot pvm_snapshot;
+
+/**
+ * Take a snapshot of @vm into *@out (free with pvm_snapshot_free()).  The VM
+ * must be quiescent: no vCPU inside pvm_vcpu_run() (PVM_EBUSY otherwise,
+ * and nothing is taken); the caller must not start one until this returns.
+ * A vCPU stopped at an exit the application has not answered (a host call,
+ * port input, an MMIO read) is saved with it: after a restore, answer it by
+ * passing the same exit to pvm_vcpu_run().  From now on @vm records the
+ * guest pages written (the first guest write to each page faults once), so
+ * that pvm_vm_restore() to this snapshot copies back only those.
+ * Writes the application makes through host pointers it held before (from
+ * pvm_vm_alloc_memory() or pvm_load_info.ram) are not seen: write guest
+ * memory through pvm_vcpu_write_guest() or a pointer from
+ * pvm_vm_gpa_to_host(), which counts its whole range as written.
+ * Errors: PVM_EINVAL, PVM_EBUSY, PVM_ENOTSUP (the backend cannot: kvm today;
+ * or a region not from pvm_vm_alloc_memory()), PVM_ESTATE (a vCPU stopped
+ * for good: SHUTDOWN or INTERNAL_ERROR), PVM_ERANGE (more than 1 TiB of
+ * guest RAM, 4096 allocations or 4096 regions), PVM_ENOMEM.
+ * Thread safety: no vCPU of @vm may run; not concurrent with other calls on @vm.
+ */
+PVM_EXPORT int pvm_vm_snapshot(pvm_vm *vm, pvm_snapshot **out);
+/**
+ * Put @vm back into the state of @snap: RAM, every vCPU's state.  @vm must
+ * have the snapshot's layout (the VM it was taken from, or one created from
+ * it: same allocations, regions and vCPU ids; PVM_ESTATE otherwise) and be
+ * quiescent (PVM_EBUSY).  Restoring the snapshot the VM last took or was
+ * last restored to costs O(pages written since), not O(guest RAM); another
+ * snapshot costs a full copy.  Events queued with pvm_vcpu_inject() and
+ * kicks not yet delivered are replaced by the snapshot's; the host-call
+ * handler and what pvm_vm_load_elf() recorded stay the VM's.  A restore that
+ * fails changes nothing.
+ * Errors: PVM_EINVAL, PVM_EBUSY, PVM_ESTATE, PVM_ENOTSUP (a snapshot of
+ * another backend's state format), PVM_EBADSNAP (vCPU state that fails its
+ * checks), PVM_ENOMEM.
+ * Thread safety: no vCPU of @vm may run; not concurrent with other calls on
+ * @vm.  @snap may be used by other threads concurrently (it is immutable).
+ */
+PVM_EXPORT int pvm_vm_restore(pvm_vm *vm, const pvm_snapshot *snap);
+/**
+ * Create a VM in the state of @snap, with its vCPUs (find them with
+ * pvm_vm_vcpu()).  @opts NULL: the snapshot's backend, max_vcpus and
+ * max_memory.  Guest RAM: with max_vcpus 1 on a backend that can (native),
+ * the VM shares the snapshot's pages copy-on-write: a page costs memory
+ * only once the VM (guest or library) first writes it, and the snapshot's
+ * pages themselves are sealed against writes; a VM that shares restores
+ * only @snap or a snapshot it took itself (PVM_ENOTSUP otherwise).  Other
+ * VMs get a copy of the snapshot's non-zero pages.  Errors: those of
+ * pvm_vm_create(), PVM_ENOTSUP (the backend's state format differs),
+ * PVM_ERANGE (RAM or vCPU ids beyond the options), PVM_EBADSNAP.  Nothing
+ * is left behind on failure.
+ * Thread safety: any thread; @snap may be shared.
+ */
+PVM_EXPORT int pvm_vm_create_from_snapshot(pvm_vm **out, const pvm_snapshot *snap,
+                                           const struct pvm_vm_options *opts);
+/**
+ * Start @n VMs from @snap ahead of time (each with what its first run
+ * would start: on native, the stub process of each vCPU), so that
+ * pvm_vm_create_from_snapshot(&vm, @snap, NULL) hands one out at once
+ * instead of creating it; it creates as usual when none is left, or when
+ * it is given options.  The waiting VMs belong to the application's
+ * reference: pvm_snapshot_free() destroys those not taken.  At most 4096
+ * wait at a time.  Returns 0, or the first error (the VMs started before
+ * it stay): those of pvm_vm_create_from_snapshot(), PVM_ERANGE (4096 are
+ * waiting), PVM_ENOTSUP (the backend cannot).  Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_snapshot_prestart(pvm_snapshot *snap, unsigned n);
+/**
+ * The vCPU of @vm with id @id, or NULL (no such vCPU).  For VMs created
+ * from a snapshot.  Thread safety: any thread; the vCPU must not be
+ * destroyed meanwhile.
+ */
+PVM_EXPORT pvm_vcpu *pvm_vm_vcpu(pvm_vm *vm, uint32_t id);
+/**
+ * The exit @vcpu stopped at and still awaits an answer for (a host call,
+ * port input or an MMIO read: the next pvm_vcpu_run() completes it with
+ * the struct it is given), or reason PVM_EXIT_NONE if none.  For a VM
+ * created from a snapshot file, whose application never saw that exit.
+ * Errors: PVM_EINVAL, PVM_EBUSY (running), PVM_ENOTSUP.  Thread safety: as
+ * the state accessors.
+ */
+PVM_EXPORT int pvm_vcpu_pending_exit(pvm_vcpu *vcpu, struct pvm_exit *exit);
+/**
+ * Write @snap to the file @path (mode 0600; written to a temporary file and
+ * renamed, so @path is either the old file or the complete new one).  The
+ * format is versioned and CRC32C-checksummed (docs/design.md "Snapshot
+ * files"); zero pages are not stored.  Errors: PVM_EINVAL, PVM_EIO.
+ * Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_snapshot_save(const pvm_snapshot *snap, const char *path);
+/**
+ * Read a snapshot file into *@out.  The file is untrusted: every size and
+ * field is checked, and a file that fails any check gives an error and no
+ * snapshot.  Errors: PVM_ENOENT/PVM_EIO (the file), PVM_EBADSNAP (not a
+ * snapshot, corrupt: checksum, truncated, or a field out of range; the
+ * message says which), PVM_EVERSION (another format version), PVM_ENOMEM.
+ * vCPU state is checked again by the backend at restore or create.
+ * Thread safety: any thread.
+ */
+PVM_EXPORT int pvm_snapshot_load(pvm_snapshot **out, const char *path);
+/**
+ * Drop the application's reference to @snap (NULL ignored), and destroy
+ * the VMs pvm_snapshot_prestart() started that nobody took.  VMs created
+ * from it keep it alive.  Any thread, but not concurrently with other
+ * calls on @snap.
+ */
+PVM_EXPORT void pvm_snapshot_free(pvm_snapshot *snap);
 
 #ifdef __cplusplus
 }

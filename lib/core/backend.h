@@ -14,6 +14,8 @@
 
 /* Capabilities. */
 #define PVM_CAP_ANY_HOST_MEMORY (1u << 0) /* regions may use any host memory, not only the arena */
+/* VMs created from a snapshot may share its pages (cow.c): the provider maps PVM_HV_PROT_SNAPSHOT pages. */
+#define PVM_CAP_SHARED_SNAPSHOT (1u << 1)
 
 struct pvm_cpu_provider;
 
@@ -52,6 +54,30 @@ struct pvm_backend_ops {
     /* pvm_vcpu_set_guest_debug: @dbg already checked, all-zero means off. */
     int (*set_guest_debug)(pvm_vcpu *vcpu, const struct pvm_guest_debug *dbg);
     void (*lower_half)(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
+
+    /*
+     * Snapshots (snapshot.c); all three or none (PVM_ENOTSUP).  Called only
+     * while no vCPU runs.  snap_format names the vCPU state layout: a
+     * snapshot restores only into a backend with the same one.
+     * snap_save_vcpu: the vCPU's whole state as a malloc'd blob.
+     * snap_load_vcpu: check @blob (untrusted: from a file) and, if @apply,
+     * make it the vCPU's state; a blob that fails the check changes nothing.
+     * snap_flush: guest memory was copied or restored behind the shadow
+     * MMUs: drop every writable mapping (@full: every mapping).
+     */
+    const char *snap_format;
+    int (*snap_save_vcpu)(pvm_vcpu *v, void **blob, size_t *len);
+    int (*snap_load_vcpu)(pvm_vcpu *v, const void *blob, size_t len, bool apply);
+    void (*snap_flush)(pvm_vm *vm, bool full);
+    /*
+     * Guest RAM changed behind the shadow MMUs (a shared snapshot page was
+     * copied): make vCPUs running guest code look at once (any thread).
+     */
+    void (*mem_changed)(pvm_vm *vm);
+    /* Start what the vCPU's first run would start (a stub), ahead of time (pvm_snapshot_prestart). */
+    int (*warm_vcpu)(pvm_vcpu *v);
+    /* The exit the vCPU stopped at and awaits an answer for (reason NONE if none). */
+    int (*pending_exit)(pvm_vcpu *v, struct pvm_exit *exit);
 };
 
 /* Registry (registry.c). */

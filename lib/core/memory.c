@@ -245,6 +245,9 @@ void *pvm_vm_gpa_to_host(pvm_vm *vm, pvm_gpa_t gpa, size_t size)
         return NULL;
     }
     void *p = pvm__gpa_lookup(vm, gpa, size ? size : 1, NULL);
+    /* The caller may write through it: after a snapshot the range counts as written. */
+    if (p && !pvm__dirty_mark_gpa(vm, gpa, size ? size : 1))
+        return NULL;
     if (!p)
         pvm__error(PVM_EFAULT, "pvm_vm_gpa_to_host: gpa 0x%llx size 0x%zx is not inside one memory region",
                    (unsigned long long)gpa, size);

@@ -65,6 +65,16 @@ void pvm_vcpu_destroy(pvm_vcpu *v)
     free(v);
 }
 
+pvm_vcpu *pvm_vm_vcpu(pvm_vm *vm, uint32_t id)
+{
+    if (!vm || id >= vm->opts.max_vcpus)
+        return NULL;
+    pthread_mutex_lock(&vm->lock);
+    pvm_vcpu *v = vm->vcpus[id] && vm->vcpus[id]->ready ? vm->vcpus[id] : NULL;
+    pthread_mutex_unlock(&vm->lock);
+    return v;
+}
+
 uint32_t pvm_vcpu_id(const pvm_vcpu *v)
 {
     return v ? v->id : 0;
@@ -91,6 +101,18 @@ int pvm_vcpu_set_regs(pvm_vcpu *v, const struct pvm_regs *r) { STATE_CALL(pvm_vc
 int pvm_vcpu_get_sregs(pvm_vcpu *v, struct pvm_sregs *s) { STATE_CALL(pvm_vcpu_get_sregs, v, s, get_sregs(v, s)); }
 int pvm_vcpu_set_sregs(pvm_vcpu *v, const struct pvm_sregs *s) { STATE_CALL(pvm_vcpu_set_sregs, v, s, set_sregs(v, s)); }
 int pvm_vcpu_get_msr(pvm_vcpu *v, uint32_t i, uint64_t *val) { STATE_CALL(pvm_vcpu_get_msr, v, val, get_msr(v, i, val)); }
+
+int pvm_vcpu_pending_exit(pvm_vcpu *v, struct pvm_exit *exit)
+{
+    pvm__clear_error();
+    if (!v || !exit)
+        return pvm__error(PVM_EINVAL, "pvm_vcpu_pending_exit: NULL argument");
+    if (__atomic_load_n(&v->running, __ATOMIC_ACQUIRE))
+        return pvm__error(PVM_EBUSY, "pvm_vcpu_pending_exit: vCPU %u is running", v->id);
+    if (!v->vm->ops->pending_exit)
+        return pvm__error(PVM_ENOTSUP, "pvm_vcpu_pending_exit: not supported by the %s backend", v->vm->ops->name);
+    return v->vm->ops->pending_exit(v, exit);
+}
 
 int pvm_vcpu_set_msr(pvm_vcpu *v, uint32_t index, uint64_t value)
 {
@@ -220,8 +242,13 @@ static int guest_access(pvm_vcpu *v, uint64_t gva, void *buf, size_t len, bool w
                                 (unsigned long long)a, (unsigned long long)gpa);
                 break;
             }
-            if (pass == 1 && write)
+            if (pass == 1 && write) {
+                if (!pvm__dirty_mark_gpa(v->vm, gpa, chunk)) {
+                    rc = pvm__error(PVM_ENOMEM, "%s: %s", fn, pvm_last_error());
+                    break;
+                }
                 memcpy(h, b + done, chunk);
+            }
             else if (pass == 1)
                 memcpy(b + done, h, chunk);
             done += chunk;

@@ -111,6 +111,8 @@ void pvm_vm_destroy(pvm_vm *vm)
     if (vm->loader_free)
         vm->loader_free(vm->loader);
     pvm__memory_fini(vm);
+    pvm__dirty_fini(vm);
+    pvm__cow_fini(vm);
     free(vm->vcpus);
     pthread_rwlock_destroy(&vm->regions_lock);
     pthread_rwlock_destroy(&vm->mem_users);

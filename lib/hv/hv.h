@@ -67,7 +67,11 @@ struct pvm_cpu_provider {
     void (*vcpu_fini)(struct pvm_hv_vcpu *hv);  /* also after a failed vcpu_init */
     /* Make @slot runnable (the one about to run); 0 or PVM_E* with a reason in err. */
     int (*activate)(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen);
-    /* Map [gva, gva+len) of @slot to guest RAM at @gpa (in region *r) with PVM_PROT_*. */
+    /*
+     * Map [gva, gva+len) of @slot to guest RAM at @gpa (in region *r) with
+     * PVM_PROT_*; with PVM_HV_PROT_SNAPSHOT (never with PVM_PROT_WRITE) from
+     * the VM's shared snapshot memfd (pvm__cow_fd) at the same offsets.
+     */
     int (*map)(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa,
                const struct pvm_region *r, unsigned prot);
     int (*unmap)(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len);
@@ -105,7 +109,23 @@ struct pvm_cpu_provider {
      * Under hv->inbox_lock; any thread.
      */
     bool (*post_irq)(struct pvm_hv_vcpu *hv, unsigned vector);
+
+    /*
+     * Optional (snapshots; without them the core answers PVM_ENOTSUP): the
+     * guest's FPU/SSE/AVX image, while the vCPU is stopped.  get_fpu: *len
+     * is the buffer size in, the image size out (0: no state yet: the vCPU
+     * never ran); PVM_ERANGE if the buffer is too small.  set_fpu: the image
+     * for the next run (checked there against the host's: a mismatch loses
+     * the vCPU with a reason); check_fpu: could this host take @len bytes
+     * (0, or PVM_ENOTSUP with a reason)?
+     */
+    int (*get_fpu)(struct pvm_hv_vcpu *hv, void *buf, size_t *len);
+    int (*set_fpu)(struct pvm_hv_vcpu *hv, const void *buf, size_t len);
+    int (*check_fpu)(struct pvm_hv_vcpu *hv, size_t len);
 };
+
+/* Provider map flag: the pages come from the VM's shared snapshot (backend cap PVM_CAP_SHARED_SNAPSHOT). */
+#define PVM_HV_PROT_SNAPSHOT 0x100u
 
 #define PVM_HV_INBOX_MAX 64
 /* Mapped guest-virtual space allowed per address space beyond twice the RAM (vcpu.c sh_map_budget). */
@@ -196,6 +216,16 @@ int pvm_hv_set_cpuid(pvm_vcpu *v, const struct pvm_cpuid_entry *e, size_t n);
 int pvm_hv_translate(pvm_vcpu *v, uint64_t gva, uint64_t *gpa);
 int pvm_hv_set_guest_debug(pvm_vcpu *v, const struct pvm_guest_debug *dbg);
 uint64_t pvm_hv_linear_range(const pvm_vm *vm);
+/* Snapshots (snapshot.c). */
+#define PVM_HV_SNAP_FORMAT "pvm-hv/1"
+int pvm_hv_snap_save_vcpu(pvm_vcpu *v, void **blob, size_t *len);
+int pvm_hv_snap_load_vcpu(pvm_vcpu *v, const void *blob, size_t len, bool apply);
+void pvm_hv_snap_flush(pvm_vm *vm, bool full);
+int pvm_hv_pending_exit(pvm_vcpu *v, struct pvm_exit *e);
+void pvm_hv_mem_changed(pvm_vm *vm);
+int pvm_hv_warm_vcpu(pvm_vcpu *v);
+/* Drop mappings of shared snapshot pages the VM copied since (vCPU thread, before guest code runs). */
+void pvm_hv_cow_flush(struct pvm_hv_vcpu *hv);
 void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
 
 /* The ops of a backend that is this core over @provider (after .name, .id, .probe). */
@@ -206,6 +236,10 @@ void pvm_hv_lower_half(const pvm_vm *vm, uint64_t *lo, uint64_t *hi);
     .set_sregs = pvm_hv_set_sregs, .get_msr = pvm_hv_get_msr, .set_msr = pvm_hv_set_msr,               \
     .inject = pvm_hv_inject, .kick = pvm_hv_kick, .region_del = pvm_hv_region_del,                     \
     .set_cpuid = pvm_hv_set_cpuid, .translate = pvm_hv_translate, .linear_range = pvm_hv_linear_range, \
-    .lower_half = pvm_hv_lower_half, .set_guest_debug = pvm_hv_set_guest_debug
+    .lower_half = pvm_hv_lower_half, .set_guest_debug = pvm_hv_set_guest_debug,                         \
+    .snap_format = PVM_HV_SNAP_FORMAT,                                                                 \
+    .snap_save_vcpu = pvm_hv_snap_save_vcpu, .snap_load_vcpu = pvm_hv_snap_load_vcpu,                  \
+    .snap_flush = pvm_hv_snap_flush, .pending_exit = pvm_hv_pending_exit, .mem_changed = pvm_hv_mem_changed,  \
+    .warm_vcpu = pvm_hv_warm_vcpu
 
 #endif /* PVM_HV_H */

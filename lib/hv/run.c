@@ -245,6 +245,16 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
         return PVM_M_RESUME;
     }
+    /* A provider may write the PVCS itself (the native fast path): after a snapshot it counts as written. */
+    if (pvm__dirty_on(vm) && c->msr_vcpu_struct &&
+        !pvm__dirty_mark_gpa(vm, c->msr_vcpu_struct & ~PVM_PAGE_MASK, PVM_PAGE_SIZE)) {
+        __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
+        *fatal_rc = fatal(hv, exit, PVM_ENOMEM, "vCPU %u: %s", hv->v->id, pvm_last_error());
+        return PVM_M_EXIT;
+    }
+    /* Guest code must not see a snapshot page the VM has made its own since (cow.c). */
+    if (vm->cow)
+        pvm_hv_cow_flush(hv);
     pf_prefetch(hv);
     if (p->prepare)
         p->prepare(hv, slot);

@@ -47,7 +47,17 @@ static uint64_t *pte_ptr(void *opaque, uint64_t gpa)
     struct pvm_hv_vcpu *hv = opaque;
     if (gpa & 7)
         return NULL;
+    /* After a snapshot: a restore that rewrites this page must flush every shadow. */
+    if (pvm__dirty_on(hv->v->vm))
+        pvm__dirty_pt(hv->v->vm, gpa);
     return pvm__gpa_lookup(hv->v->vm, gpa, 8, NULL);
+}
+
+/* The walker is about to set an A/D bit: a write to guest RAM by the library. */
+static bool pte_write(void *opaque, uint64_t gpa)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    return pvm__dirty_mark_gpa(hv->v->vm, gpa, 8);
 }
 
 static void *mem_phys(void *opaque, uint64_t gpa, size_t len, bool write)
@@ -56,6 +66,8 @@ static void *mem_phys(void *opaque, uint64_t gpa, size_t len, bool write)
     struct pvm_region r;
     void *p = pvm__gpa_lookup(hv->v->vm, gpa, len, &r);
     if (p && write && (r.flags & PVM_MEM_READONLY))
+        return NULL;
+    if (p && write && !pvm__dirty_mark_gpa(hv->v->vm, gpa, len))
         return NULL;
     return p;
 }
@@ -152,12 +164,44 @@ static bool mem_catch_exc(void *opaque, unsigned vector, uint32_t mode)
 static int sh_install(void *opaque, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa, unsigned prot)
 {
     struct pvm_hv_vcpu *hv = opaque;
+    pvm_vm *vm = hv->v->vm;
     struct pvm_region r;
-    if (!pvm__gpa_lookup(hv->v->vm, gpa, len, &r) || r.memfd_off == PVM_NO_MEMFD)
+    if (!pvm__gpa_lookup(vm, gpa, len, &r) || r.memfd_off == PVM_NO_MEMFD)
         return -1;
     if (gva < hv->p->window_lo || gva + len > hv->p->window_hi || gva + len < gva)
         return -1;
-    return hv->p->map(hv, slot, gva, len, gpa, &r, prot);
+    if (!vm->cow)
+        return hv->p->map(hv, slot, gva, len, gpa, &r, prot);
+    /* Sharing a snapshot: runs of pages still shared come from its memfd, read-only (cow.c). */
+    for (uint64_t done = 0; done < len;) {
+        uint64_t page = (r.memfd_off + (gpa + done - r.gpa)) / PVM_PAGE_SIZE, n = PVM_PAGE_SIZE;
+        bool shared = pvm__cow_shared(vm, page);
+        while (done + n < len && pvm__cow_shared(vm, page + n / PVM_PAGE_SIZE) == shared)
+            n += PVM_PAGE_SIZE;
+        unsigned p = shared ? (prot & ~PVM_PROT_WRITE) | PVM_HV_PROT_SNAPSHOT : prot;
+        int rc = hv->p->map(hv, slot, gva + done, n, gpa + done, &r, p);
+        if (rc < 0)
+            return rc;
+        done += n;
+    }
+    return 0;
+}
+
+/* Drop the mappings of snapshot pages the VM has made its own since (cow.c): before guest code runs. */
+void pvm_hv_cow_flush(struct pvm_hv_vcpu *hv)
+{
+    pvm_vm *vm = hv->v->vm;
+    uint64_t pages[64];
+    size_t n = pvm__cow_take_flushes(vm, pages, 64);
+    if (n == SIZE_MAX) {
+        pvm_shadow_flush_all(hv->shadow);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t gpa;
+        for (size_t cur = 0; pvm__arena_gpa(vm, pages[i] * PVM_PAGE_SIZE, &cur, &gpa);)
+            pvm_shadow_flush_gpa(hv->shadow, gpa, PVM_PAGE_SIZE);
+    }
 }
 
 static int sh_remove(void *opaque, unsigned slot, uint64_t gva, uint64_t len)
@@ -194,12 +238,27 @@ static uint64_t sh_map_budget(void *opaque)
     return 2 * __atomic_load_n(&hv->v->vm->ram_bytes, __ATOMIC_RELAXED) + PVM_HV_MAP_SLACK;
 }
 
+/* Write tracking after a snapshot: the guest gets a page writable only once it is recorded. */
+static int sh_track_write(void *opaque, uint64_t gpa, bool write)
+{
+    struct pvm_hv_vcpu *hv = opaque;
+    if (!pvm__dirty_on(hv->v->vm))
+        return PVM_SHADOW_TRACK_OFF;
+    int rc = pvm__dirty_page(hv->v->vm, gpa, write);
+    if (rc < 0)
+        return PVM_SHADOW_TRACK_ERROR;
+    /* A page just copied from a shared snapshot: no slot may keep the snapshot's (safe here: no cached indices). */
+    pvm_hv_cow_flush(hv);
+    return rc ? PVM_SHADOW_TRACK_WRITABLE : PVM_SHADOW_TRACK_READONLY;
+}
+
 static const struct pvm_shadow_ops shadow_ops = {
     .install = sh_install,
     .remove = sh_remove,
     .reset_slot = sh_reset_slot,
     .ram_extent = sh_ram_extent,
     .map_budget = sh_map_budget,
+    .track_write = sh_track_write,
 };
 
 /* ---- vCPU lifetime ----------------------------------------------------- */
@@ -232,7 +291,8 @@ int pvm_hv_vcpu_init(pvm_vcpu *v)
     hv->mem = (struct pvm_mem){ .opaque = hv, .phys = mem_phys, .read_virt = mem_read_virt,
                                 .write_virt = mem_write_virt, .flush = mem_flush, .trace = mem_trace,
                                 .catch_exc = mem_catch_exc };
-    hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .maxphyaddr_mask = PVM_PTE_ADDR };
+    hv->env = (struct pvm_walk_env){ .opaque = hv, .pte_ptr = pte_ptr, .pte_write = pte_write,
+                                .maxphyaddr_mask = PVM_PTE_ADDR };
     hv->regions_gen = __atomic_load_n(&v->vm->regions_gen, __ATOMIC_ACQUIRE);
     int rc = hv->p->vcpu_init(hv);
     if (rc < 0) {
@@ -264,6 +324,11 @@ static void wake_vcpu(struct pvm_hv_vcpu *hv)
 void pvm_hv_region_del(pvm_vm *vm, const struct pvm_region *r)
 {
     (void)r;
+    pvm_hv_mem_changed(vm);
+}
+
+void pvm_hv_mem_changed(pvm_vm *vm)
+{
     /* Under vm->lock: a vCPU being created or destroyed is not listed as ready. */
     pthread_mutex_lock(&vm->lock);
     for (uint32_t i = 0; i < vm->opts.max_vcpus; i++)

@@ -38,6 +38,13 @@ struct pvm_walk_env {
     uint64_t la_range; /* MSR_PVM_LINEAR_ADDRESS_RANGE */
     bool nxe;          /* EFER.NXE: NX bit honoured, else reserved */
     uint64_t maxphyaddr_mask; /* e.g. 0x000ffffffffff000 for 52 bits */
+    /*
+     * (Optional, snapshots) Called before the walk sets an A or D bit in the
+     * entry at guest-physical @gpa (a write to guest RAM by the library,
+     * which may then lose a race and not happen); false: the page cannot be
+     * written, and the walk ends as BAD_PT.
+     */
+    bool (*pte_write)(void *opaque, uint64_t gpa);
 };
 
 /* Outcome of a walk. */
@@ -121,7 +128,21 @@ struct pvm_shadow_ops {
      * reset before the next install, as when its record set is full.
      */
     uint64_t (*map_budget)(void *opaque);
+    /*
+     * (Optional, snapshots: write tracking) Asked before a writable mapping
+     * of the page at @gpa is installed; @write: the fault is a write.
+     * PVM_SHADOW_TRACK_OFF: no tracking, map as usual.  Otherwise only that
+     * one page is mapped, and writable only if the answer is
+     * PVM_SHADOW_TRACK_WRITABLE (the provider recorded the page as written,
+     * now or earlier); PVM_SHADOW_TRACK_READONLY maps it read-only, so the
+     * first write faults again.
+     */
+    int (*track_write)(void *opaque, uint64_t gpa, bool write);
 };
+#define PVM_SHADOW_TRACK_OFF 0
+#define PVM_SHADOW_TRACK_WRITABLE 1
+#define PVM_SHADOW_TRACK_READONLY 2
+#define PVM_SHADOW_TRACK_ERROR 3     /* the page cannot be made writable: the fault ends in ERROR */
 
 #define PVM_SHADOW_MAX_ROOTS 4           /* default for max_roots = 0 */
 #define PVM_SHADOW_DEFAULT_MAPPINGS 4096 /* default for max_mappings = 0 */
@@ -210,6 +231,11 @@ bool pvm_shadow_prefetch(struct pvm_shadow *s, const struct pvm_walk_env *env, u
 void pvm_shadow_flush_all(struct pvm_shadow *s);
 void pvm_shadow_flush_root(struct pvm_shadow *s, uint64_t root);
 void pvm_shadow_invlpg(struct pvm_shadow *s, uint64_t gva);
+/*
+ * (Addition, snapshots) Drop every writable mapping of every slot, so that
+ * the next write to any page faults (write tracking starts or restarts).
+ */
+void pvm_shadow_drop_writable(struct pvm_shadow *s);
 /* Drop every mapping of guest-physical [gpa, gpa+len) (memory unmapped by the VMM). */
 void pvm_shadow_flush_gpa(struct pvm_shadow *s, uint64_t gpa, uint64_t len);
 

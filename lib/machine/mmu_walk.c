@@ -51,7 +51,7 @@ enum pvm_walk_status pvm_mmu_walk(const struct pvm_walk_env *env, uint64_t root,
         return PVM_WALK_FAULT;
 
     for (int attempt = 0;; attempt++) {
-        uint64_t *ptr[4], val[4];
+        uint64_t *ptr[4], val[4], pgpa[4];
         uint64_t table = root & PVM_PTE_ADDR; /* ignores PCID and bit 63 */
         uint64_t all = PVM_PTE_W | PVM_PTE_U, any = 0, e = 0, egpa = 0;
         int level = 4, n = 0;
@@ -78,6 +78,7 @@ enum pvm_walk_status pvm_mmu_walk(const struct pvm_walk_env *env, uint64_t root,
                 return PVM_WALK_FAULT;
             }
             ptr[n] = p;
+            pgpa[n] = egpa;
             val[n++] = e;
             all &= e;
             any |= e;
@@ -101,6 +102,8 @@ enum pvm_walk_status pvm_mmu_walk(const struct pvm_walk_env *env, uint64_t root,
                     continue;
                 /* Locked update like hardware; never touch a changed entry. */
                 uint64_t seen = val[i];
+                if (env->pte_write && !env->pte_write(env->opaque, pgpa[i]))
+                    return PVM_WALK_BAD_PT;
                 if (__atomic_compare_exchange_n(ptr[i], &seen, want, false, __ATOMIC_SEQ_CST,
                                                 __ATOMIC_RELAXED))
                     val[i] = want;

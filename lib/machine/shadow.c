@@ -322,9 +322,21 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
         return PVM_SHADOW_GUEST_PF;
     }
 
-    const unsigned prot = prot_of(r.writable, r.dirty, r.executable, flags);
+    unsigned prot = prot_of(r.writable, r.dirty, r.executable, flags);
     uint64_t mgva = gva & ~(PAGE - 1), mgpa = gpa, len = PAGE;
-    if (r.page_size > PAGE) {
+    /*
+     * Write tracking (snapshots): a page becomes writable only once the
+     * provider recorded it as written, and then alone (no large page, no
+     * run), so that no other page can be written behind the tracker's back.
+     */
+    int track = PVM_SHADOW_TRACK_OFF;
+    if ((prot & PVM_PROT_WRITE) && s->ops->track_write)
+        track = s->ops->track_write(s->opaque, gpa, (acc & PVM_PFEC_W) != 0);
+    if (track == PVM_SHADOW_TRACK_ERROR)
+        return PVM_SHADOW_ERROR;
+    if (track == PVM_SHADOW_TRACK_READONLY)
+        prot &= ~PVM_PROT_WRITE;
+    if (r.page_size > PAGE && track == PVM_SHADOW_TRACK_OFF) {
         uint32_t f = 0;
         /* §10.13: a large page over 0 is mapped without page 0; a fault
          * inside page 0 itself maps only page 0 (the 4 KiB default). */
@@ -344,7 +356,7 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
         }
     }
     drop_overlapping(s, si, mgva, len);
-    if (r.page_size == PAGE)
+    if (r.page_size == PAGE && track == PVM_SHADOW_TRACK_OFF)
         extend_run(s, sl, env, &r, prot, flags, ext, &mgva, &mgpa, &len);
 
     /* Bounded like the record count: by what the provider may spend on page tables (map_budget). */
@@ -397,6 +409,19 @@ void pvm_shadow_invlpg(struct pvm_shadow *s, uint64_t gva)
 {
     for (unsigned i = 0; i < s->nslots; i++)
         drop_containing(s, i, gva);
+}
+
+static bool writable(const struct map *m, uint64_t a, uint64_t len)
+{
+    (void)a;
+    (void)len;
+    return m->prot & PVM_PROT_WRITE;
+}
+
+void pvm_shadow_drop_writable(struct pvm_shadow *s)
+{
+    for (unsigned i = 0; i < s->nslots; i++)
+        drop(s, i, 0, s->slot[i].n, writable, 0, 0);
 }
 
 static bool gpa_overlaps(const struct map *m, uint64_t gpa, uint64_t len)

@@ -42,7 +42,11 @@ struct native_cpu {
     uint64_t fast_events;        /* handled in the stubs (statistics) */
     uint64_t fast_irqs;          /* of which interrupts delivered in the stubs */
     uint32_t cpuid_pub[PVM_SHADOW_MAX_ROOTS]; /* hv->cpuid_gen each stub's table has */
+    bool fpu_pending;            /* fpu_buf holds an image (a restore) for the next activated stub */
 };
+
+/* The XSAVE image size this host's stubs use (from the first stub; 0 before one exists). */
+static size_t host_fpu_size;
 
 static struct native_cpu *nc_of(const struct pvm_hv_vcpu *hv)
 {
@@ -124,9 +128,13 @@ static int ensure_stub(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t 
     struct native_cpu *nc = nc_of(hv);
     if (nc->stubs[slot])
         return 0;
+    int snap = pvm__cow_fd(hv->v->vm);
     struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal,
-                                .trust_maps = nc->trust_maps };
-    return nstub_create(&nc->stubs[slot], &cfg, err, errlen);
+                                .trust_maps = nc->trust_maps, .snap_memfd = snap > 0 ? snap : 0 };
+    int rc = nstub_create(&nc->stubs[slot], &cfg, err, errlen);
+    if (rc == 0)
+        __atomic_store_n(&host_fpu_size, nstub_fpu_size(nc->stubs[slot]), __ATOMIC_RELAXED);
+    return rc;
 }
 
 /* Switch the running address space to @slot, carrying the FPU state along. */
@@ -149,6 +157,72 @@ static int native_activate(struct pvm_hv_vcpu *hv, unsigned slot, char *err, siz
             nstub_set_fpu(nc->stubs[slot], nc->fpu_buf, nc->fpu_size);
         nc->fpu_slot = (int)slot;
     }
+    if (nc->fpu_pending) {
+        /* A restored image: the kernel checks the rest at sigreturn. */
+        if (nc->fpu_size != nstub_fpu_size(nc->stubs[slot])) {
+            snprintf(err, errlen, "the snapshot's FPU image has %zu bytes, this host's %zu", nc->fpu_size,
+                     nstub_fpu_size(nc->stubs[slot]));
+            return PVM_ENOTSUP;
+        }
+        if (nstub_set_fpu(nc->stubs[slot], nc->fpu_buf, nc->fpu_size) < 0) {
+            snprintf(err, errlen, "loading the snapshot's FPU image failed");
+            return PVM_EINTERNAL;
+        }
+        nc->fpu_pending = false;
+    }
+    return 0;
+}
+
+/* ---- FPU state for snapshots ------------------------------------------------ */
+
+static int native_get_fpu(struct pvm_hv_vcpu *hv, void *buf, size_t *len)
+{
+    struct native_cpu *nc = nc_of(hv);
+    if (nc->fpu_pending) {
+        if (*len < nc->fpu_size)
+            return PVM_ERANGE;
+        memcpy(buf, nc->fpu_buf, nc->fpu_size);
+        *len = nc->fpu_size;
+        return 0;
+    }
+    if (nc->fpu_slot < 0) {
+        *len = 0; /* never ran: the reset state */
+        return 0;
+    }
+    struct nstub *st = nc->stubs[nc->fpu_slot];
+    size_t n = nstub_fpu_size(st);
+    if (*len < n)
+        return PVM_ERANGE;
+    int rc = nstub_get_fpu(st, buf, n);
+    *len = n;
+    return rc;
+}
+
+static int native_check_fpu(struct pvm_hv_vcpu *hv, size_t len)
+{
+    (void)hv;
+    size_t host = __atomic_load_n(&host_fpu_size, __ATOMIC_RELAXED);
+    if (host && len != host)
+        return pvm__error(PVM_ENOTSUP, "its FPU image has %zu bytes, this host's stubs use %zu (a snapshot "
+                          "from another CPU or kernel)", len, host);
+    if (len > NSTUB_ALTSTACK_SIZE)
+        return pvm__error(PVM_ENOTSUP, "its FPU image of %zu bytes is larger than any stub's", len);
+    return 0;
+}
+
+static int native_set_fpu(struct pvm_hv_vcpu *hv, const void *buf, size_t len)
+{
+    struct native_cpu *nc = nc_of(hv);
+    if (!nc->fpu_buf || nc->fpu_size < len) {
+        void *nb = realloc(nc->fpu_buf, len);
+        if (!nb)
+            return PVM_ENOMEM;
+        nc->fpu_buf = nb;
+    }
+    memcpy(nc->fpu_buf, buf, len);
+    nc->fpu_size = len;
+    nc->fpu_pending = true;
+    nc->fpu_slot = -1; /* no stub holds the live image now */
     return 0;
 }
 
@@ -160,7 +234,8 @@ static int native_map(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint6
         return -1;
     int p = ((prot & PVM_PROT_READ) ? PROT_READ : 0) | ((prot & PVM_PROT_WRITE) ? PROT_WRITE : 0) |
             ((prot & PVM_PROT_EXEC) ? PROT_EXEC : 0);
-    return nstub_map(nc_of(hv)->stubs[slot], gva, len, r->memfd_off + (gpa - r->gpa), p);
+    unsigned fd = (prot & PVM_HV_PROT_SNAPSHOT) ? NSTUB_FD_SNAP : NSTUB_FD_RAM;
+    return nstub_map_fd(nc_of(hv)->stubs[slot], fd, gva, len, r->memfd_off + (gpa - r->gpa), p);
 }
 
 static int native_unmap(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len)
@@ -498,12 +573,15 @@ static const struct pvm_cpu_provider native_cpu = {
     .prepare = native_prepare,
     .finish = native_finish,
     .post_irq = native_post_irq,
+    .get_fpu = native_get_fpu,
+    .set_fpu = native_set_fpu,
+    .check_fpu = native_check_fpu,
 };
 
 const struct pvm_backend_ops pvm_native_backend = {
     .name = "native",
     .id = PVM_BACKEND_NATIVE,
-    .caps = 0,
+    .caps = PVM_CAP_SHARED_SNAPSHOT,
     .probe = native_probe,
     PVM_HV_BACKEND_OPS(&native_cpu),
 };

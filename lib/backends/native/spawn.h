@@ -4,7 +4,7 @@
  *
  * Stubs are forked by zygote processes (stub/zygote.c): the first stub of a
  * process starts one, a new one is started per NSPAWN_ZYGOTE_STUBS live
- * stubs.  A spawn then costs a sendmsg with two fds and a fork of a tiny
+ * stubs.  A spawn then costs a sendmsg with two (three) fds and a fork of a tiny
  * process: nothing in it grows with the library's fd table.
  * PVM_NATIVE_ZYGOTE=0 in the environment (read once) spawns every stub
  * directly from the library instead (clone(CLONE_VM|CLONE_VFORK) +
@@ -31,6 +31,7 @@ struct nspawn_fds {
     int ram;      /* NSTUB_FD_RAM, the guest-RAM memfd (nspawn_request: -1, it comes later) */
     int ctl;      /* NSTUB_FD_CTL, the control memfd (mapped and filled by the caller) */
     int notify;   /* NSTUB_FD_NOTIFY, the stub's end of the mapping-approval socket, or -1 */
+    int snap;     /* NSTUB_FD_SNAP, a VM from a snapshot: its write-sealed RAM memfd, or -1 */
 };
 
 /*

@@ -99,6 +99,7 @@ struct nstub {
     struct nstub_fast_cfg fast;       /* what the next run publishes (stub/fast.c) */
     struct nstub_fast_result fast_res;/* what the fast path did in the last run */
     uint64_t pvcs_off;                /* memfd offset mapped (or queued) at NSTUB_PVCS_ADDR, or UINT64_MAX */
+    bool has_snap;                    /* holds a snapshot memfd as NSTUB_FD_SNAP */
     uint64_t irq_posted[4];           /* vectors posted to ctl->fast.irq since the last take (caller's lock) */
 };
 
@@ -287,7 +288,7 @@ static int approve_cmds(struct nstub *s)
         const uint64_t want[6] = { c->op == NSTUB_CMD_PVCS ? NSTUB_PVCS_ADDR : c->gva,
                                    c->op == NSTUB_CMD_PVCS ? 4096 : c->len,
                                    c->op == NSTUB_CMD_PVCS ? (PROT_READ | PROT_WRITE) : c->prot,
-                                   MAP_SHARED | MAP_FIXED, NSTUB_FD_RAM, c->off };
+                                   MAP_SHARED | MAP_FIXED, c->op == NSTUB_CMD_PVCS ? NSTUB_FD_RAM : c->fd, c->off };
         union notif_buf b;
         int r = notif_wait(s, &b, deadline);
         if (r < 0)
@@ -461,6 +462,7 @@ static void flush_cmds(struct nstub *s)
         c->cmds[i].off = s->cmds[i].off;
         c->cmds[i].op = s->cmds[i].op;
         c->cmds[i].prot = s->cmds[i].prot;
+        c->cmds[i].fd = s->cmds[i].fd;
         s->sent[i] = s->cmds[i];
     }
     c->nr_cmds = s->nr_cmds;
@@ -692,7 +694,7 @@ static void pool_refill(int kick_signal)
         if (!s)
             break;
         s->ctl->pooled = 1;
-        struct nspawn_fds fds = { .ram = -1, .ctl = s->ctl_fd, .notify = s->peer };
+        struct nspawn_fds fds = { .ram = -1, .ctl = s->ctl_fd, .notify = s->peer, .snap = -1 };
         if (nspawn_request(&s->sp, &fds, NULL, 0) < 0) {
             nstub_destroy(s);
             pool_size = 0;   /* no zygote: no pool */
@@ -761,8 +763,15 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         cfg->kick_signal == SIGSTOP || fault_signal(cfg->kick_signal))
         return set_err(err, errlen, "nstub_create: kick signal %d cannot be used", cfg->kick_signal), PVM_EINVAL;
 
+    /* A guest can reach every fd its stub holds: the snapshot's must refuse writable mappings. */
+    int seals = cfg->snap_memfd > 0 ? fcntl(cfg->snap_memfd, F_GET_SEALS) : 0;
+    if (cfg->snap_memfd > 0 && (seals < 0 || !(seals & F_SEAL_WRITE)))
+        return set_err(err, errlen, "nstub_create: snapshot memfd %d is not sealed against writes", cfg->snap_memfd),
+               PVM_EBADF;
+
     pthread_once(&pool_once, pool_init);
-    struct nstub *s = cfg->trust_maps ? NULL : pool_take(cfg->kick_signal);
+    /* Pooled stubs have no snapshot memfd: a VM from a snapshot starts its stubs the usual way. */
+    struct nstub *s = cfg->trust_maps || cfg->snap_memfd > 0 ? NULL : pool_take(cfg->kick_signal);
     if (s) {
         int rc = pool_finish(s, cfg->memfd, err, errlen);
         pool_refill(cfg->kick_signal);
@@ -779,11 +788,13 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     int rc;
     if (!(s = stub_alloc(cfg->kick_signal, cfg->trust_maps, err, errlen, &rc)))
         return rc;
+    s->has_snap = cfg->snap_memfd > 0;
     uint64_t tsc0 = __rdtsc(), t0 = now_ns();
     pid_t pid;
     int pidfd;
     char why[160] = "";
-    struct nspawn_fds fds = { .ram = cfg->memfd, .ctl = s->ctl_fd, .notify = s->peer };
+    struct nspawn_fds fds = { .ram = cfg->memfd, .ctl = s->ctl_fd, .notify = s->peer,
+                              .snap = cfg->snap_memfd > 0 ? cfg->snap_memfd : -1 };
     rc = nspawn_stub(&s->sp, &fds, &pid, &pidfd, why, sizeof(why));
     close_spawn_fds(s);
     if (rc < 0) {
@@ -835,12 +846,12 @@ static bool guest_range_ok(uint64_t gva, uint64_t len)
            len <= NSTUB_GUEST_HI - gva;
 }
 
-static int queue(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint64_t off, uint32_t prot)
+static int queue(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint64_t off, uint32_t prot, uint32_t fd)
 {
     if (s->nr_cmds) {
         /* Shadow MMUs install page by page: merge runs that continue the last command. */
         struct nstub_cmd *l = &s->cmds[s->nr_cmds - 1];
-        if (l->op == op && l->prot == prot && l->gva + l->len == gva &&
+        if (l->op == op && l->prot == prot && l->fd == fd && l->gva + l->len == gva &&
             (op == NSTUB_CMD_UNMAP || l->off + l->len == off)) {
             l->len += len;
             return 0;
@@ -851,18 +862,24 @@ static int queue(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint6
         if (rc < 0)
             return rc;
     }
-    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = gva, .len = len, .off = off, .op = op, .prot = prot };
+    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = gva, .len = len, .off = off, .op = op, .prot = prot, .fd = fd };
     return 0;
+}
+
+int nstub_map_fd(struct nstub *s, unsigned fd, uint64_t gva, uint64_t len, uint64_t off, int prot)
+{
+    if (!s || !guest_range_ok(gva, len) || (off & 4095) || off > (uint64_t)INT64_MAX - len ||
+        (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || (fd != NSTUB_FD_RAM && fd != NSTUB_FD_SNAP) ||
+        (fd == NSTUB_FD_SNAP && (!s->has_snap || (prot & PROT_WRITE))))
+        return PVM_EINVAL;
+    if (s->dead)
+        return 0;
+    return queue(s, NSTUB_CMD_MAP, gva, len, off, (uint32_t)prot, fd);
 }
 
 int nstub_map(struct nstub *s, uint64_t gva, uint64_t len, uint64_t off, int prot)
 {
-    if (!s || !guest_range_ok(gva, len) || (off & 4095) || off > (uint64_t)INT64_MAX - len ||
-        (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
-        return PVM_EINVAL;
-    if (s->dead)
-        return 0;
-    return queue(s, NSTUB_CMD_MAP, gva, len, off, (uint32_t)prot);
+    return nstub_map_fd(s, NSTUB_FD_RAM, gva, len, off, prot);
 }
 
 int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len)
@@ -871,7 +888,7 @@ int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len)
         return PVM_EINVAL;
     if (s->dead)
         return 0;
-    return queue(s, NSTUB_CMD_UNMAP, gva, len, 0, 0);
+    return queue(s, NSTUB_CMD_UNMAP, gva, len, 0, 0, 0);
 }
 
 int nstub_unmap_all(struct nstub *s)
@@ -882,7 +899,7 @@ int nstub_unmap_all(struct nstub *s)
     s->pvcs_off = UINT64_MAX;   /* a queued PVCS mapping too: map it again */
     if (s->dead)
         return 0;
-    return queue(s, NSTUB_CMD_UNMAP, NSTUB_GUEST_LO, NSTUB_GUEST_HI - NSTUB_GUEST_LO, 0, 0);
+    return queue(s, NSTUB_CMD_UNMAP, NSTUB_GUEST_LO, NSTUB_GUEST_HI - NSTUB_GUEST_LO, 0, 0, 0);
 }
 
 int nstub_map_pvcs(struct nstub *s, uint64_t off)

@@ -64,6 +64,11 @@ struct nstub_config {
      * filter's static checks only (cooperative guests; benchmarks).
      */
     bool trust_maps;
+    /*
+     * > 0: a snapshot memfd sealed with F_SEAL_WRITE (checked), which
+     * nstub_map_fd(NSTUB_FD_SNAP) maps read-only by offset; 0: none.
+     */
+    int snap_memfd;
 };
 
 /* Guest register file as the stub transfers it. */
@@ -92,9 +97,9 @@ struct nstub_trap {
 
 /*
  * Start a stub.  Returns 0, or a negative PVM_E* code with a reason in
- * err[errlen].  The stub holds only cfg->memfd, the control memfd and the
- * death pipe (stub_abi.h); the library keeps a pidfd and, unless
- * cfg->trust_maps, the mapping-approval listener.
+ * err[errlen].  The stub holds only cfg->memfd, the control memfd, the
+ * death pipe and cfg->snap_memfd if given (stub_abi.h); the library keeps a
+ * pidfd and, unless cfg->trust_maps, the mapping-approval listener.
  */
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen);
 /* How many nstub_create() calls were served by a pre-started stub (the pool; statistics, tests). */
@@ -108,6 +113,8 @@ void nstub_destroy(struct nstub *s);
  * Addresses must lie in [NSTUB_GUEST_LO, NSTUB_GUEST_HI), page aligned.
  */
 int nstub_map(struct nstub *s, uint64_t gva, uint64_t len, uint64_t off, int prot);
+/* The same from @fd: NSTUB_FD_RAM (cfg->memfd) or NSTUB_FD_SNAP (cfg->snap_memfd; no PROT_WRITE). */
+int nstub_map_fd(struct nstub *s, unsigned fd, uint64_t gva, uint64_t len, uint64_t off, int prot);
 int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len);
 /* Remove every guest mapping. */
 int nstub_unmap_all(struct nstub *s);

@@ -42,7 +42,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 6u
+#define NSTUB_ABI_VERSION 7u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -77,6 +77,13 @@
  * it before any guest code runs.
  */
 #define NSTUB_FD_NOTIFY 6
+/*
+ * A VM created from a snapshot: the snapshot's RAM, a memfd sealed against
+ * writes (F_SEAL_WRITE: no writable shared mapping of it can exist), mapped
+ * read-only by offset like NSTUB_FD_RAM for pages the VM has not written.
+ * Absent (closed) for other VMs.
+ */
+#define NSTUB_FD_SNAP 7
 
 /*
  * The zygote (stub/zygote.c): the stub image started with argv[1] =
@@ -84,7 +91,8 @@
  * library's fd table.  Its fds: NSTUB_ZFD_SOCK (SOCK_SEQPACKET; a request is
  * one struct nstub_zreq with SCM_RIGHTS of the stub's fds it names),
  * NSTUB_ZFD_PAGE (a memfd holding struct nstub_zpage, mapped by both sides
- * and closed after mapping) and NSTUB_FD_DEATH.  The page is never visible
+ * and closed after mapping) and NSTUB_FD_DEATH.  A request carries a third
+ * fd, the snapshot memfd (NSTUB_FD_SNAP), for a VM created from a snapshot.  The page is never visible
  * to a guest: every stub unmaps it before its seccomp filter.
  */
 #define NSTUB_ZYGOTE_ARG "zygote"
@@ -127,9 +135,9 @@ struct nstub_zreq {
 };
 #define NSTUB_ZOP_SPAWN 1
 /* The fds a request may carry: the control memfd always; RAM (not for a pooled stub, which gets it later), socket. */
-#define NSTUB_ZREQ_FDS ((1u << NSTUB_FD_RAM) | (1u << NSTUB_FD_CTL) | (1u << NSTUB_FD_NOTIFY))
+#define NSTUB_ZREQ_FDS ((1u << NSTUB_FD_RAM) | (1u << NSTUB_FD_CTL) | (1u << NSTUB_FD_NOTIFY) | (1u << NSTUB_FD_SNAP))
 #define NSTUB_ZREQ_MAXFDS 4
-#define NSTUB_FD_LAST NSTUB_FD_NOTIFY  /* the stub's highest fd */
+#define NSTUB_FD_LAST NSTUB_FD_SNAP    /* the stub's highest fd */
 
 enum nstub_state {
     NSTUB_ST_BOOT = 0,      /* written by the library before the stub starts */
@@ -140,7 +148,7 @@ enum nstub_state {
 };
 
 enum nstub_cmd_op {
-    NSTUB_CMD_MAP = 1,      /* mmap(gva, len, prot, MAP_SHARED|MAP_FIXED, NSTUB_FD_RAM, off) */
+    NSTUB_CMD_MAP = 1,      /* mmap(gva, len, prot, MAP_SHARED|MAP_FIXED, fd, off), fd NSTUB_FD_RAM or _SNAP */
     NSTUB_CMD_UNMAP = 2,    /* munmap(gva, len) */
     NSTUB_CMD_PVCS = 3,     /* mmap(NSTUB_PVCS_ADDR, 4096, RW, MAP_SHARED|MAP_FIXED, NSTUB_FD_RAM, off) */
 };
@@ -148,6 +156,7 @@ enum nstub_cmd_op {
 struct nstub_cmd {
     uint64_t gva, len, off;
     uint32_t op, prot;
+    uint32_t fd, pad;       /* MAP: the fd the stub maps from (NSTUB_FD_RAM or NSTUB_FD_SNAP) */
 };
 
 #define NSTUB_MAX_CMDS 256

@@ -190,8 +190,11 @@ static int apply_cmds(void)
         uint64_t gva = c->cmds[i].gva, len = c->cmds[i].len, off = c->cmds[i].off;
         uint32_t op = c->cmds[i].op, prot = c->cmds[i].prot;
         long r;
-        if (op == NSTUB_CMD_MAP) {
-            r = SYS(__NR_mmap, gva, len, prot, MAP_SHARED | MAP_FIXED, NSTUB_FD_RAM, off);
+        uint32_t fd = c->cmds[i].fd;
+        if (op == NSTUB_CMD_MAP && fd != NSTUB_FD_RAM && fd != NSTUB_FD_SNAP) {
+            r = -9;
+        } else if (op == NSTUB_CMD_MAP) {
+            r = SYS(__NR_mmap, gva, len, prot, MAP_SHARED | MAP_FIXED, fd, off);
             if (r >= 0 && (uint64_t)r != gva)
                 r = -14;
         } else if (op == NSTUB_CMD_UNMAP) {
@@ -343,7 +346,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
 /* ---- the seccomp filter ---------------------------------------------------- */
 
-enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_MMAP_FD, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
 
 struct bpf {
     struct sock_filter f[96];
@@ -445,10 +448,15 @@ static void install_filter(void)
     LD(D_ARG_HI(3));
     JEQ(0, L_ALLOW, L_TRAP);
 
-    /* mmap: only the guest-RAM memfd, MAP_SHARED|MAP_FIXED, plain prot bits ... */
+    /*
+     * mmap: only the guest-RAM memfd or the snapshot memfd (sealed against
+     * writes: the kernel refuses it PROT_WRITE), MAP_SHARED|MAP_FIXED, plain prot bits ...
+     */
     LABEL(L_MMAP);
     LD(D_ARG_LO(4));
-    JEQ(NSTUB_FD_RAM, L_NEXT, L_TRAP);
+    JEQ(NSTUB_FD_RAM, L_MMAP_FD, L_NEXT);
+    JEQ(NSTUB_FD_SNAP, L_MMAP_FD, L_TRAP);
+    LABEL(L_MMAP_FD);
     LD(D_ARG_LO(3));
     JEQ(MAP_SHARED | MAP_FIXED, L_NEXT, L_TRAP);
     LD(D_ARG_HI(3));
@@ -524,7 +532,8 @@ static void install_filter(void)
  * Mapping approval (stub_abi.h NSTUB_FD_NOTIFY).  Anything the stub can ask
  * the kernel, a guest can too, by jumping to sys_insn with its own registers:
  * the filter below cannot tell the two apart.  So every mmap of guest RAM
- * goes to the library (SECCOMP_RET_USER_NOTIF), which lets it proceed only
+ * (NSTUB_FD_RAM, or a snapshot's NSTUB_FD_SNAP) goes to the library
+ * (SECCOMP_RET_USER_NOTIF), which lets it proceed only
  * if its arguments are exactly those of the mapping command it is waiting
  * for.  mmap's arguments are registers, copied by the kernel before the
  * library looks: approve-and-continue cannot be raced.  A filter of its
@@ -563,9 +572,10 @@ static void install_map_approval(void)
 {
     static struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_NR),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 3),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 4),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_ARG_LO(4)),   /* the kernel reads the fd as 32 bits */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_RAM, 0, 1),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_RAM, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_SNAP, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
