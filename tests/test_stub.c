@@ -1563,6 +1563,7 @@ START_TEST(test_pool)
     int fds = -1;
     double pooled[20];
     for (int i = 0; i < 20; i++) {
+        usleep(5000);   /* the stubs the last create asked for have started meanwhile */
         pooled[i] = create_us(&g, code, sizeof(code));
         ck_assert_uint_eq(nstub_pool_hits(), hits + 1 + (uint64_t)i);
         run(&g);

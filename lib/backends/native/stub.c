@@ -335,6 +335,8 @@ static void refuse_escape(struct nstub *s)
     notif_answer(s, b.n.id, EPERM);
 }
 
+static void pool_refill_wanted(void);
+
 static int futex_waitv_ok = 1;
 
 /* Sleep until ctl->state may have changed from @st, the stub may have died, or @deadline. */
@@ -388,6 +390,8 @@ static int wait_trapped(struct nstub *s, bool boot)
     return 0;
 
 sleep:
+    if (!boot)
+        pool_refill_wanted();   /* the guest runs: a good time for the pool's requests */
     for (;;) {
         __atomic_store_n(&c->lib_sleeping, 1, __ATOMIC_SEQ_CST);
         st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
@@ -706,6 +710,27 @@ static void pool_refill(int kick_signal)
     pthread_mutex_unlock(&pool_lock);
 }
 
+/*
+ * Not on the create path: on a busy machine the zygote that a request wakes
+ * preempts the requester and forks on its CPU, which would put the fork's
+ * time right back into the create.  A create only notes that the pool wants
+ * stubs; the request goes out when this thread next waits anyway (for its
+ * guest, wait_trapped) or destroys a stub.
+ */
+static int pool_wanted;   /* atomic: the kick signal of the stubs to request, 0 = none */
+
+static void pool_want(int kick_signal)
+{
+    __atomic_store_n(&pool_wanted, kick_signal, __ATOMIC_RELAXED);
+}
+
+static void pool_refill_wanted(void)
+{
+    int kick = __atomic_exchange_n(&pool_wanted, 0, __ATOMIC_RELAXED);
+    if (kick)
+        pool_refill(kick);
+}
+
 static struct nstub *pool_take(int kick_signal)
 {
     struct nstub *s = NULL;
@@ -774,7 +799,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     struct nstub *s = cfg->trust_maps || cfg->snap_memfd > 0 ? NULL : pool_take(cfg->kick_signal);
     if (s) {
         int rc = pool_finish(s, cfg->memfd, err, errlen);
-        pool_refill(cfg->kick_signal);
+        pool_want(cfg->kick_signal);
         if (rc == 0) {
             __atomic_add_fetch(&pool_hits, 1, __ATOMIC_RELAXED);
             *out = s;
@@ -805,7 +830,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     if ((rc = stub_boot(s, tsc0, t0, err, errlen)) < 0)
         goto fail;
     if (!cfg->trust_maps)
-        pool_refill(cfg->kick_signal);   /* the next create is a pooled one */
+        pool_want(cfg->kick_signal);   /* the next create is a pooled one */
     *out = s;
     return 0;
 
@@ -818,6 +843,7 @@ void nstub_destroy(struct nstub *s)
 {
     if (!s)
         return;
+    pool_refill_wanted();
     if (s->pidfd >= 0) {
         syscall(SYS_pidfd_send_signal, s->pidfd, SIGKILL, NULL, 0);
         nspawn_reap(&s->sp, s->pidfd);   /* no zombie left behind, whoever the parent is */

@@ -6,6 +6,7 @@
  * never touches the guest's FPU/SSE state (the kernel keeps that in the
  * signal frame, where the library reads and writes it).
  */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -346,7 +347,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
 /* ---- the seccomp filter ---------------------------------------------------- */
 
-enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_MMAP_FD, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_MMAP_FD, L_SOCK, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
 
 struct bpf {
     struct sock_filter f[96];
@@ -414,7 +415,19 @@ static void install_filter(void)
     JEQ(__NR_arch_prctl, L_ARCH, L_NEXT);
     JEQ(__NR_futex, L_FUTEX, L_NEXT);
     JEQ(__NR_mmap, L_MMAP, L_NEXT);
+    JEQ(__NR_recvmsg, L_SOCK, L_NEXT);
+    JEQ(__NR_close, L_SOCK, L_NEXT);
     JEQ(__NR_munmap, L_RANGE, L_TRAP);
+
+    /*
+     * recvmsg/close: only of the approval socket, for a pooled stub to take its RAM memfd
+     * after this filter (receive_ram); it is closed before any guest code runs.
+     */
+    LABEL(L_SOCK);
+    LD(D_ARG_HI(0));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(0));
+    JEQ(NSTUB_FD_NOTIFY, L_ALLOW, L_TRAP);
 
     /* arch_prctl: only the FS and GS bases (the guest's own, which WRFSBASE sets too). */
     LABEL(L_ARCH);
@@ -548,9 +561,14 @@ struct k_cmsg1 {
 };
 
 /*
- * A pooled stub (nstub_create's pool) is started before it has a VM: it
- * waits here, blocked and using no CPU, for its RAM memfd on the socket.
- * The library gone, the socket reads 0 (and the death pipe kills us anyway).
+ * A pooled stub (nstub_create's pool) is started, filters and all, before it
+ * has a VM: it waits here, blocked and using no CPU, for its RAM memfd on the
+ * socket.  Installing a seccomp filter costs tens of microseconds on these
+ * hosts (a BPF JIT image, speculation controls), so a pooled stub does it
+ * ahead.  recvmsg puts the fd on the lowest free number: fds 0-2 are held
+ * (copies of the control memfd), so it lands on NSTUB_FD_RAM with no dup2,
+ * which the filter would refuse.  The library gone, the socket reads 0 (and
+ * the death pipe kills us anyway).
  */
 static void receive_ram(void)
 {
@@ -559,16 +577,15 @@ static void receive_ram(void)
     struct k_cmsg1 cm = { 0 };
     struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
     long n;
-    while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0x40000000 /* MSG_CMSG_CLOEXEC */, 0, 0, 0)) == -EINTR)
+    while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0, 0, 0, 0)) == -EINTR)
         ;
-    if (n != 1 || cm.level != 1 || cm.type != 1 || cm.len != sizeof(cm) - sizeof(int))
+    if (n != 1 || cm.level != 1 || cm.type != 1 || cm.len != sizeof(cm) - sizeof(int) || cm.fd != NSTUB_FD_RAM)
         die("no RAM memfd for a pooled stub (the library gave it up)");
-    if (SYS(__NR_dup2, cm.fd, NSTUB_FD_RAM, 0, 0, 0, 0) != NSTUB_FD_RAM)
-        die("dup2 of the RAM memfd failed");
-    SYS(__NR_close, cm.fd, 0, 0, 0, 0, 0);
+    SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
 }
 
-static void install_map_approval(void)
+/* @keep_socket: a pooled stub still takes its RAM memfd over it (receive_ram). */
+static void install_map_approval(bool keep_socket)
 {
     static struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_NR),
@@ -593,7 +610,8 @@ static void install_map_approval(void)
     if (SYS(__NR_sendmsg, NSTUB_FD_NOTIFY, &mh, 0x4000 /* MSG_NOSIGNAL */, 0, 0, 0) != 1)
         die("sending the mapping-approval listener failed");
     SYS(__NR_close, lfd, 0, 0, 0, 0, 0);
-    SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
+    if (!keep_socket)
+        SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
 }
 
 /* ---- startup --------------------------------------------------------------- */
@@ -693,13 +711,18 @@ void stub_main(const uint64_t *sp)
     if (SYS(__NR_setitimer, ITIMER_PROF, &it, 0, 0, 0, 0) != 0)
         die("setitimer(ITIMER_PROF) failed");
 
-    if (c->pooled)
-        receive_ram();
+    int pooled = c->pooled == 1;
+    if (pooled)
+        for (int fd = 0; fd < NSTUB_FD_RAM; fd++)
+            if (SYS(__NR_dup2, NSTUB_FD_CTL, fd, 0, 0, 0, 0) != fd)
+                die("dup2 for a pooled stub failed");
     if (c->approve_maps)
-        install_map_approval();
+        install_map_approval(pooled);
     else
         SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
     install_filter();
+    if (pooled)
+        receive_ram();
     /* The first report: the library's first RESUME replaces this frame with the guest's registers. */
     nstub_boot_trap();
     die("boot trap returned");
