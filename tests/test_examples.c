@@ -10,7 +10,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,20 +198,9 @@ START_TEST(gdb_demo)
 }
 END_TEST
 
-/* Snapshots exist on the native backend only so far (the kvm provider cannot save FPU state yet). */
-static bool snapshots_unsupported(void)
-{
-    const char *b = getenv("PVM_BACKEND");
-    return b && !strcmp(b, "kvm");
-}
-
 START_TEST(snapshot_loop)
 {
     SKIP_IF_NO_BACKEND();
-    if (snapshots_unsupported()) {
-        printf("SKIP snapshot_loop: no snapshots on PVM_BACKEND=kvm (pvm_run_snapshot_restore checks the error)\n");
-        return;
-    }
     struct result r;
     run(&r, (char *[]){ BIN "snapshot-loop", BIN "snap-server.elf", "100", "1000", "1000000", "10", NULL });
     expect(&r,
@@ -231,15 +219,6 @@ START_TEST(pvm_run_snapshot_restore)
     char dir[] = "/tmp/pvm-run-snap.XXXXXX", file[64];
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(file, sizeof(file), "%s/hostcall.snap", dir);
-    if (snapshots_unsupported()) {
-        /* A clear error, the guest stopped: status 125 and the reason. */
-        run(&r, (char *[]){ PVM_RUN, "--snapshot-after-hostcall", "1", file, BIN "hostcall.elf", NULL });
-        ck_assert_int_eq(r.status, 125);
-        ck_assert_msg(strstr(r.err, "pvm_vm_snapshot: the kvm provider cannot save the FPU state yet"), "stderr: %s",
-                      r.err);
-        rmdir(dir);
-        return;
-    }
     run(&r, (char *[]){ PVM_RUN, "--snapshot-after-hostcall", "1", file, BIN "hostcall.elf", NULL });
     expect(&r, "hostcall: host returned -38\n", 1);
     ck_assert_msg(strstr(r.err, "snapshot after host call 1 saved to "), "stderr: %s", r.err);

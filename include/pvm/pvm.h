@@ -729,8 +729,8 @@ typedef struct pvm_snapshot pvm_snapshot;
  * pvm_vm_alloc_memory() or pvm_load_info.ram) are not seen: write guest
  * memory through pvm_vcpu_write_guest() or a pointer from
  * pvm_vm_gpa_to_host(), which counts its whole range as written.
- * Errors: PVM_EINVAL, PVM_EBUSY, PVM_ENOTSUP (the backend cannot: kvm today;
- * or a region not from pvm_vm_alloc_memory()), PVM_ESTATE (a vCPU stopped
+ * Errors: PVM_EINVAL, PVM_EBUSY, PVM_ENOTSUP (the backend cannot: the Gen A
+ * kvm-pvm mode; or a region not from pvm_vm_alloc_memory()), PVM_ESTATE (a vCPU stopped
  * for good: SHUTDOWN or INTERNAL_ERROR), PVM_ERANGE (more than 1 TiB of
  * guest RAM, 4096 allocations or 4096 regions), PVM_ENOMEM.
  * Thread safety: no vCPU of @vm may run; not concurrent with other calls on @vm.

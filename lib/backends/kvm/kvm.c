@@ -704,6 +704,41 @@ static int kvm_prefer(void)
                       calib_kvm_us, calib_native_us);
 }
 
+/*
+ * Snapshots: the guest's FPU/SSE/AVX state is KVM's XSAVE area (struct
+ * kvm_xsave, 4 KiB, the legacy layout every KVM has), read and written while
+ * the vCPU is stopped.  It always exists: a vCPU that never ran has the reset
+ * state.
+ */
+static int kvm_get_fpu(struct pvm_hv_vcpu *hv, void *buf, size_t *len)
+{
+    if (*len < sizeof(struct kvm_xsave))
+        return PVM_ERANGE;
+    if (ioctl(kc_of(hv)->vcpu_fd, KVM_GET_XSAVE, buf) < 0)
+        return pvm__error(PVM_EIO, "kvm: KVM_GET_XSAVE: %s", strerror(errno));
+    *len = sizeof(struct kvm_xsave);
+    return 0;
+}
+
+static int kvm_check_fpu(struct pvm_hv_vcpu *hv, size_t len)
+{
+    (void)hv;
+    if (len != sizeof(struct kvm_xsave))
+        return pvm__error(PVM_ENOTSUP, "its FPU image has %zu bytes, the kvm backend's has %zu (a snapshot of "
+                          "another backend)", len, sizeof(struct kvm_xsave));
+    return 0;
+}
+
+static int kvm_set_fpu(struct pvm_hv_vcpu *hv, const void *buf, size_t len)
+{
+    int rc = kvm_check_fpu(hv, len);
+    if (rc < 0)
+        return rc;
+    if (ioctl(kc_of(hv)->vcpu_fd, KVM_SET_XSAVE, buf) < 0)
+        return pvm__error(PVM_EINVAL, "kvm: KVM_SET_XSAVE refused the image: %s", strerror(errno));
+    return 0;
+}
+
 static const struct pvm_cpu_provider kvm_cpu = {
     .name = "kvm",
     .window_lo = KVM_GUEST_LO,
@@ -718,6 +753,9 @@ static const struct pvm_cpu_provider kvm_cpu = {
     .reset = kvm_reset,
     .run = kvm_run_slot,
     .kick = kvm_kick,
+    .get_fpu = kvm_get_fpu,
+    .set_fpu = kvm_set_fpu,
+    .check_fpu = kvm_check_fpu,
 };
 
 const struct pvm_backend_ops pvm_kvm_backend = {
