@@ -744,7 +744,8 @@ static struct nstub *pool_take(int kick_signal)
 }
 
 /* A pooled stub becomes @memfd's: collect its process, send the memfd, wait for its boot trap. */
-static int pool_finish(struct nstub *s, int memfd, char *err, size_t errlen)
+/* A pooled stub becomes @memfd's (and @snap's, if > 0): collect its process, send the fds, wait for its boot. */
+static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
 {
     uint64_t tsc0 = __rdtsc(), t0 = now_ns();
     pid_t pid;
@@ -754,19 +755,22 @@ static int pool_finish(struct nstub *s, int memfd, char *err, size_t errlen)
     if (rc < 0)
         return set_err(err, errlen, "nstub_create: pooled stub: %s", why), rc;
     stub_spawned(s, pid, pidfd);
+    s->has_snap = snap > 0;
+    const int fds[2] = { memfd, snap }, nfds = snap > 0 ? 2 : 1;
     char byte = 'M';
     struct iovec iov = { &byte, 1 };
     union {
         struct cmsghdr h;
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(2 * sizeof(int))];
     } cm;
     memset(&cm, 0, sizeof(cm));
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
     struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &memfd, sizeof(int));
+    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
     if (sendmsg(s->sock, &mh, MSG_NOSIGNAL) != 1)
         return set_err(err, errlen, "nstub_create: handing the memfd to a pooled stub: %s", strerror(errno)), PVM_EIO;
     return stub_boot(s, tsc0, t0, err, errlen);
@@ -795,10 +799,9 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
                PVM_EBADF;
 
     pthread_once(&pool_once, pool_init);
-    /* Pooled stubs have no snapshot memfd: a VM from a snapshot starts its stubs the usual way. */
-    struct nstub *s = cfg->trust_maps || cfg->snap_memfd > 0 ? NULL : pool_take(cfg->kick_signal);
+    struct nstub *s = cfg->trust_maps ? NULL : pool_take(cfg->kick_signal);
     if (s) {
-        int rc = pool_finish(s, cfg->memfd, err, errlen);
+        int rc = pool_finish(s, cfg->memfd, cfg->snap_memfd, err, errlen);
         pool_want(cfg->kick_signal);
         if (rc == 0) {
             __atomic_add_fetch(&pool_hits, 1, __ATOMIC_RELAXED);

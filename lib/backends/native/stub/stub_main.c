@@ -565,21 +565,25 @@ struct k_cmsg1 {
  * has a VM: it waits here, blocked and using no CPU, for its RAM memfd on the
  * socket.  Installing a seccomp filter costs tens of microseconds on these
  * hosts (a BPF JIT image, speculation controls), so a pooled stub does it
- * ahead.  recvmsg puts the fd on the lowest free number: fds 0-2 are held
- * (copies of the control memfd), so it lands on NSTUB_FD_RAM with no dup2,
- * which the filter would refuse.  The library gone, the socket reads 0 (and
+ * ahead.  recvmsg puts fds on the lowest free numbers: fds 0-2 are held
+ * (copies of the control memfd), so the RAM memfd lands on NSTUB_FD_RAM (and
+ * a snapshot's on NSTUB_FD_SNAP) with no dup2, which the filter would refuse.  The library gone, the socket reads 0 (and
  * the death pipe kills us anyway).
  */
 static void receive_ram(void)
 {
     char byte;
     struct k_iovec iov = { &byte, 1 };
-    struct k_cmsg1 cm = { 0 };
+    struct { size_t len; int level, type; int fd[2]; } cm = { 0, 0, 0, { -1, -1 } };
     struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
     long n;
     while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0, 0, 0, 0)) == -EINTR)
         ;
-    if (n != 1 || cm.level != 1 || cm.type != 1 || cm.len != sizeof(cm) - sizeof(int) || cm.fd != NSTUB_FD_RAM)
+    /* The RAM memfd, and for a VM from a snapshot its sealed memfd: on 3 and 7, the lowest free fds. */
+    const size_t one = 16 + sizeof(int), two = 16 + 2 * sizeof(int);
+    _Static_assert(NSTUB_FD_SNAP == NSTUB_FD_NOTIFY + 1, "the snapshot memfd lands on the next free fd");
+    if (n != 1 || cm.level != 1 || cm.type != 1 || (cm.len != one && cm.len != two) || cm.fd[0] != NSTUB_FD_RAM ||
+        (cm.len == two && cm.fd[1] != NSTUB_FD_SNAP))
         die("no RAM memfd for a pooled stub (the library gave it up)");
     SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
 }
