@@ -92,29 +92,12 @@ static uint64_t run_first(pvm_vm *vm)
 
 /* ---- memory of this process and the stubs (as bench-vms.c) ---------------- */
 
-static double field_kib(const char *path, const char *key)
-{
-    char line[256];
-    double v = 0;
-    size_t kl = strlen(key);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof(line), f))
-        if (!strncmp(line, key, kl)) {
-            v = atof(line + kl);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
 static void add_proc(double *rss, double *pss, int pid)
 {
     char p[64];
     snprintf(p, sizeof(p), "/proc/%d/smaps_rollup", pid);
-    *rss += field_kib(p, "Rss:");
-    *pss += field_kib(p, "Pss:");
+    *rss += bench_field_kib(p, "Rss:");
+    *pss += bench_field_kib(p, "Pss:");
 }
 
 /* This process plus every stub forked by this library's zygotes. */
@@ -295,7 +278,7 @@ int main(int argc, char **argv)
      */
     double rss0, pss0, rss1, pss1;
     mem_now(&rss0, &pss0);
-    double shm0 = field_kib("/proc/meminfo", "Shmem:"), avail0 = field_kib("/proc/meminfo", "MemAvailable:");
+    double shm0 = bench_field_kib("/proc/meminfo", "Shmem:"), avail0 = bench_field_kib("/proc/meminfo", "MemAvailable:");
     pvm_vm **vms = calloc(nvms, sizeof(*vms));
     unsigned made = 0;
     uint64_t t0 = bench_now_ns();
@@ -308,7 +291,7 @@ int main(int argc, char **argv)
     }
     double secs = (double)(bench_now_ns() - t0) / 1e9;
     mem_now(&rss1, &pss1);
-    double shm1 = field_kib("/proc/meminfo", "Shmem:"), avail1 = field_kib("/proc/meminfo", "MemAvailable:");
+    double shm1 = bench_field_kib("/proc/meminfo", "Shmem:"), avail1 = bench_field_kib("/proc/meminfo", "MemAvailable:");
     snprintf(name, sizeof(name), "snap.vms_from_one_snapshot");
     bench_json_value(json, name, made, "VMs");
     bench_json_value(json, "snap.vms_total_pss_mib", (pss1 - pss0) / 1024, "MiB");

@@ -102,31 +102,14 @@ struct memsum {
     unsigned procs;
 };
 
-static double field_kib(const char *path, const char *key)
-{
-    char line[256];
-    double v = 0;
-    size_t kl = strlen(key);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof(line), f))
-        if (!strncmp(line, key, kl)) {
-            v = atof(line + kl);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
 static void add_proc(struct memsum *m, int pid)
 {
     char p[64];
     snprintf(p, sizeof(p), "/proc/%d/smaps_rollup", pid);
-    m->rss_kib += field_kib(p, "Rss:");
-    m->pss_kib += field_kib(p, "Pss:");
+    m->rss_kib += bench_field_kib(p, "Rss:");
+    m->pss_kib += bench_field_kib(p, "Pss:");
     snprintf(p, sizeof(p), "/proc/%d/status", pid);
-    m->pte_kib += field_kib(p, "VmPTE:");
+    m->pte_kib += bench_field_kib(p, "VmPTE:");
     m->procs++;
 }
 
@@ -180,7 +163,7 @@ static void mem_now(struct memsum *m)
 
 static double mem_available_kib(void)
 {
-    return field_kib("/proc/meminfo", "MemAvailable:");
+    return bench_field_kib("/proc/meminfo", "MemAvailable:");
 }
 
 /* ---- create + load + call + destroy --------------------------------------- */

@@ -130,4 +130,22 @@ static inline double bench_tsc_per_ns(void)
     return (double)(t1 - t0) / (double)(n1 - n0);
 }
 
+/* The number after @key in a /proc file (e.g. "Pss:" in smaps_rollup), in its unit (kB); 0 if absent. */
+static inline double bench_field_kib(const char *path, const char *key)
+{
+    char line[256];
+    double v = 0;
+    size_t kl = strlen(key);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, key, kl)) {
+            v = atof(line + kl);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
 #endif

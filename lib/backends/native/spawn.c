@@ -434,6 +434,29 @@ static void slot_release(struct nspawn_zygote *z, int slot)
     pthread_mutex_unlock(&zlock);
 }
 
+ssize_t nspawn_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds)
+{
+    if (nfds < 1 || nfds > NSTUB_ZREQ_MAXFDS)
+        return errno = EINVAL, -1;
+    struct iovec iov = { (void *)buf, len };
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(NSTUB_ZREQ_MAXFDS * sizeof(int))];
+    } cm;
+    memset(&cm, 0, sizeof(cm));
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
+    ssize_t n;
+    while ((n = sendmsg(sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    return n;
+}
+
 /* The stub's fd number @n (NSTUB_FD_*) in @f, or -1. */
 static int fd_for(const struct nspawn_fds *f, int n)
 {
@@ -471,22 +494,7 @@ static int zygote_request(struct nspawn *sp, const struct nspawn_fds *f, char *e
             req.fds |= 1u << n;
             fds[nfds++] = fd_for(f, n);
         }
-    struct iovec iov = { &req, sizeof(req) };
-    union {
-        struct cmsghdr h;
-        char buf[CMSG_SPACE(NSTUB_ZREQ_MAXFDS * sizeof(int))];
-    } cm;
-    memset(&cm, 0, sizeof(cm));
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
-    ssize_t n;
-    while ((n = sendmsg(z->sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-        ;
+    ssize_t n = nspawn_send_fds(z->sock, &req, sizeof(req), fds, nfds);
     if (n != (ssize_t)sizeof(req)) {
         set_err(err, errlen, "request to zygote %d: %s", (int)z->pid, n < 0 ? strerror(errno) : "short write");
         slot_release(z, slot);

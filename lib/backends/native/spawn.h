@@ -48,6 +48,8 @@ int nspawn_stub(struct nspawn *sp, const struct nspawn_fds *fds, pid_t *pid, int
  */
 int nspawn_request(struct nspawn *sp, const struct nspawn_fds *fds, char *err, size_t errlen);
 int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t errlen);
+/* sendmsg of @len bytes with @nfds (1..4) fds (SCM_RIGHTS) on @sock, EINTR retried; its result. */
+ssize_t nspawn_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);
 /* The stub was sent SIGKILL: wait until it is reaped (no zombie left) and free its slot. */

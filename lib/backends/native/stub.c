@@ -756,22 +756,8 @@ static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t e
         return set_err(err, errlen, "nstub_create: pooled stub: %s", why), rc;
     stub_spawned(s, pid, pidfd);
     s->has_snap = snap > 0;
-    const int fds[2] = { memfd, snap }, nfds = snap > 0 ? 2 : 1;
-    char byte = 'M';
-    struct iovec iov = { &byte, 1 };
-    union {
-        struct cmsghdr h;
-        char buf[CMSG_SPACE(2 * sizeof(int))];
-    } cm;
-    memset(&cm, 0, sizeof(cm));
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int)) };
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
-    if (sendmsg(s->sock, &mh, MSG_NOSIGNAL) != 1)
+    const int fds[2] = { memfd, snap };
+    if (nspawn_send_fds(s->sock, "M", 1, fds, snap > 0 ? 2 : 1) != 1)
         return set_err(err, errlen, "nstub_create: handing the memfd to a pooled stub: %s", strerror(errno)), PVM_EIO;
     return stub_boot(s, tsc0, t0, err, errlen);
 }
