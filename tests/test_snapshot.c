@@ -77,13 +77,19 @@ static void expect_count(pvm_vcpu *cpu, struct pvm_exit *e, uint64_t nonce, uint
     ck_assert_uint_eq(e->u.hypercall.args[2], n); /* RDX: args are RBX, R10, RDX, ... */
 }
 
+/* Boot the counting guest and run it to its first report: its nonce (kept only in guest RAM). */
+static uint64_t boot_counter(struct gvm *g, struct pvm_exit *e)
+{
+    gvm_boot(g, g_count_start, g_count_end);
+    run_hc(g->cpu, e, 0, 1);
+    return e->u.hypercall.args[0];
+}
+
 START_TEST(restore_continues_same_run)
 {
     struct gvm g;
     struct pvm_exit e = { 0 };
-    gvm_boot(&g, g_count_start, g_count_end);
-    run_hc(g.cpu, &e, 0, 1);
-    const uint64_t nonce = e.u.hypercall.args[0];
+    const uint64_t nonce = boot_counter(&g, &e);
     ck_assert_uint_ne(nonce, 0);
     expect_count(g.cpu, &e, nonce, 2);
     expect_count(g.cpu, &e, nonce, 3);
@@ -297,9 +303,7 @@ START_TEST(vms_share_snapshot_pages)
 {
     struct gvm g;
     struct pvm_exit e = { 0 };
-    gvm_boot(&g, g_count_start, g_count_end);
-    run_hc(g.cpu, &e, 0, 1);
-    const uint64_t nonce = e.u.hypercall.args[0];
+    const uint64_t nonce = boot_counter(&g, &e);
     expect_count(g.cpu, &e, nonce, 2);
     expect_count(g.cpu, &e, nonce, 3);
     pvm_snapshot *snap;
@@ -416,11 +420,11 @@ END_TEST
 
 START_TEST(prestarted_vms_handed_out)
 {
+    /* Exact fd counts below: no stub pool refilling meanwhile (before this process's first stub). */
+    setenv("PVM_NATIVE_POOL", "0", 1);
     struct gvm g;
     struct pvm_exit e = { 0 };
-    gvm_boot(&g, g_count_start, g_count_end);
-    run_hc(g.cpu, &e, 0, 1);
-    const uint64_t nonce = e.u.hypercall.args[0];
+    const uint64_t nonce = boot_counter(&g, &e);
     pvm_snapshot *snap;
     ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
     const struct pvm_exit at = e;
@@ -519,9 +523,7 @@ START_TEST(bad_files_refused)
 {
     struct gvm g;
     struct pvm_exit e = { 0 };
-    gvm_boot(&g, g_count_start, g_count_end);
-    run_hc(g.cpu, &e, 0, 1);
-    const uint64_t nonce = e.u.hypercall.args[0];
+    const uint64_t nonce = boot_counter(&g, &e);
     pvm_snapshot *snap;
     ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
     char good[128], bad[128];
@@ -706,9 +708,7 @@ START_TEST(no_leak_over_10000_restores)
 {
     struct gvm g;
     struct pvm_exit e = { 0 };
-    gvm_boot(&g, g_count_start, g_count_end);
-    run_hc(g.cpu, &e, 0, 1);
-    const uint64_t nonce = e.u.hypercall.args[0];
+    const uint64_t nonce = boot_counter(&g, &e);
     pvm_snapshot *snap;
     ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
     const struct pvm_exit at = e;
