@@ -53,7 +53,7 @@
 #define CHECK_PERIOD_NS 100000000ull       /* how often a long wait checks the stub is alive */
 #define KICK_TIMEOUT_NS 2000000000ull      /* a stub that ignores a kick this long is wedged */
 #define VSYSCALL_PAGE 0xffffffffff600000ull /* the one mapping a stub cannot remove */
-#define APPROVE_TIMEOUT_NS 1000000000ull   /* a stub that does not ask for its mappings this long lied */
+#define APPROVE_TIMEOUT_NS 2000000000ull   /* a stub that does not ask for its next mapping this long lied */
 #define APPROVE_SLICE_MS 10                /* how often that wait looks at the stub's state */
 #ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
 #define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
@@ -280,7 +280,6 @@ static int approve_cmds(struct nstub *s)
 {
     if (s->notif_fd < 0)
         return 0;
-    uint64_t deadline = now_ns() + APPROVE_TIMEOUT_NS;
     for (uint32_t i = 0; i < s->nr_sent; i++) {
         const struct nstub_cmd *c = &s->sent[i];
         if (c->op == NSTUB_CMD_UNMAP)
@@ -290,7 +289,8 @@ static int approve_cmds(struct nstub *s)
                                    c->op == NSTUB_CMD_PVCS ? (PROT_READ | PROT_WRITE) : c->prot,
                                    MAP_SHARED | MAP_FIXED, c->op == NSTUB_CMD_PVCS ? NSTUB_FD_RAM : c->fd, c->off };
         union notif_buf b;
-        int r = notif_wait(s, &b, deadline);
+        /* Per request: a batch may hold 256 mappings, each a round trip on a loaded machine. */
+        int r = notif_wait(s, &b, now_ns() + APPROVE_TIMEOUT_NS);
         if (r < 0)
             return -1;
         if (r == 0) {
