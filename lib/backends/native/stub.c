@@ -1220,9 +1220,10 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
                       trap->signo);
             break;
         }
-        if (k == C_SPURIOUS && s->escape) {
+        bool escaped = s->escape;   /* only this report can be its kick */
+        s->escape = false;
+        if (k == C_SPURIOUS && escaped) {
             /* The guest's refused mmap (refuse_escape), reported right after its SYSCALL. */
-            s->escape = false;
             if (regs->rip == NSTUB_SYSCALL_INSN + 2) {
                 regs->gpr[0] = s->escape_nr;
                 trap->kind = NSTUB_TRAP_SYSCALL;
