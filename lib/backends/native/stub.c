@@ -336,6 +336,7 @@ static void refuse_escape(struct nstub *s)
 }
 
 static void pool_refill_wanted(void);
+static void stub_free(struct nstub *s);
 
 static int futex_waitv_ok = 1;
 
@@ -580,7 +581,7 @@ static struct nstub *stub_alloc(int kick_signal, bool trust_maps, char *err, siz
     return s;
 
 fail:
-    nstub_destroy(s);
+    stub_free(s);
     return NULL;
 }
 
@@ -700,7 +701,7 @@ static void pool_refill(int kick_signal)
         s->ctl->pooled = 1;
         struct nspawn_fds fds = { .ram = -1, .ctl = s->ctl_fd, .notify = s->peer, .snap = -1 };
         if (nspawn_request(&s->sp, &fds, NULL, 0) < 0) {
-            nstub_destroy(s);
+            stub_free(s);
             pool_size = 0;   /* no zygote: no pool */
             break;
         }
@@ -796,7 +797,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         }
         /* A pooled stub that failed (killed meanwhile, say): start one the usual way. */
         pvm__log(PVM_LOG_DEBUG, "%s; starting a stub directly", err ? err : "pooled stub failed");
-        nstub_destroy(s);
+        stub_free(s);
     }
 
     int rc;
@@ -824,15 +825,15 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     return 0;
 
 fail:
-    nstub_destroy(s);
+    stub_free(s);
     return rc;
 }
 
-void nstub_destroy(struct nstub *s)
+/* Kill, reap and free (the pool's own error paths too: no pool work here, they hold pool_lock). */
+static void stub_free(struct nstub *s)
 {
     if (!s)
         return;
-    pool_refill_wanted();
     if (s->pidfd >= 0) {
         syscall(SYS_pidfd_send_signal, s->pidfd, SIGKILL, NULL, 0);
         nspawn_reap(&s->sp, s->pidfd);   /* no zombie left behind, whoever the parent is */
@@ -851,6 +852,14 @@ void nstub_destroy(struct nstub *s)
     if (s->peer >= 0)
         close(s->peer);
     free(s);
+}
+
+void nstub_destroy(struct nstub *s)
+{
+    if (!s)
+        return;
+    pool_refill_wanted();
+    stub_free(s);
 }
 
 /* ---- mapping commands -------------------------------------------------- */
