@@ -206,8 +206,9 @@ static bool notif_size_ok(void)
     static int ok = -1;
     if (ok < 0) {
         struct seccomp_notif_sizes sz;
+        /* RECV writes the kernel's size into our room; SEND reads the kernel's size from our struct. */
         ok = syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sz) == 0 && sz.seccomp_notif <= sizeof(union notif_buf) &&
-             sz.seccomp_notif_resp >= sizeof(struct seccomp_notif_resp);
+             sz.seccomp_notif_resp <= sizeof(struct seccomp_notif_resp);
     }
     return ok;
 }
