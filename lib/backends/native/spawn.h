@@ -4,7 +4,7 @@
  *
  * Stubs are forked by zygote processes (stub/zygote.c): the first stub of a
  * process starts one, a new one is started per NSPAWN_ZYGOTE_STUBS live
- * stubs.  A spawn then costs a sendmsg with two (three) fds and a fork of a tiny
+ * stubs.  A spawn then costs a sendmsg with the stub's few fds and a fork of a tiny
  * process: nothing in it grows with the library's fd table.
  * PVM_NATIVE_ZYGOTE=0 in the environment (read once) spawns every stub
  * directly from the library instead (clone(CLONE_VM|CLONE_VFORK) +
