@@ -137,20 +137,12 @@ static void mem_now(struct memsum *m)
     /* Stubs forked by this library's zygotes ("pvm-zygote zygote <our pid>", not our children). */
     d = opendir("/proc");
     while (d && (de = readdir(d))) {
-        char p[640], buf[256];
-        snprintf(p, sizeof(p), "/proc/%s/cmdline", de->d_name);
-        FILE *f = de->d_name[0] >= '1' && de->d_name[0] <= '9' ? fopen(p, "r") : NULL;
-        if (!f)
-            continue;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        const char *a1 = buf + strlen(buf) + 1;
-        if (strcmp(buf, "pvm-zygote") || a1 >= buf + n || strcmp(a1, "zygote") || atoi(a1 + strlen(a1) + 1) != getpid())
+        if (!bench_is_our_zygote(de->d_name))
             continue;
         add_proc(m, atoi(de->d_name));
+        char p[640];
         snprintf(p, sizeof(p), "/proc/%s/task/%s/children", de->d_name, de->d_name);
-        f = fopen(p, "r");
+        FILE *f = fopen(p, "r");
         int pid;
         while (f && fscanf(f, "%d", &pid) == 1)
             add_proc(m, pid);

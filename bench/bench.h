@@ -148,4 +148,19 @@ static inline double bench_field_kib(const char *path, const char *key)
     return v;
 }
 
+/* Is /proc/@pid a zygote of this process ("pvm-zygote zygote <our pid>"; its stubs are our VMs')? */
+static inline int bench_is_our_zygote(const char *pid)
+{
+    char p[640], buf[256];
+    snprintf(p, sizeof(p), "/proc/%s/cmdline", pid);
+    FILE *f = pid[0] >= '1' && pid[0] <= '9' ? fopen(p, "r") : NULL;
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *a1 = buf + strlen(buf) + 1;
+    return !strcmp(buf, "pvm-zygote") && a1 < buf + n && !strcmp(a1, "zygote") && atoi(a1 + strlen(a1) + 1) == getpid();
+}
+
 #endif
