@@ -124,6 +124,24 @@ static void mem_now(double *rss, double *pss)
         closedir(d);
 }
 
+/* @n creates from @snap (after 5 warm-ups), each run to its first exit: ns to the first instruction and exit. */
+static void create_runs(pvm_snapshot *snap, unsigned n, double *first, double *exit1)
+{
+    for (unsigned i = 0; i < n + 5; i++) {
+        pvm_vm *v2;
+        uint64_t t0 = bench_rdtsc();
+        if (pvm_vm_create_from_snapshot(&v2, snap, NULL) < 0)
+            die("create from snapshot");
+        uint64_t insn = run_first(v2);
+        uint64_t t1 = bench_rdtsc();
+        if (i >= 5) {
+            first[i - 5] = (double)(insn - t0) / tsc_per_ns;
+            exit1[i - 5] = (double)(t1 - t0) / tsc_per_ns;
+        }
+        pvm_vm_destroy(v2);
+    }
+}
+
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
@@ -203,19 +221,7 @@ int main(int argc, char **argv)
     /* Create from the snapshot -> first instruction (guest TSC) and -> first exit. */
     unsigned nc = quick ? 20 : 100;
     double *first = calloc(nc, sizeof(*first)), *exit1 = calloc(nc, sizeof(*exit1));
-    for (unsigned i = 0; i < nc + 5; i++) {
-        pvm_vm *v2;
-        uint64_t t0 = bench_rdtsc();
-        if (pvm_vm_create_from_snapshot(&v2, snap, NULL) < 0)
-            die("create from snapshot");
-        uint64_t insn = run_first(v2);
-        uint64_t t1 = bench_rdtsc();
-        if (i >= 5) {
-            first[i - 5] = (double)(insn - t0) / tsc_per_ns;
-            exit1[i - 5] = (double)(t1 - t0) / tsc_per_ns;
-        }
-        pvm_vm_destroy(v2);
-    }
+    create_runs(snap, nc, first, exit1);
     /* The split: the create call alone (no stub yet: stubs start at the first run), then the first run. */
     double *cr = calloc(nc, sizeof(*cr));
     for (unsigned i = 0; i < nc; i++) {
@@ -241,19 +247,7 @@ int main(int argc, char **argv)
     /* The same from VMs started ahead of time (pvm_snapshot_prestart): the create hands one out. */
     if (pvm_snapshot_prestart(snap, nc + 5) < 0)
         die("prestart");
-    for (unsigned i = 0; i < nc + 5; i++) {
-        pvm_vm *v2;
-        uint64_t t0 = bench_rdtsc();
-        if (pvm_vm_create_from_snapshot(&v2, snap, NULL) < 0)
-            die("create from snapshot");
-        uint64_t insn = run_first(v2);
-        uint64_t t1 = bench_rdtsc();
-        if (i >= 5) {
-            first[i - 5] = (double)(insn - t0) / tsc_per_ns;
-            exit1[i - 5] = (double)(t1 - t0) / tsc_per_ns;
-        }
-        pvm_vm_destroy(v2);
-    }
+    create_runs(snap, nc, first, exit1);
     bench_from_samples(&r, "snap.prestarted_create_to_first_insn", first, nc);
     bench_print(&r);
     bench_json(json, &r);
