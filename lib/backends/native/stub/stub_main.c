@@ -554,10 +554,11 @@ static void install_filter(void)
  * so install_filter()'s ALLOW for such an mmap still ends here.  Its
  * listener goes to the library over the socket, which is then closed.
  */
-struct k_cmsg1 {
+/* One SCM_RIGHTS header with room for two fds (the approval listener out; RAM and snapshot memfds in). */
+struct k_cmsg_fds {
     size_t len;
     int level, type;
-    int fd, pad;
+    int fd[2];
 };
 
 /*
@@ -574,13 +575,13 @@ static void receive_ram(void)
 {
     char byte;
     struct k_iovec iov = { &byte, 1 };
-    struct { size_t len; int level, type; int fd[2]; } cm = { 0, 0, 0, { -1, -1 } };
+    struct k_cmsg_fds cm = { 0, 0, 0, { -1, -1 } };
     struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
     long n;
     while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0, 0, 0, 0)) == -EINTR)
         ;
     /* The RAM memfd, and for a VM from a snapshot its sealed memfd: on 3 and 7, the lowest free fds. */
-    const size_t one = 16 + sizeof(int), two = 16 + 2 * sizeof(int);
+    const size_t one = offsetof(struct k_cmsg_fds, fd) + sizeof(int), two = sizeof(cm);
     _Static_assert(NSTUB_FD_SNAP == NSTUB_FD_NOTIFY + 1, "the snapshot memfd lands on the next free fd");
     if (n != 1 || cm.level != 1 || cm.type != 1 || (cm.len != one && cm.len != two) || cm.fd[0] != NSTUB_FD_RAM ||
         (cm.len == two && cm.fd[1] != NSTUB_FD_SNAP))
@@ -608,8 +609,8 @@ static void install_map_approval(bool keep_socket)
         die("seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER) failed");
     char byte = 'L';
     struct k_iovec iov = { &byte, 1 };
-    struct k_cmsg1 cm = { .len = sizeof(cm) - sizeof(int), .level = 1 /* SOL_SOCKET */, .type = 1 /* SCM_RIGHTS */,
-                          .fd = (int)lfd };
+    struct k_cmsg_fds cm = { .len = offsetof(struct k_cmsg_fds, fd) + sizeof(int), .level = 1 /* SOL_SOCKET */,
+                             .type = 1 /* SCM_RIGHTS */, .fd = { (int)lfd, -1 } };
     struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
     if (SYS(__NR_sendmsg, NSTUB_FD_NOTIFY, &mh, 0x4000 /* MSG_NOSIGNAL */, 0, 0, 0) != 1)
         die("sending the mapping-approval listener failed");
