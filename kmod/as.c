@@ -193,6 +193,24 @@ static long as_info(struct pvm_as *as, void __user *uarg)
 	return copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
 }
 
+/*
+ * The lock is held for the whole run: no page of the address space can be
+ * unmapped (and unpinned) while a CPU may hold it in its TLB.  The next run
+ * flushes the guest PCID (or, without PCIDs, every CR3 write does).
+ */
+static long as_run(struct pvm_as *as, void __user *uarg)
+{
+	long ret;
+
+	if (current->mm != as->mm)
+		return -EPERM;
+	if (mutex_lock_killable(&as->lock))
+		return -EINTR;
+	ret = pvm_run(&as->pt, as->pt.high, uarg);
+	mutex_unlock(&as->lock);
+	return ret;
+}
+
 static long as_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	struct pvm_as *as = f->private_data;
@@ -205,6 +223,8 @@ static long as_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return as_unmap(as, uarg);
 	case PVM_KMOD_AS_INFO:
 		return as_info(as, uarg);
+	case PVM_KMOD_AS_RUN:
+		return as_run(as, uarg);
 	}
 	return -ENOTTY;
 }

@@ -69,8 +69,13 @@ int pvm_pt_init(struct pvm_pgtable *pt)
 {
 	pt->nr_tables = 0;
 	pt->nr_mapped = 0;
+	pt->high = false;
 	pt->pml4 = alloc_table(pt);
-	return pt->pml4 ? 0 : -ENOMEM;
+	if (!pt->pml4)
+		return -ENOMEM;
+	/* The switcher (never counted: not one of this address space's tables). */
+	pt->pml4[511] = pvm_switcher_pml4e();
+	return 0;
 }
 
 void pvm_pt_fini(struct pvm_pgtable *pt)
@@ -80,6 +85,7 @@ void pvm_pt_fini(struct pvm_pgtable *pt)
 	pvm_pt_unmap(pt, 0, PVM_KMOD_GVA_LOW_END);
 	pvm_pt_unmap(pt, PVM_KMOD_GVA_HIGH_START, PVM_KMOD_GVA_HIGH_END);
 	WARN_ON(pt->nr_mapped || count_of(pt->pml4));
+	pt->pml4[511] = 0;
 	free_table(pt, pt->pml4);
 	pt->pml4 = NULL;
 }
@@ -144,6 +150,8 @@ int pvm_pt_map(struct pvm_pgtable *pt, u64 gva, struct page *page, unsigned int 
 		leaf |= _PAGE_NX & __supported_pte_mask;
 	WRITE_ONCE(table[(gva >> PAGE_SHIFT) & 511], leaf);
 	count_add(table, 1);
+	if (gva >= PVM_KMOD_GVA_HIGH_START)
+		pt->high = true;
 	pt->nr_mapped++;
 	atomic_long_inc(&pvm_stats.nr_pinned);
 	return 0;
@@ -200,7 +208,7 @@ void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id)
 {
 	unsigned int i4, i3, i2, i1;
 
-	for (i4 = 0; i4 < 512; i4++) {
+	for (i4 = 0; i4 < 511; i4++) { /* 511: the switcher */
 		u64 e4 = pt->pml4[i4], *l3;
 
 		if (!(e4 & _PAGE_PRESENT))

@@ -7,6 +7,9 @@
  * pgtable.c   an address space's own x86-64 4-level page tables
  * acct.c      mapped pages per process (mm)
  * debugfs.c   <debugfs>/pvm/tables: every live address space's leaves (tests)
+ * cpu.c       the world switch's per-CPU areas, IDT and switcher PDPT; one switch
+ * switch.S    the switch itself (switch.h: the area's layout)
+ * run.c       PVM_KMOD_AS_RUN
  */
 #ifndef PVM_KMOD_INTERNAL_H
 #define PVM_KMOD_INTERNAL_H
@@ -46,6 +49,7 @@ unsigned long pvm_acct_pages_of(struct mm_struct *mm);
 /* ---- pgtable.c: 4-level tables of one address space -------------------- */
 struct pvm_pgtable {
 	u64 *pml4;                 /* kernel address of the root page */
+	bool high;                 /* ever mapped upper-half addresses (run.c) */
 	unsigned long nr_tables;   /* the root included */
 	unsigned long nr_mapped;   /* leaf entries (pinned pages) */
 };
@@ -60,6 +64,21 @@ int pvm_pt_map(struct pvm_pgtable *pt, u64 gva, struct page *page, unsigned int 
 unsigned long pvm_pt_unmap(struct pvm_pgtable *pt, u64 gva, u64 end);
 /* One line per leaf: "id gva pml4e pdpte pde pte". */
 void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id);
+
+/* ---- cpu.c, run.c: the world switch --------------------------------------- */
+struct pvm_switch_regs {
+	u64 gpr[16];               /* x86 encoding order */
+	u64 rip, rflags, fs_base, gs_base;
+	u64 error_code, cr2;       /* out */
+};
+int pvm_switch_init(void);
+void pvm_switch_exit(void);
+/* The entry of every guest root's PML4 slot 511: the module's switcher PDPT. */
+u64 pvm_switcher_pml4e(void);
+/* Interrupts off: one switch; PVM_SW_SYSCALL, a vector, -1 (host event), -errno. */
+int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global);
+int pvm_run_supported(void);
+long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun);
 
 /* ---- as.c ---------------------------------------------------------------- */
 long pvm_as_create(const struct pvm_kmod_create_as __user *uarg);

@@ -2,9 +2,9 @@
 /*
  * kmod/pvm_main.c - the pvm module: parameters, counters, /dev/pvm.
  *
- * ABI version 1 (include/pvm/kmod.h): version, info, and address spaces
- * built from the caller's pinned pages.  Running guest code (the world
- * switch) is a later version: docs/design.md "kmod (world-switch module)".
+ * ABI version 2 (include/pvm/kmod.h): version, info, address spaces built
+ * from the caller's pinned pages, and RUN through the world switch
+ * (docs/design.md "kmod (world-switch module)").
  *
  * /dev/pvm is a character device of its own rather than a misc device: only
  * a device_type's devnode() can give devtmpfs a group for the node, which the
@@ -116,9 +116,12 @@ static int __init pvm_init(void)
 		pr_err("pvm: max_pages_per_as and max_pages_per_proc must be > 0\n");
 		return -EINVAL;
 	}
-	ret = alloc_chrdev_region(&pvm_devt, 0, 1, "pvm");
+	ret = pvm_switch_init();
 	if (ret)
 		return ret;
+	ret = alloc_chrdev_region(&pvm_devt, 0, 1, "pvm");
+	if (ret)
+		goto err_switch;
 	pvm_class = class_create(THIS_MODULE, "pvm");
 	if (IS_ERR(pvm_class)) {
 		ret = PTR_ERR(pvm_class);
@@ -153,6 +156,8 @@ err_class:
 	class_destroy(pvm_class);
 err_region:
 	unregister_chrdev_region(pvm_devt, 1);
+err_switch:
+	pvm_switch_exit();
 	return ret;
 }
 
@@ -163,6 +168,7 @@ static void __exit pvm_exit(void)
 	put_device(pvm_dev);
 	class_destroy(pvm_class);
 	unregister_chrdev_region(pvm_devt, 1);
+	pvm_switch_exit();
 	/* Open fds hold the module, so all of these are 0 here; anything else is a leak. */
 	WARN_ON(atomic_long_read(&pvm_stats.nr_as) || atomic_long_read(&pvm_stats.nr_pinned) ||
 		atomic_long_read(&pvm_stats.nr_tables) || atomic_long_read(&pvm_stats.nr_procs));
@@ -171,4 +177,4 @@ static void __exit pvm_exit(void)
 module_init(pvm_init);
 module_exit(pvm_exit);
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("PVM guests: address spaces of pinned user pages (world switch to come)");
+MODULE_DESCRIPTION("PVM guests: address spaces of pinned user pages and a world switch into them");

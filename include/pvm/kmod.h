@@ -1,5 +1,5 @@
 /*
- * pvm/kmod.h - the ioctl ABI of the kmod/ module's /dev/pvm (version 1).
+ * pvm/kmod.h - the ioctl ABI of the kmod/ module's /dev/pvm (version 2).
  *
  * Shared by the module and user space: fixed-size types only, every struct
  * padded explicitly and its size pinned with _Static_assert, so the layout is
@@ -7,11 +7,13 @@
  * fields and padding must be zero: the module rejects anything else with
  * -EINVAL, so later versions can give them a meaning.
  *
- * Version 1 holds the device, address spaces and mappings; running guest code
- * (the world switch) comes in a later version (docs/design.md "kmod").
+ * Version 1 holds the device, address spaces and mappings; version 2 adds
+ * PVM_KMOD_AS_RUN, the world switch (docs/design.md "kmod").  Version-1
+ * callers keep working.
  *
  *   /dev/pvm fd:  PVM_KMOD_GET_VERSION, PVM_KMOD_INFO, PVM_KMOD_CREATE_AS
- *   AS fd:        PVM_KMOD_AS_MAP, PVM_KMOD_AS_UNMAP, PVM_KMOD_AS_INFO
+ *   AS fd:        PVM_KMOD_AS_MAP, PVM_KMOD_AS_UNMAP, PVM_KMOD_AS_INFO,
+ *                 PVM_KMOD_AS_RUN
  *
  * An unknown ioctl on either fd returns -ENOTTY.
  */
@@ -26,7 +28,7 @@
 #include <linux/ioctl.h>
 
 #define PVM_KMOD_DEVICE      "/dev/pvm"
-#define PVM_KMOD_ABI_VERSION 1u
+#define PVM_KMOD_ABI_VERSION 2u
 #define PVM_KMOD_PAGE_SIZE   4096ull
 
 /*
@@ -139,5 +141,48 @@ struct pvm_kmod_as_info {
 };
 _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout");
 #define PVM_KMOD_AS_INFO _IOR(PVM_KMOD_IOC_MAGIC, 0x12, struct pvm_kmod_as_info)
+
+/*
+ * ioctl(as, PVM_KMOD_AS_RUN, &run): run the register file in @run at guest
+ * ring 3 in this address space (64-bit code, CS 0x33, SS 0x2b, IF set, IOPL
+ * 0, no I/O permission) until the first guest trap, then store the register
+ * file at the trap and what it was.  The FPU/SSE/AVX state the guest sees is
+ * the calling thread's own (save and load it around the call).  Only the
+ * creating process may run an address space; one RUN at a time per address
+ * space (a second waits), and MAP/UNMAP wait for a RUN to end.
+ *   0: exit_reason, vector, error_code, cr2 and the registers are filled.
+ *   -EINTR: a signal is pending or immediate_exit was set; the registers
+ *     are the guest's as they are now (resume them as they are).
+ *   -EINVAL bad argument (flags, reserved fields, a non-canonical RIP);
+ *   -EPERM not the creating process; -EOPNOTSUPP this CPU or kernel cannot
+ *   (5-level paging, more than 64 CPUs, a Meltdown CPU without PTI).
+ * RFLAGS in: only the arithmetic flags, TF, DF, NT, AC, RF and ID are taken;
+ * IF is always set and IOPL is 0.  Out: as the CPU left them.
+ */
+struct pvm_kmod_regs {
+    uint64_t gpr[16];            /* rax rcx rdx rbx rsp rbp rsi rdi r8..r15 */
+    uint64_t rip, rflags;
+    uint64_t fs_base, gs_base;
+};
+_Static_assert(sizeof(struct pvm_kmod_regs) == 160, "pvm_kmod_regs layout");
+
+/* exit_reason */
+#define PVM_KMOD_EXIT_SYSCALL   1u /* a SYSCALL: RIP after it (RCX, R11 as the CPU set them) */
+#define PVM_KMOD_EXIT_EXCEPTION 2u /* vector, error_code (0 where none), cr2 (#PF only);
+                                      INT3 and INT 0x80 (vector 0x80): RIP after them */
+
+struct pvm_kmod_run {
+    struct pvm_kmod_regs regs;   /* in and out */
+    uint32_t flags;              /* in: none defined: 0 */
+    uint32_t exit_reason;        /* out: PVM_KMOD_EXIT_* */
+    uint32_t vector;             /* out */
+    uint32_t error_code;         /* out */
+    uint64_t cr2;                /* out */
+    uint8_t immediate_exit;      /* in: set (from any thread, then signal the runner) to stop */
+    uint8_t pad0[7];
+    uint64_t reserved[7];
+};
+_Static_assert(sizeof(struct pvm_kmod_run) == 248, "pvm_kmod_run layout");
+#define PVM_KMOD_AS_RUN _IOWR(PVM_KMOD_IOC_MAGIC, 0x13, struct pvm_kmod_run)
 
 #endif /* PVM_KMOD_H */

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kmod/run.c - PVM_KMOD_AS_RUN: run a register file at guest ring 3 until a
+ * trap, through the world switch (cpu.c, switch.S).
+ *
+ * Preemption, signals and migration happen only between world switches:
+ * each one runs with preemption and interrupts off on the CPU it started on,
+ * whose area it uses; the guest root is per address space, so the next one
+ * may run anywhere.  Host interrupts and NMIs that end a switch go to the
+ * host's handlers (cpu.c), then the guest goes on without a trip to user
+ * space unless a signal is pending (-EINTR, the caller's kick).
+ */
+#include <linux/kernel.h>
+#include <linux/sched/signal.h>
+#include <linux/uaccess.h>
+
+#include <asm/fpu/api.h>
+#include <asm/trapnr.h>
+#include <asm/tlbflush.h>
+
+#include "pvm.h"
+#include "switch.h"
+
+/* RFLAGS bits a guest may set (§1.1's user-visible set); IF always, IOPL 0. */
+#define GUEST_RFLAGS (X86_EFLAGS_CF | X86_EFLAGS_PF | X86_EFLAGS_AF | X86_EFLAGS_ZF | \
+		      X86_EFLAGS_SF | X86_EFLAGS_TF | X86_EFLAGS_DF | X86_EFLAGS_OF | \
+		      X86_EFLAGS_NT | X86_EFLAGS_RF | X86_EFLAGS_AC | X86_EFLAGS_ID)
+
+/* A guest PCID the host never uses (Linux: 1..TLB_NR_DYN_ASIDS, and those | 0x800 with PTI). */
+#define PVM_GUEST_PCID 0x7ffull
+
+static bool canonical48(u64 va)
+{
+	return va < 0x0000800000000000ull || va >= 0xffff800000000000ull;
+}
+
+/* Can this kernel and CPU run a guest at all?  0 or -EOPNOTSUPP. */
+int pvm_run_supported(void)
+{
+	if (pgtable_l5_enabled())
+		return -EOPNOTSUPP;
+	/* Host kernel pages in the TLB under the guest root, readable by Meltdown. */
+	if (boot_cpu_has_bug(X86_BUG_CPU_MELTDOWN) && !boot_cpu_has(X86_FEATURE_PTI))
+		return -EOPNOTSUPP;
+	return 0;
+}
+
+long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun)
+{
+	struct pvm_kmod_run r;
+	struct pvm_switch_regs g;
+	unsigned int i;
+	long ret;
+	u64 cr3;
+
+	if (copy_from_user(&r, urun, sizeof(r)))
+		return -EFAULT;
+	if (r.flags || memchr_inv(r.pad0, 0, sizeof(r.pad0)) ||
+	    memchr_inv(r.reserved, 0, sizeof(r.reserved)))
+		return -EINVAL;
+	if (!canonical48(r.regs.rip))
+		return -EINVAL; /* IRETQ would fault in ring 0 */
+	ret = pvm_run_supported();
+	if (ret)
+		return ret;
+
+	memcpy(g.gpr, r.regs.gpr, sizeof(g.gpr));
+	g.rip = r.regs.rip;
+	g.rflags = (r.regs.rflags & GUEST_RFLAGS) | X86_EFLAGS_IF | X86_EFLAGS_FIXED;
+	g.fs_base = r.regs.fs_base;
+	g.gs_base = r.regs.gs_base;
+	cr3 = __pa(pt->pml4);
+
+	for (;;) {
+		int vector;
+
+		if (r.immediate_exit || signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		cond_resched();
+		preempt_disable();
+		local_irq_disable();
+		if (signal_pending(current) || need_resched()) {
+			local_irq_enable();
+			preempt_enable();
+			continue;
+		}
+		/* The thread's user FPU state is the guest's: in the registers. */
+		if (test_thread_flag(TIF_NEED_FPU_LOAD))
+			switch_fpu_return();
+		vector = pvm_switch_once(&g, cr3 | ((__read_cr4() & X86_CR4_PCIDE) ? PVM_GUEST_PCID : 0),
+					 high);
+		local_irq_enable();
+		preempt_enable();
+		if (vector == -1)
+			continue; /* a host interrupt or NMI */
+		if (vector < 0) {
+			ret = vector;
+			break;
+		}
+		r.exit_reason = vector == PVM_SW_SYSCALL ? PVM_KMOD_EXIT_SYSCALL : PVM_KMOD_EXIT_EXCEPTION;
+		r.vector = vector == PVM_SW_SYSCALL ? 0 : vector;
+		r.error_code = vector == PVM_SW_SYSCALL ? 0 : (u32)g.error_code;
+		r.cr2 = vector == X86_TRAP_PF ? g.cr2 : 0;
+		ret = 0;
+		break;
+	}
+	for (i = 0; i < 16; i++)
+		r.regs.gpr[i] = g.gpr[i];
+	r.regs.rip = g.rip;
+	r.regs.rflags = g.rflags;
+	r.regs.fs_base = g.fs_base;
+	r.regs.gs_base = g.gs_base;
+	/* Everything before immediate_exit: that one is the kicker's to write. */
+	if ((ret == 0 || ret == -EINTR) &&
+	    copy_to_user(urun, &r, offsetof(struct pvm_kmod_run, immediate_exit)))
+		return -EFAULT;
+	return ret;
+}

@@ -1,0 +1,337 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kmod/switch.S - the world switch: into guest ring 3 and back.
+ *
+ * Layout and rules: switch.h.  The code between pvm_switch_text_start and
+ * pvm_switch_text_end runs under guest roots too (mapped at its own address
+ * in every guest root's slot 511), so it touches nothing but its per-CPU
+ * area and the IDT while a guest root is loaded; it never trusts the GS base
+ * the guest left (the guest owns it, with FSGSBASE): a trap from ring 3
+ * SWAPGS's to the area (MSR_KERNEL_GS_BASE holds it while the guest runs), an
+ * NMI taken in ring 0 finds the area at the top of its IST stack.
+ *
+ * No stack frames here: objtool skips this file (Kbuild).
+ */
+#include <linux/linkage.h>
+#include <asm/msr-index.h>
+#include <asm/nospec-branch.h>
+#include <asm/processor-flags.h>
+#include <asm/segment.h>
+
+#include "switch.h"
+
+	.section .pvm_switch.text, "ax"
+	.balign 4096
+SYM_CODE_START_NOALIGN(pvm_switch_text_start)
+
+/*
+ * void pvm_switch_run(struct pvm_cpu_area *pc) - interrupts off.  Runs the
+ * guest registers of @pc under pc->guest_cr3 until its next exit, which
+ * fills pc's registers, vector, error code and CR2.  The caller has saved
+ * and set the MSRs (FS base, LSTAR, SYSENTER_CS) and the host descriptors.
+ */
+	.balign 16
+SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
+	pushq	%rbp
+	pushq	%rbx
+	pushq	%r12
+	pushq	%r13
+	pushq	%r14
+	pushq	%r15
+	pushfq
+	movq	%rsp, PC_HOST_RSP(%rdi)
+
+	/* Our GDT, TSS and IDT: in module memory, valid under both roots. */
+	lgdt	PC_GDT_DESC(%rdi)
+	movl	$PVM_SEL_TSS, %eax
+	ltr	%ax
+	lidt	pvm_idt_desc(%rip)
+
+	/* MSR_KERNEL_GS_BASE = the area (for the exit's SWAPGS), GS base = the guest's. */
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	movq	%rdi, %rax
+	movq	%rdi, %rdx
+	shrq	$32, %rdx
+	wrmsr
+	movl	$MSR_GS_BASE, %ecx
+	movq	PC_GUEST_GS(%rdi), %rax
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	wrmsr
+
+	/* The IRETQ frame on our RSP0 stack (the host stack is not in the guest root). */
+	leaq	PC_STACK_TOP(%rdi), %rsp
+	pushq	$__USER_DS
+	pushq	PC_GPR_RSP(%rdi)
+	pushq	PC_RFLAGS(%rdi)
+	pushq	$__USER_CS
+	pushq	PC_RIP(%rdi)
+
+	movq	PC_GUEST_CR3(%rdi), %rax
+	movq	%rax, %cr3
+	/* Host global TLB entries could shadow guest upper-half pages: drop them. */
+	cmpq	$0, PC_FLUSH_GLOBAL(%rdi)
+	je	1f
+	movq	PC_CR4(%rdi), %rax
+	movq	%rax, %rdx
+	andq	$~X86_CR4_PGE, %rdx
+	movq	%rdx, %cr4
+	movq	%rax, %cr4
+1:
+	movq	PC_GPR_RAX(%rdi), %rax
+	movq	PC_GPR_RCX(%rdi), %rcx
+	movq	PC_GPR_RDX(%rdi), %rdx
+	movq	PC_GPR_RBX(%rdi), %rbx
+	movq	PC_GPR_RBP(%rdi), %rbp
+	movq	PC_GPR_RSI(%rdi), %rsi
+	movq	PC_GPR_R8(%rdi), %r8
+	movq	PC_GPR_R9(%rdi), %r9
+	movq	PC_GPR_R10(%rdi), %r10
+	movq	PC_GPR_R11(%rdi), %r11
+	movq	PC_GPR_R12(%rdi), %r12
+	movq	PC_GPR_R13(%rdi), %r13
+	movq	PC_GPR_R14(%rdi), %r14
+	movq	PC_GPR_R15(%rdi), %r15
+	movq	PC_GPR_RDI(%rdi), %rdi
+	iretq
+
+/* Save the GPRs but RSP (and RDI's) to the area at %gs (after SWAPGS). */
+.macro SAVE_GPRS
+	movq	%rax, %gs:PC_GPR_RAX
+	movq	%rcx, %gs:PC_GPR_RCX
+	movq	%rdx, %gs:PC_GPR_RDX
+	movq	%rbx, %gs:PC_GPR_RBX
+	movq	%rbp, %gs:PC_GPR_RBP
+	movq	%rsi, %gs:PC_GPR_RSI
+	movq	%rdi, %gs:PC_GPR_RDI
+	movq	%r8, %gs:PC_GPR_R8
+	movq	%r9, %gs:PC_GPR_R9
+	movq	%r10, %gs:PC_GPR_R10
+	movq	%r11, %gs:PC_GPR_R11
+	movq	%r12, %gs:PC_GPR_R12
+	movq	%r13, %gs:PC_GPR_R13
+	movq	%r14, %gs:PC_GPR_R14
+	movq	%r15, %gs:PC_GPR_R15
+.endm
+
+/*
+ * SYSCALL from guest ring 3 (MSR_LSTAR while the guest runs).  RSP is the
+ * guest's and interrupts are off (the host's SFMASK); an NMI here takes its
+ * IST stack and sees ring 0.
+ */
+	.balign 16
+SYM_INNER_LABEL(pvm_syscall_entry, SYM_L_GLOBAL)
+	swapgs
+	movq	%rsp, %gs:PC_GPR_RSP
+	SAVE_GPRS
+	movq	$PVM_SW_SYSCALL, %gs:PC_VECTOR
+	movq	$0, %gs:PC_ERROR
+	movq	%rcx, %gs:PC_RIP	/* where the CPU put them */
+	movq	%r11, %gs:PC_RFLAGS
+	movq	%gs:PC_SELF, %rdi
+	jmp	pvm_exit_host
+
+/*
+ * One 16-byte stub per IDT vector: an error code (0 where the CPU pushes
+ * none), the vector, then the common exit.  NMI, #DB, #MC and #DF (IST
+ * stacks) have handlers of their own.
+ */
+.macro VEC_STUB v
+	.balign 16
+	.if \v == 1
+	jmp	pvm_db
+	.elseif \v == 2
+	jmp	pvm_nmi
+	.elseif \v == 8
+	jmp	pvm_df
+	.elseif \v == 18
+	jmp	pvm_mc
+	.else
+	.if (\v != 10) && (\v != 11) && (\v != 12) && (\v != 13) && (\v != 14) && (\v != 17) && (\v != 21) && (\v != 29) && (\v != 30)
+	pushq	$0
+	.endif
+	pushq	$\v
+	jmp	pvm_exit_common
+	.endif
+.endm
+
+	.balign 16
+SYM_INNER_LABEL(pvm_vector_stubs, SYM_L_GLOBAL)
+	vec = 0
+	.rept 256
+	VEC_STUB vec
+	vec = vec + 1
+	.endr
+
+/*
+ * [rsp]: vector, error code, RIP, CS, RFLAGS, RSP, SS.  From ring 3 only: a
+ * trap in ring 0 is a bug of the switch.
+ */
+pvm_exit_common:
+	testb	$3, 24(%rsp)
+	jz	pvm_switch_bug
+	swapgs
+	SAVE_GPRS
+	movq	0(%rsp), %rax
+	movq	%rax, %gs:PC_VECTOR
+	movq	8(%rsp), %rax
+	movq	%rax, %gs:PC_ERROR
+	movq	16(%rsp), %rax
+	movq	%rax, %gs:PC_RIP
+	movq	32(%rsp), %rax
+	movq	%rax, %gs:PC_RFLAGS
+	movq	40(%rsp), %rax
+	movq	%rax, %gs:PC_GPR_RSP
+	movq	%cr2, %rax
+	movq	%rax, %gs:PC_CR2
+	movq	%gs:PC_SELF, %rdi
+	/* fall through */
+
+/*
+ * %rdi: the area; GS base: the area; the guest's GS base in
+ * MSR_KERNEL_GS_BASE.  Back to the host: its root first (our pages are in
+ * both), its GS base before its GDT and IDT (a host NMI handler may run as
+ * soon as its IDT is back, and reads both), then its stack.
+ */
+pvm_exit_host:
+	movq	PC_HOST_CR3(%rdi), %rax
+	movq	%rax, %cr3
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	rdmsr
+	shlq	$32, %rdx
+	orq	%rdx, %rax
+	movq	%rax, PC_GUEST_GS(%rdi)
+	movq	PC_HOST_KGS(%rdi), %rax
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	wrmsr
+	movl	$MSR_GS_BASE, %ecx
+	movq	PC_HOST_GS(%rdi), %rax
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	wrmsr
+	lgdt	PC_HOST_GDT(%rdi)
+	lidt	PC_HOST_IDT(%rdi)
+	movq	PC_HOST_RSP(%rdi), %rsp
+	popfq
+	popq	%r15
+	popq	%r14
+	popq	%r13
+	popq	%r12
+	popq	%rbx
+	popq	%rbp
+	RET
+
+/*
+ * NMI (IST2).  From ring 3: an exit like any other (the C side raises it
+ * again for the host).  From ring 0 (the switch itself, any root, any GS):
+ * note it in the area, found at the IST top, and return; the C side raises
+ * it for the host after the switch.
+ */
+pvm_nmi:
+	testb	$3, 8(%rsp)
+	jz	1f
+	pushq	$0
+	pushq	$2
+	jmp	pvm_exit_common
+1:	pushq	%rax
+	movq	56(%rsp), %rax
+	movq	$1, PC_NMI(%rax)
+	popq	%rax
+	iretq
+
+/* #DB (IST3) from ring 0: no host breakpoint is armed in the switch (DR7 is clear): ignore. */
+pvm_db:
+	testb	$3, 8(%rsp)
+	jz	1f
+	pushq	$0
+	pushq	$1
+	jmp	pvm_exit_common
+1:	iretq
+
+/* #MC (IST4): from ring 3 an exit (C reports it); from ring 0 it cannot be handled here. */
+pvm_mc:
+	testb	$3, 8(%rsp)
+	jz	1f
+	pushq	$0
+	pushq	$18
+	jmp	pvm_exit_common
+1:	pushq	$0
+	pushq	$18
+	jmp	pvm_switch_bug
+
+/* #DF (IST1, error code 0): always a bug of the switch. */
+pvm_df:
+	pushq	$8
+	/* fall through */
+
+/*
+ * A trap in ring 0 inside the switch: a bug, and nothing can be trusted.
+ * Say where on COM1 ("pvm: switch bug vector VV rip RRRRRRRRRRRRRRRR") and
+ * stop this CPU.  [rsp]: vector, error code, RIP.
+ */
+pvm_switch_bug:
+	movw	$0x3f8, %dx
+	movq	$0x206d7670, %rax	/* "pvm " */
+	call	pvm_bug_putc4
+	movq	$0x20677562, %rax	/* "bug " */
+	call	pvm_bug_putc4
+	movq	0(%rsp), %rsi
+	shlq	$56, %rsi
+	movl	$2, %ecx
+	call	pvm_bug_puthex
+	movb	$0x20, %al
+	outb	%al, %dx
+	movq	16(%rsp), %rsi
+	movl	$16, %ecx
+	call	pvm_bug_puthex
+	movb	$0x0a, %al
+	outb	%al, %dx
+2:	cli
+	hlt
+	jmp	2b
+
+/* Four bytes of %eax, low first, to port %dx. */
+pvm_bug_putc4:
+	movl	$4, %ecx
+1:	outb	%al, %dx
+	shrl	$8, %eax
+	decl	%ecx
+	jnz	1b
+	ret
+
+/* The top %ecx nibbles of %rsi in hex to port %dx. */
+pvm_bug_puthex:
+	rolq	$4, %rsi
+	movl	%esi, %eax
+	andl	$15, %eax
+	addb	$0x30, %al
+	cmpb	$0x39, %al
+	jbe	1f
+	addb	$0x27, %al
+1:	outb	%al, %dx
+	decl	%ecx
+	jnz	pvm_bug_puthex
+	ret
+
+SYM_INNER_LABEL(pvm_switch_text_end, SYM_L_GLOBAL)
+SYM_CODE_END(pvm_switch_text_start)
+
+	.text
+/*
+ * void pvm_call_host_gate(unsigned long entry) - interrupts off: run the host
+ * IDT's handler at @entry for an external interrupt the guest's exit took,
+ * with the frame the CPU would have pushed in kernel mode (as KVM on VMX).
+ */
+SYM_FUNC_START(pvm_call_host_gate)
+	pushq	%rbp
+	movq	%rsp, %rbp
+	andq	$-16, %rsp
+	pushq	$__KERNEL_DS
+	pushq	%rbp
+	pushfq
+	pushq	$__KERNEL_CS
+	CALL_NOSPEC rdi
+	leave
+	RET
+SYM_FUNC_END(pvm_call_host_gate)

@@ -1,0 +1,498 @@
+/*
+ * tests/kmod/kmod_run_test.c - PVM_KMOD_AS_RUN (ABI v2), run inside QEMU by kmod-e2e.
+ *
+ * Tiny guests of a few instructions, exact to the register: every kind of
+ * exit (SYSCALL, #UD, #PF with its error code and CR2, INT3, INT 0x80, #GP of
+ * INT n, I/O, HLT and CLI at ring 3), the register file both ways, FS/GS
+ * bases, the thread's FPU state as the guest's, guest writes landing in the
+ * caller's pages, the module's own pages out of the guest's reach, a long run
+ * that host interrupts cut many times, kicks (immediate_exit, a signal),
+ * migration between CPUs, bad arguments, and another process's address space.
+ *
+ * Every check prints its line on failure; exit status 0 only if all passed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <pvm/kmod.h>
+
+#define PG 4096ull
+#define CODE 0x400000ull  /* RX */
+#define DATA 0x600000ull  /* RW, the stack's page too */
+#define RODATA 0x700000ull /* R */
+
+static int failures;
+
+#define CHECK(cond)                                                             \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);     \
+            failures++;                                                         \
+        }                                                                       \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                          \
+    do {                                                                        \
+        unsigned long long a_ = (a), b_ = (b);                                  \
+        if (a_ != b_) {                                                         \
+            fprintf(stderr, "FAIL %s:%d: %s = %#llx, want %#llx\n", __FILE__,   \
+                    __LINE__, #a, a_, b_);                                      \
+            failures++;                                                         \
+        }                                                                       \
+    } while (0)
+
+enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15 };
+
+static int dev, as;
+static uint8_t *code, *data, *rodata;
+
+static void *page(void)
+{
+    void *p = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(2);
+    }
+    memset(p, 0, PG); /* populated: not the shared zero page */
+    return p;
+}
+
+static void map(uint64_t gva, void *p, uint32_t flags)
+{
+    struct pvm_kmod_map m = { .gva = gva, .uaddr = (uintptr_t)p, .len = PG, .flags = flags };
+    if (ioctl(as, PVM_KMOD_AS_MAP, &m) != 0) {
+        perror("PVM_KMOD_AS_MAP");
+        exit(2);
+    }
+}
+
+/* A run from CODE with @bytes there; RSP at the top of DATA. */
+static struct pvm_kmod_run prepare(const void *bytes, size_t n)
+{
+    struct pvm_kmod_run r;
+    memset(code, 0xcc, PG);
+    memcpy(code, bytes, n);
+    memset(&r, 0, sizeof(r));
+    r.regs.rip = CODE;
+    r.regs.rflags = 0x2;
+    r.regs.gpr[RSP] = DATA + PG;
+    return r;
+}
+
+static int run(struct pvm_kmod_run *r)
+{
+    return ioctl(as, PVM_KMOD_AS_RUN, r);
+}
+
+#define BYTES(...) ((const uint8_t[]){ __VA_ARGS__ }), sizeof((const uint8_t[]){ __VA_ARGS__ })
+
+static void test_syscall_and_registers(void)
+{
+    /* mov $0x1234,%eax; syscall */
+    struct pvm_kmod_run r = prepare(BYTES(0xb8, 0x34, 0x12, 0, 0, 0x0f, 0x05));
+    for (unsigned i = 0; i < 16; i++)
+        if (i != RSP)
+            r.regs.gpr[i] = 0x1111111111111111ull * (i + 1) ^ 0x0123456789abcdefull;
+    uint64_t in[16];
+    memcpy(in, r.regs.gpr, sizeof(in));
+    r.regs.rflags = 0x2 | 0x1 | 0x80 | 0x400 | 0x3000 /* IOPL: dropped */ | 0x20000 /* VM: dropped */;
+    r.regs.fs_base = 0x1234567000ull;
+    r.regs.gs_base = 0x7654321000ull;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+    CHECK_EQ(r.vector, 0);
+    CHECK_EQ(r.error_code, 0);
+    CHECK_EQ(r.cr2, 0);
+    CHECK_EQ(r.regs.rip, CODE + 7);
+    CHECK_EQ(r.regs.gpr[RAX], 0x1234);
+    CHECK_EQ(r.regs.gpr[RCX], CODE + 7); /* the CPU's SYSCALL */
+    CHECK_EQ(r.regs.gpr[R11], 0x2 | 0x1 | 0x80 | 0x400 | 0x200);
+    CHECK_EQ(r.regs.rflags, 0x2 | 0x1 | 0x80 | 0x400 | 0x200);
+    for (unsigned i = 0; i < 16; i++)
+        if (i != RAX && i != RCX && i != R11 && i != RSP)
+            CHECK_EQ(r.regs.gpr[i], in[i]);
+    CHECK_EQ(r.regs.gpr[RSP], DATA + PG);
+    CHECK_EQ(r.regs.fs_base, 0x1234567000ull);
+    CHECK_EQ(r.regs.gs_base, 0x7654321000ull);
+    CHECK_EQ(r.immediate_exit, 0);
+}
+
+static void test_exceptions(void)
+{
+    struct pvm_kmod_run r;
+
+    r = prepare(BYTES(0x90, 0x0f, 0x0b)); /* nop; ud2 */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_EXCEPTION);
+    CHECK_EQ(r.vector, 6);
+    CHECK_EQ(r.error_code, 0);
+    CHECK_EQ(r.regs.rip, CODE + 1);
+    CHECK_EQ(r.regs.rflags, 0x202);
+
+    r = prepare(BYTES(0xcc)); /* int3: a trap, RIP after it */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 3);
+    CHECK_EQ(r.regs.rip, CODE + 1);
+
+    r = prepare(BYTES(0xcd, 0x80)); /* int $0x80: RIP after it */
+    r.regs.gpr[RAX] = 0xa0a0a0a000011234ull;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 0x80);
+    CHECK_EQ(r.regs.rip, CODE + 2);
+    CHECK_EQ(r.regs.gpr[RAX], 0xa0a0a0a000011234ull);
+
+    r = prepare(BYTES(0xcd, 0x20)); /* int $0x20: a DPL-0 gate, #GP(0x20 << 3 | 2) */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 13);
+    /* QEMU TCG (7.2) scales the index by the 16-byte gate size: 0x202. */
+    CHECK(r.error_code == 0x102 || r.error_code == 0x202);
+    CHECK_EQ(r.regs.rip, CODE);
+
+    r = prepare(BYTES(0xe6, 0x80)); /* out %al,$0x80: no I/O permission, #GP(0) */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 13);
+    CHECK_EQ(r.error_code, 0);
+
+    r = prepare(BYTES(0xf4)); /* hlt */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 13);
+
+    r = prepare(BYTES(0xfa)); /* cli with IOPL 0 */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 13);
+
+    r = prepare(BYTES(0x48, 0x31, 0xc0, 0x48, 0xf7, 0xf0)); /* xor %rax,%rax; div %rax */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 0);
+    CHECK_EQ(r.regs.rip, CODE + 3);
+
+    /* TF set by the caller: #DB after one instruction. */
+    r = prepare(BYTES(0x90, 0x90));
+    r.regs.rflags = 0x102;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 1);
+    CHECK_EQ(r.regs.rip, CODE + 1);
+
+    /* A far jump to 0x23: no 32-bit user code here (a null descriptor), #GP(0x20).  (ljmp *DATA+0x20, m16:32) */
+    memcpy(data + 0x20, (const uint8_t[]){ 0x00, 0x10, 0x40, 0x00, 0x23, 0x00 }, 6);
+    r = prepare(BYTES(0xff, 0x2c, 0x25, 0x20, 0x00, 0x60, 0x00));
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 13);
+    CHECK_EQ(r.error_code, 0x20);
+}
+
+static void test_page_faults(void)
+{
+    struct pvm_kmod_run r;
+
+    /* mov 0x5008,%rax: not present, read, user */
+    r = prepare(BYTES(0x48, 0x8b, 0x04, 0x25, 0x08, 0x50, 0, 0));
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 14);
+    CHECK_EQ(r.error_code, 0x4);
+    CHECK_EQ(r.cr2, 0x5008);
+    CHECK_EQ(r.regs.rip, CODE);
+
+    /* movq $7,RODATA+16: present, write, user */
+    r = prepare(BYTES(0x48, 0xc7, 0x04, 0x25, 0x10, 0x00, 0x70, 0x00, 0x07, 0, 0, 0));
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 14);
+    CHECK_EQ(r.error_code, 0x7);
+    CHECK_EQ(r.cr2, RODATA + 16);
+
+    /* jmp *%rax to DATA (NX): instruction fetch */
+    r = prepare(BYTES(0xff, 0xe0));
+    r.regs.gpr[RAX] = DATA;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 14);
+    CHECK_EQ(r.error_code, 0x15);
+    CHECK_EQ(r.cr2, DATA);
+    CHECK_EQ(r.regs.rip, DATA);
+
+    /* movq $0xdeadbeef,DATA+8; mov RODATA,%rbx; syscall: the caller's pages */
+    rodata[0] = 0x5a;
+    r = prepare(BYTES(0x48, 0xc7, 0x04, 0x25, 0x08, 0x00, 0x60, 0x00, 0xef, 0xbe, 0xad, 0xde,
+                      0x48, 0x8b, 0x1c, 0x25, 0x00, 0x00, 0x70, 0x00, 0x0f, 0x05));
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+    CHECK_EQ(*(uint64_t *)(data + 8), 0xffffffffdeadbeefull);
+    CHECK_EQ(r.regs.gpr[RBX], 0x5a);
+}
+
+/* The module's pages are in every guest root (slot 511) but supervisor only. */
+static void test_module_pages_unreachable(void)
+{
+    unsigned long long text = 0;
+    FILE *f = fopen("/sys/module/pvm/sections/.pvm_switch.text", "r");
+    CHECK(f != NULL);
+    if (f) {
+        CHECK(fscanf(f, "%llx", &text) == 1);
+        fclose(f);
+    }
+    CHECK(text >> 39 == 0x1ffffff); /* PML4 slot 511 */
+    struct pvm_kmod_run r = prepare(BYTES(0x48, 0x8b, 0x00)); /* mov (%rax),%rax */
+    r.regs.gpr[RAX] = text;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 14);
+    CHECK_EQ(r.error_code, 0x5); /* present, read, user: a protection fault */
+    CHECK_EQ(r.cr2, text);
+    /* Jumping there: the same, as an instruction fetch. */
+    r = prepare(BYTES(0xff, 0xe0));
+    r.regs.gpr[RAX] = text;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 14);
+    CHECK_EQ(r.error_code, 0x15);
+    /* An unmapped kernel address: not present. */
+    r = prepare(BYTES(0x48, 0x8b, 0x00));
+    r.regs.gpr[RAX] = 0xffff888000000000ull;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 14);
+    CHECK_EQ(r.error_code, 0x4);
+}
+
+static void test_fs_gs_fpu(void)
+{
+    /* mov %fs:8,%rax; mov %gs:16,%rbx; movq %xmm0,%rcx; movq %rdx,%xmm1; syscall */
+    struct pvm_kmod_run r = prepare(BYTES(0x64, 0x48, 0x8b, 0x04, 0x25, 0x08, 0, 0, 0,
+                                          0x65, 0x48, 0x8b, 0x1c, 0x25, 0x10, 0, 0, 0,
+                                          0x66, 0x48, 0x0f, 0x7e, 0xc1,
+                                          0x66, 0x48, 0x0f, 0x6e, 0xca,
+                                          0x0f, 0x05));
+    *(uint64_t *)(data + 8) = 0x1111;
+    *(uint64_t *)(data + 16 + 0x100) = 0x2222;
+    r.regs.fs_base = DATA;
+    r.regs.gs_base = DATA + 0x100;
+    r.regs.gpr[RDX] = 0x5566778899aabbccull;
+    uint64_t x0 = 0x0102030405060708ull, x1 = 0;
+    /* The guest's FPU state is the thread's own: xmm0 in, xmm1 out. */
+    __asm__ volatile("movq %0, %%xmm0" : : "r"(x0) : "xmm0");
+    int rc = run(&r);
+    __asm__ volatile("movq %%xmm1, %0" : "=r"(x1));
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+    CHECK_EQ(r.regs.gpr[RAX], 0x1111);
+    CHECK_EQ(r.regs.gpr[RBX], 0x2222);
+    CHECK_EQ(r.regs.gpr[RCX], CODE + 30); /* SYSCALL's RCX */
+    CHECK_EQ(x1, 0x5566778899aabbccull);
+
+    /* WRFSBASE/WRGSBASE where the kernel allows them at ring 3: the bases come back. */
+    if (getauxval(AT_HWCAP2) & 2 /* HWCAP2_FSGSBASE */) {
+        /* wrfsbase %rax; wrgsbase %rbx; syscall */
+        r = prepare(BYTES(0xf3, 0x48, 0x0f, 0xae, 0xd0, 0xf3, 0x48, 0x0f, 0xae, 0xdb, 0x0f, 0x05));
+        r.regs.gpr[RAX] = 0xfeed000;
+        r.regs.gpr[RBX] = 0xffff888000001000ull; /* a kernel address: only a base */
+        CHECK_EQ(run(&r), 0);
+        CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+        CHECK_EQ(r.regs.fs_base, 0xfeed000);
+        CHECK_EQ(r.regs.gs_base, 0xffff888000001000ull);
+    } else {
+        printf("kmod_run_test: no FSGSBASE at ring 3, WRFSBASE case skipped\n");
+    }
+    /* The guest loading FS/DS selectors leaves the thread's as they were. */
+    unsigned short fs0, ds0, fs1, ds1;
+    __asm__ volatile("mov %%fs, %0; mov %%ds, %1" : "=r"(fs0), "=r"(ds0));
+    /* mov $0x2b,%eax; mov %eax,%fs; mov %eax,%ds; syscall */
+    r = prepare(BYTES(0xb8, 0x2b, 0, 0, 0, 0x8e, 0xe0, 0x8e, 0xd8, 0x0f, 0x05));
+    CHECK_EQ(run(&r), 0);
+    __asm__ volatile("mov %%fs, %0; mov %%ds, %1" : "=r"(fs1), "=r"(ds1));
+    CHECK_EQ(fs1, fs0);
+    CHECK_EQ(ds1, ds0);
+}
+
+/* 1: dec %rcx; jnz 1b; syscall - a run long enough for many host timer interrupts. */
+static void test_long_run(void)
+{
+    struct pvm_kmod_run r = prepare(BYTES(0x48, 0xff, 0xc9, 0x75, 0xfb, 0x0f, 0x05));
+    r.regs.gpr[RCX] = 100000000ull;
+    r.regs.gpr[RBX] = 0xabcdef;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+    CHECK_EQ(r.regs.gpr[RBX], 0xabcdef);
+    CHECK_EQ(r.regs.rip, CODE + 7);
+}
+
+static struct pvm_kmod_run spin_run;
+static volatile pid_t spin_tid;
+
+static void on_sig(int sig)
+{
+    (void)sig;
+}
+
+static void *spinner(void *arg)
+{
+    (void)arg;
+    spin_tid = (pid_t)syscall(SYS_gettid);
+    long rc = run(&spin_run);
+    return (void *)(rc == -1 ? (long)errno : 0);
+}
+
+/* jmp . forever: a signal ends the run with EINTR and the guest's registers. */
+static void test_kick(void)
+{
+    struct sigaction sa = { .sa_handler = on_sig };
+    sigaction(SIGUSR1, &sa, NULL);
+    spin_run = prepare(BYTES(0x48, 0xff, 0xc0, 0xeb, 0xfb)); /* 1: inc %rax; jmp 1b */
+    pthread_t t;
+    void *ret;
+    spin_tid = 0;
+    pthread_create(&t, NULL, spinner, NULL);
+    while (!spin_tid)
+        usleep(1000);
+    fprintf(stderr, "kick: spinner %d started\n", spin_tid);
+    usleep(200000);
+    fprintf(stderr, "kick: kicking\n");
+    spin_run.immediate_exit = 1; /* as a provider's kick: flag, then signal */
+    syscall(SYS_tgkill, getpid(), spin_tid, SIGUSR1);
+    pthread_join(t, &ret);
+    fprintf(stderr, "kick: joined\n");
+    CHECK_EQ((long)ret, EINTR);
+    CHECK(spin_run.regs.rip == CODE || spin_run.regs.rip == CODE + 3);
+    CHECK(spin_run.regs.gpr[RAX] > 1000); /* it ran */
+    uint64_t count = spin_run.regs.gpr[RAX];
+
+    /* immediate_exit alone: no entry at all, registers unchanged. */
+    CHECK_EQ(run(&spin_run), -1);
+    CHECK_EQ(errno, EINTR);
+    CHECK_EQ(spin_run.regs.gpr[RAX], count);
+
+    /* Resuming the registers as they came back goes on counting. */
+    spin_run.immediate_exit = 0;
+    spin_tid = 0;
+    pthread_create(&t, NULL, spinner, NULL);
+    while (!spin_tid)
+        usleep(1000);
+    usleep(100000);
+    fprintf(stderr, "kick: signal alone\n");
+    syscall(SYS_tgkill, getpid(), spin_tid, SIGUSR1);
+    pthread_join(t, &ret);
+    CHECK_EQ((long)ret, EINTR);
+    CHECK(spin_run.regs.gpr[RAX] > count);
+}
+
+/* Runs on every CPU in turn, moved between them by affinity. */
+static void test_migration(void)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    for (int i = 0; i < 200; i++) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(i % ncpu, &set);
+        sched_setaffinity(0, sizeof(set), &set);
+        struct pvm_kmod_run r = prepare(BYTES(0x48, 0xff, 0xc9, 0x75, 0xfb, 0x0f, 0x05));
+        r.regs.gpr[RCX] = 1000 + i;
+        r.regs.gpr[RDX] = i;
+        if (run(&r) != 0 || r.exit_reason != PVM_KMOD_EXIT_SYSCALL || r.regs.gpr[RDX] != (uint64_t)i) {
+            CHECK(!"a run on a CPU failed");
+            break;
+        }
+    }
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    for (long c = 0; c < ncpu; c++)
+        CPU_SET(c, &all);
+    sched_setaffinity(0, sizeof(all), &all);
+}
+
+static void test_bad_args(void)
+{
+    struct pvm_kmod_run r = prepare(BYTES(0x0f, 0x05));
+    r.regs.rip = 0x0000800000000000ull;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.flags = 1;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.reserved[6] = 1;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.pad0[0] = 1;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    CHECK_EQ(ioctl(as, PVM_KMOD_AS_RUN, (void *)8), -1);
+    CHECK_EQ(errno, EFAULT);
+    CHECK_EQ(ioctl(dev, PVM_KMOD_AS_RUN, &r), -1); /* not on /dev/pvm */
+    CHECK_EQ(errno, ENOTTY);
+
+    /* A forked child may not run its parent's address space. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct pvm_kmod_run c = prepare(BYTES(0x0f, 0x05));
+        _exit(ioctl(as, PVM_KMOD_AS_RUN, &c) == -1 && errno == EPERM ? 0 : 1);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* The last run's pages go when the address space does: nothing is left behind. */
+static void test_close_after_runs(void)
+{
+    struct pvm_kmod_info info;
+    close(as);
+    CHECK_EQ(ioctl(dev, PVM_KMOD_INFO, &info), 0);
+    CHECK_EQ(info.nr_as, 0);
+    CHECK_EQ(info.nr_pinned, 0);
+    CHECK_EQ(info.nr_tables, 0);
+}
+
+#define STEP(fn) (printf("kmod_run_test: %s\n", #fn), fflush(stdout), fn())
+
+int main(int argc, char **argv)
+{
+    dev = open(PVM_KMOD_DEVICE, O_RDWR | O_CLOEXEC);
+    if (dev < 0) {
+        perror(PVM_KMOD_DEVICE);
+        return 2;
+    }
+    CHECK_EQ(ioctl(dev, PVM_KMOD_GET_VERSION, 0), 2);
+    struct pvm_kmod_create_as c = { 0 };
+    as = ioctl(dev, PVM_KMOD_CREATE_AS, &c);
+    if (as < 0) {
+        perror("PVM_KMOD_CREATE_AS");
+        return 2;
+    }
+    code = page();
+    data = page();
+    rodata = page();
+    map(CODE, code, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_EXEC);
+    map(DATA, data, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_WRITE);
+    map(RODATA, rodata, PVM_KMOD_MAP_READ);
+
+    if (argc > 1) { /* one test, for debugging */
+        if (strcmp(argv[1], "kick") == 0)
+            STEP(test_kick);
+        return failures ? 1 : 0;
+    }
+    STEP(test_syscall_and_registers);
+    STEP(test_exceptions);
+    STEP(test_page_faults);
+    STEP(test_module_pages_unreachable);
+    STEP(test_fs_gs_fpu);
+    STEP(test_long_run);
+    STEP(test_kick);
+    STEP(test_migration);
+    STEP(test_bad_args);
+    STEP(test_close_after_runs);
+    close(dev);
+    printf("kmod_run_test: %s (%d failed checks)\n", failures ? "FAIL" : "ok", failures);
+    return failures ? 1 : 0;
+}
