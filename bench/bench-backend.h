@@ -19,10 +19,10 @@ static const char *bench_prefix = "pvm";
 static inline int bench_set_backend(const char *name)
 {
     if (pvm_backend_from_name(name, &bench_backend) < 0 || bench_backend == PVM_BACKEND_AUTO) {
-        fprintf(stderr, "--backend: native or kvm\n");
+        fprintf(stderr, "--backend: native, kvm or kmod\n");
         return -1;
     }
-    bench_prefix = bench_backend == PVM_BACKEND_NATIVE ? "pvm" : "pvm_kvm";
+    bench_prefix = bench_backend == PVM_BACKEND_NATIVE ? "pvm" : bench_backend == PVM_BACKEND_KVM ? "pvm_kvm" : "pvm_kmod";
     return 0;
 }
 

@@ -356,7 +356,7 @@ int main(int argc, char **argv)
             if (bench_set_backend(argv[++i]) < 0)
                 return 2;
         } else {
-            fprintf(stderr, "usage: %s [--backend native|kvm] [--guest FILE] [--json FILE] [--quick]\n"
+            fprintf(stderr, "usage: %s [--backend native|kvm|kmod] [--guest FILE] [--json FILE] [--quick]\n"
                             "Measures libpvm round trips (hypercall, #UD, WRMSR, CPUID, port I/O, user\n"
                             "syscall, user #PF), injection latency and guest compute with bench-guest.elf.\n"
                             "BENCH_ONLY=op:n:runs (env) runs one operation alone, e.g. under perf or strace;\n"

@@ -234,7 +234,7 @@ int main(int argc, char **argv)
                 max_vms = 0; /* a KVM VM per vCPU: density only when asked (--max-vms) */
         }
         else {
-            fprintf(stderr, "usage: %s [--backend native|kvm] [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N]\n"
+            fprintf(stderr, "usage: %s [--backend native|kvm|kmod] [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N]\n"
                             "Measures VM create -> first instruction, create+load+call+destroy, memory\n"
                             "per idle VM and how many idle VMs fit (default cap 2000).\n"
                             "--extra-fds N: open N more fds first (an application with many fds).\n", argv[0]);

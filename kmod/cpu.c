@@ -27,7 +27,7 @@ struct pvm_cpu_area {
 	u64 rip, rflags, vector, error_code, cr2;
 	u64 guest_cr3, host_cr3, host_rsp, host_gs, guest_gs, host_kgs, self;
 	u64 nmi_pending, flush_global, cr4;
-	u64 pad0;
+	u64 cs;
 	struct desc_ptr gdt_desc;
 	u8 pad1[6];
 	struct desc_ptr host_gdt;
@@ -58,6 +58,7 @@ AREA_AT(self, PC_SELF);
 AREA_AT(nmi_pending, PC_NMI);
 AREA_AT(flush_global, PC_FLUSH_GLOBAL);
 AREA_AT(cr4, PC_CR4);
+AREA_AT(cs, PC_CS);
 AREA_AT(gdt_desc, PC_GDT_DESC);
 AREA_AT(host_gdt, PC_HOST_GDT);
 AREA_AT(host_idt, PC_HOST_IDT);
@@ -68,7 +69,7 @@ static_assert(sizeof(struct pvm_cpu_area) == PVM_AREA_SIZE);
 
 /* switch.S */
 extern const u8 pvm_switch_text_start[], pvm_switch_text_end[], pvm_vector_stubs[];
-extern const u8 pvm_syscall_entry[];
+extern const u8 pvm_syscall_entry[], pvm_syscall32_entry[];
 void pvm_switch_run(struct pvm_cpu_area *pc);
 void pvm_call_host_gate(unsigned long entry);
 
@@ -174,7 +175,8 @@ static void init_area(struct pvm_cpu_area *pc, int cpu)
 	struct desc_struct *host = get_cpu_gdt_rw(cpu);
 	static const unsigned int copied[] = {
 		GDT_ENTRY_KERNEL32_CS, GDT_ENTRY_KERNEL_CS, GDT_ENTRY_KERNEL_DS,
-		GDT_ENTRY_DEFAULT_USER_DS, GDT_ENTRY_DEFAULT_USER_CS, GDT_ENTRY_CPUNODE,
+		GDT_ENTRY_DEFAULT_USER32_CS, GDT_ENTRY_DEFAULT_USER_DS, GDT_ENTRY_DEFAULT_USER_CS,
+		GDT_ENTRY_CPUNODE,
 	};
 	tss_desc td;
 	unsigned int i;
@@ -182,9 +184,9 @@ static void init_area(struct pvm_cpu_area *pc, int cpu)
 	memset(pc, 0, sizeof(*pc));
 	pc->self = (u64)pc;
 	/*
-	 * Linux's descriptors but for 32-bit user code (no compat mode in the
-	 * guest, so no CSTAR/SYSENTER path) and TLS; CPUNODE stays because a
-	 * host NMI handler running in the switch's last instructions reads it.
+	 * Linux's descriptors but TLS (the thread's, not the guest's); CPUNODE
+	 * stays because a host NMI handler running in the switch's last
+	 * instructions reads it.
 	 */
 	for (i = 0; i < ARRAY_SIZE(copied); i++)
 		pc->gdt[copied[i]] = host[copied[i]];
@@ -288,7 +290,7 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 {
 	int cpu = smp_processor_id();
 	struct pvm_cpu_area *pc;
-	u64 lstar, sysenter_cs, fs_base, cr4;
+	u64 lstar, cstar, sysenter_cs, fs_base, cr4;
 	unsigned short h_ds, h_es, h_fs, h_gs;
 	unsigned long dr7;
 	int vector;
@@ -301,6 +303,7 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 	memcpy(pc->gpr, g->gpr, sizeof(pc->gpr));
 	pc->rip = g->rip;
 	pc->rflags = g->rflags;
+	pc->cs = g->cs;
 	pc->guest_gs = g->gs_base;
 	pc->guest_cr3 = cr3;
 	cr4 = __read_cr4();
@@ -322,10 +325,12 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 	savesegment(gs, h_gs);
 	rdmsrl(MSR_FS_BASE, fs_base);
 	rdmsrl(MSR_LSTAR, lstar);
+	rdmsrl(MSR_CSTAR, cstar);
 	rdmsrl(MSR_IA32_SYSENTER_CS, sysenter_cs);
 	dr7 = local_db_save(); /* host breakpoints must not fire on guest addresses */
 	wrmsrl(MSR_FS_BASE, g->fs_base);
 	wrmsrl(MSR_LSTAR, (unsigned long)pvm_syscall_entry);
+	wrmsrl(MSR_CSTAR, (unsigned long)pvm_syscall32_entry);
 	/* SYSENTER is legal in 64-bit mode on Intel: a null CS makes it #GP. */
 	if (sysenter_cs)
 		wrmsrl(MSR_IA32_SYSENTER_CS, 0);
@@ -338,6 +343,7 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 	if (sysenter_cs)
 		wrmsrl(MSR_IA32_SYSENTER_CS, sysenter_cs);
 	wrmsrl(MSR_LSTAR, lstar);
+	wrmsrl(MSR_CSTAR, cstar);
 	local_db_restore(dr7);
 	/* The guest may have loaded selectors (loading FS/GS also sets their bases). */
 	if (unlikely(SEL_OF(ds) != h_ds))
@@ -355,6 +361,7 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 	memcpy(g->gpr, pc->gpr, sizeof(g->gpr));
 	g->rip = pc->rip;
 	g->rflags = pc->rflags;
+	g->cs = (u16)pc->cs;
 	g->gs_base = pc->guest_gs;
 	g->error_code = pc->error_code;
 	g->cr2 = pc->cr2;
@@ -366,7 +373,7 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 			return -1;
 	}
 	if (vector >= FIRST_EXTERNAL_VECTOR && vector != IA32_SYSCALL_VECTOR &&
-	    vector != PVM_SW_SYSCALL) {
+	    vector != PVM_SW_SYSCALL && vector != PVM_SW_SYSCALL32) {
 		struct desc_ptr idt;
 
 		store_idt(&idt);

@@ -69,13 +69,14 @@ void pvm_pt_dump(struct seq_file *s, struct pvm_pgtable *pt, u64 id);
 struct pvm_switch_regs {
 	u64 gpr[16];               /* x86 encoding order */
 	u64 rip, rflags, fs_base, gs_base;
+	u16 cs;                    /* __USER_CS or __USER32_CS, in and out */
 	u64 error_code, cr2;       /* out */
 };
 int pvm_switch_init(void);
 void pvm_switch_exit(void);
 /* The entry of every guest root's PML4 slot 511: the module's switcher PDPT. */
 u64 pvm_switcher_pml4e(void);
-/* Interrupts off: one switch; PVM_SW_SYSCALL, a vector, -1 (host event), -errno. */
+/* Interrupts off: one switch; PVM_SW_SYSCALL(32), a vector, -1 (host event), -errno. */
 int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global);
 int pvm_run_supported(void);
 long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun);

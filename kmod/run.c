@@ -55,17 +55,19 @@ long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun
 
 	if (copy_from_user(&r, urun, sizeof(r)))
 		return -EFAULT;
-	if (r.flags || memchr_inv(r.pad0, 0, sizeof(r.pad0)) ||
+	if (r.flags || r.pad1 || memchr_inv(r.pad0, 0, sizeof(r.pad0)) ||
 	    memchr_inv(r.reserved, 0, sizeof(r.reserved)))
 		return -EINVAL;
-	if (!canonical48(r.regs.rip))
-		return -EINVAL; /* IRETQ would fault in ring 0 */
+	/* IRETQ would fault in ring 0 on a bad RIP (beyond the 32-bit limit in compat mode). */
+	if (r.cs == __USER_CS ? !canonical48(r.regs.rip) : r.cs != __USER32_CS || r.regs.rip > U32_MAX)
+		return -EINVAL;
 	ret = pvm_run_supported();
 	if (ret)
 		return ret;
 
 	memcpy(g.gpr, r.regs.gpr, sizeof(g.gpr));
 	g.rip = r.regs.rip;
+	g.cs = (u16)r.cs;
 	g.rflags = (r.regs.rflags & GUEST_RFLAGS) | X86_EFLAGS_IF | X86_EFLAGS_FIXED;
 	g.fs_base = r.regs.fs_base;
 	g.gs_base = r.regs.gs_base;
@@ -99,6 +101,12 @@ long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun
 			ret = vector;
 			break;
 		}
+		if (vector == PVM_SW_SYSCALL32) {
+			/* As Intel CPUs have it: #UD at the SYSCALL (AMD's goes to CSTAR). */
+			vector = X86_TRAP_UD;
+			g.rip = (u32)(g.rip - 2);
+			g.error_code = 0;
+		}
 		r.exit_reason = vector == PVM_SW_SYSCALL ? PVM_KMOD_EXIT_SYSCALL : PVM_KMOD_EXIT_EXCEPTION;
 		r.vector = vector == PVM_SW_SYSCALL ? 0 : vector;
 		r.error_code = vector == PVM_SW_SYSCALL ? 0 : (u32)g.error_code;
@@ -109,6 +117,7 @@ long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun
 	for (i = 0; i < 16; i++)
 		r.regs.gpr[i] = g.gpr[i];
 	r.regs.rip = g.rip;
+	r.cs = g.cs;
 	r.regs.rflags = g.rflags;
 	r.regs.fs_base = g.fs_base;
 	r.regs.gs_base = g.gs_base;

@@ -64,7 +64,7 @@ SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
 	pushq	$__USER_DS
 	pushq	PC_GPR_RSP(%rdi)
 	pushq	PC_RFLAGS(%rdi)
-	pushq	$__USER_CS
+	pushq	PC_CS(%rdi)
 	pushq	PC_RIP(%rdi)
 
 	movq	PC_GUEST_CR3(%rdi), %rax
@@ -125,6 +125,18 @@ SYM_INNER_LABEL(pvm_syscall_entry, SYM_L_GLOBAL)
 	movq	%rsp, %gs:PC_GPR_RSP
 	SAVE_GPRS
 	movq	$PVM_SW_SYSCALL, %gs:PC_VECTOR
+	movq	$__USER_CS, %gs:PC_CS
+	jmp	syscall_common
+
+/* SYSCALL from compat mode (MSR_CSTAR; AMD only, Intel raises #UD). */
+	.balign 16
+SYM_INNER_LABEL(pvm_syscall32_entry, SYM_L_GLOBAL)
+	swapgs
+	movq	%rsp, %gs:PC_GPR_RSP
+	SAVE_GPRS
+	movq	$PVM_SW_SYSCALL32, %gs:PC_VECTOR
+	movq	$__USER32_CS, %gs:PC_CS
+syscall_common:
 	movq	$0, %gs:PC_ERROR
 	movq	%rcx, %gs:PC_RIP	/* where the CPU put them */
 	movq	%r11, %gs:PC_RFLAGS
@@ -178,6 +190,8 @@ pvm_exit_common:
 	movq	%rax, %gs:PC_ERROR
 	movq	16(%rsp), %rax
 	movq	%rax, %gs:PC_RIP
+	movq	24(%rsp), %rax
+	movq	%rax, %gs:PC_CS
 	movq	32(%rsp), %rax
 	movq	%rax, %gs:PC_RFLAGS
 	movq	40(%rsp), %rax

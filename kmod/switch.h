@@ -47,6 +47,7 @@
 #define PC_NMI          0x0e0 /* an NMI arrived in ring 0 during the switch */
 #define PC_FLUSH_GLOBAL 0x0e8 /* toggle CR4.PGE under the guest root */
 #define PC_CR4          0x0f0
+#define PC_CS           0x0f8 /* in: __USER_CS or __USER32_CS; out: the CS of the exit */
 #define PC_GDT_DESC     0x100 /* struct desc_ptr of our GDT */
 #define PC_HOST_GDT     0x110
 #define PC_HOST_IDT     0x120
@@ -71,10 +72,11 @@
 #define PC_GPR_R14 (PC_GPR + 14 * 8)
 #define PC_GPR_R15 (PC_GPR + 15 * 8)
 
-/* Exit "vector" of a SYSCALL (not an IDT vector). */
-#define PVM_SW_SYSCALL 0x100
+/* Exit "vectors" of a SYSCALL from 64-bit code and from compat mode (not IDT vectors). */
+#define PVM_SW_SYSCALL   0x100
+#define PVM_SW_SYSCALL32 0x101
 
-/* GDT of the world switch: Linux's selectors, no 32-bit user code. */
+/* GDT of the world switch: Linux's selectors (no TLS entries). */
 #define PVM_GDT_ENTRIES 16
 #define PVM_SEL_TSS     0x40 /* GDT_ENTRY_TSS * 8, 16 bytes */
 

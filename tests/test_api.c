@@ -69,7 +69,11 @@ START_TEST(backend_names)
     ck_assert_int_eq(b, PVM_BACKEND_KVM);
     ck_assert_int_eq(pvm_backend_from_name("native", &b), 0);
     ck_assert_int_eq(b, PVM_BACKEND_NATIVE);
+    ck_assert_int_eq(pvm_backend_from_name("kmod", &b), 0);
+    ck_assert_int_eq(b, PVM_BACKEND_KMOD);
+    ck_assert_str_eq(pvm_backend_name(PVM_BACKEND_KMOD), "kmod");
     ck_assert_int_eq(pvm_backend_from_name("xen", &b), PVM_EINVAL);
+    ck_assert_str_eq(pvm_last_error(), "unknown backend \"xen\" (expected auto, native, kvm or kmod)");
     ck_assert_ptr_nonnull(strstr(pvm_last_error(), "\"xen\""));
     ck_assert_int_eq(pvm_backend_from_name(NULL, &b), PVM_EINVAL);
 }
@@ -99,9 +103,28 @@ START_TEST(kvm_probe_says_why)
                       pvm_last_error());
     }
     ck_assert_int_eq(pvm_backend_probe(PVM_BACKEND_NATIVE), 0);
-    /* auto keeps native over a standard KVM and says why. */
-    ck_assert_int_eq(pvm_backend_probe(PVM_BACKEND_AUTO), 0);
-    ck_assert_ptr_nonnull(strstr(pvm_last_error(), "auto: chose native (kvm: "));
+    /* auto keeps native over a standard KVM (and no /dev/pvm here) and says why. */
+    if (access("/dev/pvm", F_OK) != 0) {
+        ck_assert_int_eq(pvm_backend_probe(PVM_BACKEND_AUTO), 0);
+        ck_assert_msg(strstr(pvm_last_error(), "auto: chose native (kmod: cannot open /dev/pvm: ") &&
+                          strstr(pvm_last_error(), "; kvm: "), "%s", pvm_last_error());
+    }
+}
+END_TEST
+
+/* Without the module: the kmod backend says so and what to do; a VM on it fails cleanly. */
+START_TEST(kmod_probe_says_why)
+{
+    if (access("/dev/pvm", F_OK) == 0)
+        return; /* the module is loaded (tests/kmod/kmod-backend-e2e runs the backend itself) */
+    ck_assert_int_eq(pvm_backend_probe(PVM_BACKEND_KMOD), PVM_ENODEV);
+    ck_assert_str_eq(pvm_last_error(), "kmod: cannot open /dev/pvm: No such file or directory "
+                                       "(the pvm module is not loaded: kmod/README.md)");
+    struct pvm_vm_options o = PVM_VM_OPTIONS_INIT;
+    o.backend = PVM_BACKEND_KMOD;
+    pvm_vm *vm = (pvm_vm *)0x1;
+    ck_assert_int_eq(pvm_vm_create(&vm, &o), PVM_ENODEV);
+    ck_assert_ptr_null(vm);
 }
 END_TEST
 
@@ -350,6 +373,7 @@ int main(void)
     tcase_add_test(tc, last_error_never_null);
     tcase_add_test(tc, backend_names);
     tcase_add_test(tc, kvm_probe_says_why);
+    tcase_add_test(tc, kmod_probe_says_why);
     tcase_add_test(tc, auto_picks_native_and_env_overrides);
     tcase_add_test(tc, options_checked);
     tcase_add_test(tc, destroy_null_is_safe);

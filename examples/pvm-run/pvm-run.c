@@ -77,7 +77,7 @@ static void usage(FILE *f)
         "from a snapshot file.\n"
         "\n"
         "Options:\n"
-        "  -b, --backend=NAME   backend: auto (default), native or kvm; the environment\n"
+        "  -b, --backend=NAME   backend: auto (default), native, kvm or kmod; the environment\n"
         "                       variable PVM_BACKEND is used when this is not given\n"
         "  -m, --mem=SIZE       guest RAM, e.g. 64M (default), 1G, 512K; a multiple of 4 KiB\n"
         "  -c, --vcpus=N        number of vCPUs, 1..%d (default 1); all start at the ELF entry\n"
@@ -634,7 +634,7 @@ int main(int argc, char **argv)
         switch (c) {
         case 'b':
             if (pvm_backend_from_name(optarg, &r.o.backend) < 0)
-                die_usage("unknown backend '%s' (auto, native or kvm)", optarg);
+                die_usage("unknown backend '%s' (auto, native, kvm or kmod)", optarg);
             backend_given = true;
             break;
         case 'm':

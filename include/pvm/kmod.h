@@ -144,8 +144,8 @@ _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout")
 
 /*
  * ioctl(as, PVM_KMOD_AS_RUN, &run): run the register file in @run at guest
- * ring 3 in this address space (64-bit code, CS 0x33, SS 0x2b, IF set, IOPL
- * 0, no I/O permission) until the first guest trap, then store the register
+ * ring 3 in this address space (CS 0x33 for 64-bit code or 0x23 for compat
+ * mode, SS 0x2b, IF set, IOPL 0, no I/O permission) until the first guest trap, then store the register
  * file at the trap and what it was.  The FPU/SSE/AVX state the guest sees is
  * the calling thread's own (save and load it around the call).  Only the
  * creating process may run an address space; one RUN at a time per address
@@ -153,7 +153,8 @@ _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout")
  *   0: exit_reason, vector, error_code, cr2 and the registers are filled.
  *   -EINTR: a signal is pending or immediate_exit was set; the registers
  *     are the guest's as they are now (resume them as they are).
- *   -EINVAL bad argument (flags, reserved fields, a non-canonical RIP);
+ *   -EINVAL bad argument (flags, reserved fields, CS, a non-canonical RIP
+ *   or, in compat mode, one above 4 GiB);
  *   -EPERM not the creating process; -EOPNOTSUPP this CPU or kernel cannot
  *   (5-level paging, more than 64 CPUs, a Meltdown CPU without PTI).
  * RFLAGS in: only the arithmetic flags, TF, DF, NT, AC, RF and ID are taken;
@@ -169,7 +170,8 @@ _Static_assert(sizeof(struct pvm_kmod_regs) == 160, "pvm_kmod_regs layout");
 /* exit_reason */
 #define PVM_KMOD_EXIT_SYSCALL   1u /* a SYSCALL: RIP after it (RCX, R11 as the CPU set them) */
 #define PVM_KMOD_EXIT_EXCEPTION 2u /* vector, error_code (0 where none), cr2 (#PF only);
-                                      INT3 and INT 0x80 (vector 0x80): RIP after them */
+                                      INT3 and INT 0x80 (vector 0x80): RIP after them;
+                                      a SYSCALL in compat mode is #UD at it (as on Intel) */
 
 struct pvm_kmod_run {
     struct pvm_kmod_regs regs;   /* in and out */
@@ -178,9 +180,12 @@ struct pvm_kmod_run {
     uint32_t vector;             /* out */
     uint32_t error_code;         /* out */
     uint64_t cr2;                /* out */
-    uint8_t immediate_exit;      /* in: set (from any thread, then signal the runner) to stop */
+    uint32_t cs;                 /* in and out: 0x33, or 0x23 (compat mode) */
+    uint32_t pad1;
+    uint8_t immediate_exit;      /* in: set (from any thread, then signal the runner) to stop;
+                                    never written by the module */
     uint8_t pad0[7];
-    uint64_t reserved[7];
+    uint64_t reserved[6];
 };
 _Static_assert(sizeof(struct pvm_kmod_run) == 248, "pvm_kmod_run layout");
 #define PVM_KMOD_AS_RUN _IOWR(PVM_KMOD_IOC_MAGIC, 0x13, struct pvm_kmod_run)

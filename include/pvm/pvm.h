@@ -145,7 +145,7 @@ typedef struct pvm_vcpu pvm_vcpu; /**< one virtual CPU (opaque) */
 /* ---- backends --------------------------------------------------------- */
 
 enum pvm_backend {
-    PVM_BACKEND_AUTO = 0,   /**< kvm where its guest events beat native's, else native; else whichever works */
+    PVM_BACKEND_AUTO = 0,   /**< kmod where /dev/pvm is there, kvm where its guest events beat native's, else native */
     PVM_BACKEND_NATIVE = 1, /**< library-as-hypervisor; guest runs at host ring 3 */
     /**
      * /dev/kvm (any standard x86 KVM): the library is the hypervisor as on
@@ -156,6 +156,13 @@ enum pvm_backend {
      * (docs/design.md; never run: no such host was reachable to test).
      */
     PVM_BACKEND_KVM = 2,
+    /**
+     * The kmod/ module (/dev/pvm, include/pvm/kmod.h): the library is the
+     * hypervisor as on native, guest code runs at ring 3 on the vCPU thread
+     * through the module's world switch, and every guest event costs one
+     * switch and one return from an ioctl.
+     */
+    PVM_BACKEND_KMOD = 3,
 };
 
 /**

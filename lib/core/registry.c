@@ -1,7 +1,7 @@
 /*
  * lib/core/registry.c - the one list of backends and how one is chosen:
- * option, then $PVM_BACKEND, then probing (kvm only if it is a usable PVM
- * host, else native).
+ * option, then $PVM_BACKEND, then probing (kmod where /dev/pvm is there,
+ * kvm where it is faster than native, else native).
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,14 +14,16 @@
 extern const struct pvm_backend_ops pvm_native_backend;
 extern const struct pvm_backend_ops pvm_kvm_backend;
 extern const struct pvm_backend_ops pvm_kvm_gena_backend;
+extern const struct pvm_backend_ops pvm_kmod_backend;
 
 static const struct pvm_backend_ops *const backends[] = {
     &pvm_native_backend,
     &pvm_kvm_backend,
     &pvm_kvm_gena_backend,
+    &pvm_kmod_backend,
 };
 
-static const char *const names[] = { "auto", "native", "kvm" };
+static const char *const names[] = { "auto", "native", "kvm", "kmod" };
 
 const char *pvm_backend_name(enum pvm_backend b)
 {
@@ -38,7 +40,7 @@ int pvm_backend_from_name(const char *name, enum pvm_backend *out)
             *out = (enum pvm_backend)i;
             return 0;
         }
-    return pvm__error(PVM_EINVAL, "unknown backend \"%s\" (expected auto, native or kvm)", name);
+    return pvm__error(PVM_EINVAL, "unknown backend \"%s\" (expected auto, native, kvm or kmod)", name);
 }
 
 /* Required ops are checked here once, so the core can call them unguarded. */
@@ -107,17 +109,17 @@ int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **ou
         if (env && *env && strcmp(env, "auto")) {
             if (pvm_backend_from_name(env, &want) < 0)
                 return pvm__error(PVM_EINVAL, "$PVM_BACKEND: unknown backend \"%s\" "
-                                  "(expected auto, native or kvm)", env);
+                                  "(expected auto, native, kvm or kmod)", env);
         }
     }
     if (want != PVM_BACKEND_AUTO)
         return probe_modes(want, out);
     /*
-     * auto: kvm first where it is the faster path for the guest's events (its
-     * prefer op decides), else native.  On success the thread's detail message
+     * auto: kmod, then kvm, where each is the faster path for the guest's
+     * events (its prefer op decides), else native.  On success the thread's detail message
      * (pvm_last_error) says what was chosen and why the others were not.
      */
-    static const enum pvm_backend order[] = { PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
+    static const enum pvm_backend order[] = { PVM_BACKEND_KMOD, PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
     const size_t n = sizeof(order) / sizeof(order[0]);
     const struct pvm_backend_ops *usable[sizeof(order) / sizeof(order[0])] = { NULL };
     char reasons[512] = "";

@@ -112,7 +112,7 @@ int pvm__snap_check(const struct pvm_snapshot *s, const char *fn)
 #define BAD(...) return pvm__error(PVM_EBADSNAP, __VA_ARGS__)
     if (!memchr(s->format, 0, sizeof(s->format)) || !s->format[0])
         BAD("%s: the backend state format name is not a string", fn);
-    if (s->backend > PVM_BACKEND_KVM)
+    if (s->backend > PVM_BACKEND_KMOD)
         BAD("%s: unknown backend %u", fn, s->backend);
     if (s->max_vcpus == 0 || s->max_vcpus > PVM_MAX_VCPUS)
         BAD("%s: max_vcpus %u is not 1..%u", fn, s->max_vcpus, PVM_MAX_VCPUS);

@@ -18,7 +18,7 @@ static int check_options(const struct pvm_vm_options *in, struct pvm_vm_options 
                           "(this library knows version %u; use PVM_VM_OPTIONS_INIT)",
                           in->version, PVM_VM_OPTIONS_VERSION);
     *o = *in;
-    if ((unsigned)o->backend > PVM_BACKEND_KVM)
+    if ((unsigned)o->backend > PVM_BACKEND_KMOD)
         return pvm__error(PVM_EINVAL, "pvm_vm_create: unknown backend %d", (int)o->backend);
     if (o->max_vcpus == 0)
         o->max_vcpus = PVM_DEFAULT_MAX_VCPUS;

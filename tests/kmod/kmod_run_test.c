@@ -89,6 +89,7 @@ static struct pvm_kmod_run prepare(const void *bytes, size_t n)
     memcpy(code, bytes, n);
     memset(&r, 0, sizeof(r));
     r.regs.rip = CODE;
+    r.cs = 0x33;
     r.regs.rflags = 0x2;
     r.regs.gpr[RSP] = DATA + PG;
     return r;
@@ -129,6 +130,7 @@ static void test_syscall_and_registers(void)
     CHECK_EQ(r.regs.gpr[RSP], DATA + PG);
     CHECK_EQ(r.regs.fs_base, 0x1234567000ull);
     CHECK_EQ(r.regs.gs_base, 0x7654321000ull);
+    CHECK_EQ(r.cs, 0x33);
     CHECK_EQ(r.immediate_exit, 0);
 }
 
@@ -188,12 +190,33 @@ static void test_exceptions(void)
     CHECK_EQ(r.vector, 1);
     CHECK_EQ(r.regs.rip, CODE + 1);
 
-    /* A far jump to 0x23: no 32-bit user code here (a null descriptor), #GP(0x20).  (ljmp *DATA+0x20, m16:32) */
-    memcpy(data + 0x20, (const uint8_t[]){ 0x00, 0x10, 0x40, 0x00, 0x23, 0x00 }, 6);
-    r = prepare(BYTES(0xff, 0x2c, 0x25, 0x20, 0x00, 0x60, 0x00));
+    /* A far jump to 0x23 (ljmp *DATA+0x20, m16:32) enters compat mode: #UD there comes back with CS 0x23. */
+    memcpy(data + 0x20, (const uint8_t[]){ 0x02, 0x00, 0x40, 0x00, 0x23, 0x00 }, 6);
+    r = prepare(BYTES(0xff, 0x2c, 0x25, 0x20, 0x00, 0x60, 0x00, 0x0f, 0x0b));
     CHECK_EQ(run(&r), 0);
-    CHECK_EQ(r.vector, 13);
-    CHECK_EQ(r.error_code, 0x20);
+    CHECK_EQ(r.vector, 6);
+    CHECK_EQ(r.regs.rip, CODE + 7);
+    CHECK_EQ(r.cs, 0x23);
+
+    /* Compat mode in: INT 0x80 with EAX, then SYSCALL there (#UD at it, CS 0x23). */
+    r = prepare(BYTES(0xb8, 0x78, 0x56, 0x34, 0x12, 0xcd, 0x80, 0x0f, 0x05));
+    r.cs = 0x23;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.vector, 0x80);
+    CHECK_EQ(r.regs.rip, CODE + 7);
+    CHECK_EQ(r.regs.gpr[RAX], 0x12345678);
+    CHECK_EQ(r.cs, 0x23);
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_EXCEPTION);
+    CHECK_EQ(r.vector, 6);
+    CHECK_EQ(r.regs.rip, CODE + 7);
+    CHECK_EQ(r.cs, 0x23);
+
+    /* SYSENTER is #GP (a null SYSENTER_CS) or #UD (AMD in long mode), never the host's entry. */
+    r = prepare(BYTES(0x0f, 0x34));
+    CHECK_EQ(run(&r), 0);
+    CHECK(r.vector == 13 || r.vector == 6);
+    CHECK_EQ(r.regs.rip, CODE);
 }
 
 static void test_page_faults(void)
@@ -416,11 +439,24 @@ static void test_bad_args(void)
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));
+    r.cs = 0x23;
+    r.regs.rip = 0x100000000ull; /* beyond the 32-bit limit */
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.cs = 0x10; /* kernel code */
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.pad1 = 1;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
     r.flags = 1;
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));
-    r.reserved[6] = 1;
+    r.reserved[5] = 1;
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));

@@ -1,0 +1,415 @@
+/*
+ * lib/backends/kmod/kmod.c - the kmod backend: the hypervisor core over the
+ * kmod/ module's world switch (/dev/pvm, include/pvm/kmod.h, ABI v2).
+ *
+ * The provider is thin: one module address space per shadow slot, filled
+ * with AS_MAP of the library's own mapping of guest RAM; run() is one
+ * PVM_KMOD_AS_RUN, which returns at the guest's first trap.  Guest code runs
+ * at ring 3 on the vCPU thread itself, so the thread's FPU state is the
+ * guest's while it runs: run() swaps the two around the ioctl, in one asm
+ * statement so that no compiled code runs with the guest's MXCSR.
+ *
+ * Guest-virtual window: the native backend's (the lower half), so the same
+ * guest sees the same machine on every backend.
+ */
+#include <cpuid.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <pvm/kmod.h>
+
+#include "hv/hv.h"
+
+#define KMOD_GUEST_LO 0x10000ull
+#define KMOD_GUEST_HI 0x7f0000000000ull
+
+struct kmod_cpu {
+    int dev;
+    int as[PVM_SHADOW_MAX_ROOTS];  /* -1 until activated */
+    struct pvm_kmod_run run;       /* run.immediate_exit is the kick flag */
+    int tid;                       /* atomic: thread inside run() */
+    int kick_signal;
+    uint8_t *fpu;                  /* the guest's FPU image (XSAVE or FXSAVE layout) */
+    uint8_t *host_fpu;             /* the thread's, while the guest's is loaded */
+};
+
+/* How this CPU saves FPU state: XSAVE with XCR0's features, else FXSAVE (512 bytes). */
+static struct {
+    pthread_once_t once;
+    bool xsave;
+    uint64_t xcr0;
+    size_t size;
+    uint32_t mxcsr_mask;
+} fpu = { .once = PTHREAD_ONCE_INIT };
+
+static void fpu_probe(void)
+{
+    unsigned a, b, c, d;
+    fpu.size = 512;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_OSXSAVE)) {
+        uint32_t lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        fpu.xcr0 = ((uint64_t)hi << 32) | lo;
+        __cpuid_count(0xd, 0, a, b, c, d);
+        fpu.xsave = true;
+        fpu.size = b;
+    }
+    uint8_t img[512] __attribute__((aligned(16))) = { 0 };
+    __asm__ volatile("fxsave64 %0" : "=m"(img));
+    memcpy(&fpu.mxcsr_mask, img + 28, 4);
+    if (!fpu.mxcsr_mask)
+        fpu.mxcsr_mask = 0xffbf;
+}
+
+static struct kmod_cpu *kc_of(const struct pvm_hv_vcpu *hv)
+{
+    return hv->pdata;
+}
+
+static void kick_handler(int sig)
+{
+    (void)sig; /* only there to end PVM_KMOD_AS_RUN with EINTR */
+}
+
+static int install_kick_handler(int sig)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    struct sigaction old;
+    int rc = 0;
+    pthread_mutex_lock(&lock);
+    if (sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+        (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN)) {
+        struct sigaction sa = { .sa_handler = kick_handler };
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(sig, &sa, NULL) < 0)
+            rc = pvm__error(PVM_EINTERNAL, "kmod: sigaction(%d) failed: %s", sig, strerror(errno));
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* /dev/pvm with the world switch (ABI >= 2), or PVM_ENODEV with the reason. */
+static int open_dev(int *out)
+{
+    int fd = open(PVM_KMOD_DEVICE, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return pvm__error(PVM_ENODEV, "kmod: cannot open %s: %s%s", PVM_KMOD_DEVICE, strerror(errno),
+                          errno == ENOENT ? " (the pvm module is not loaded: kmod/README.md)" : "");
+    int v = ioctl(fd, PVM_KMOD_GET_VERSION, 0);
+    if (v < 2) {
+        close(fd);
+        return pvm__error(PVM_ENODEV, "kmod: %s speaks ABI version %d; the kmod backend needs 2 (RUN)",
+                          PVM_KMOD_DEVICE, v);
+    }
+    *out = fd;
+    return 0;
+}
+
+static int kmod_probe(void)
+{
+    int fd;
+    int rc = open_dev(&fd);
+    if (rc == 0)
+        close(fd);
+    return rc;
+}
+
+static void kmod_vcpu_fini(struct pvm_hv_vcpu *hv)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    if (!kc)
+        return;
+    for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
+        if (kc->as[i] >= 0)
+            close(kc->as[i]);
+    if (kc->dev >= 0)
+        close(kc->dev);
+    free(kc->fpu);
+    free(kc->host_fpu);
+    free(kc);
+    hv->pdata = NULL;
+}
+
+static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
+{
+    struct kmod_cpu *kc = calloc(1, sizeof(*kc));
+    if (!kc)
+        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
+    hv->pdata = kc; /* on failure the core calls kmod_vcpu_fini */
+    kc->dev = -1;
+    for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
+        kc->as[i] = -1;
+    kc->kick_signal = hv->v->vm->opts.kick_signal;
+    /* A fault costs a world switch and a return to user space: prefetch what the retry would fault. */
+    hv->prefetch_on = true;
+    int rc = open_dev(&kc->dev);
+    if (rc < 0)
+        return rc;
+    pthread_once(&fpu.once, fpu_probe);
+    size_t sz = (fpu.size + 63) & ~(size_t)63;
+    kc->fpu = aligned_alloc(64, sz);
+    kc->host_fpu = aligned_alloc(64, sz);
+    if (!kc->fpu || !kc->host_fpu)
+        return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
+    /* The reset state: FCW 0x37f, MXCSR 0x1f80, the rest at init (XSTATE_BV 0). */
+    memset(kc->fpu, 0, sz);
+    kc->fpu[0] = 0x7f;
+    kc->fpu[1] = 0x03;
+    uint32_t mxcsr = 0x1f80;
+    memcpy(kc->fpu + 24, &mxcsr, 4);
+    return install_kick_handler(kc->kick_signal);
+}
+
+/* ---- slots ------------------------------------------------------------------- */
+
+static int kmod_activate(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    if (kc->as[slot] >= 0)
+        return 0;
+    struct pvm_kmod_create_as c = { 0 };
+    kc->as[slot] = ioctl(kc->dev, PVM_KMOD_CREATE_AS, &c);
+    if (kc->as[slot] < 0) {
+        snprintf(err, errlen, "kmod: PVM_KMOD_CREATE_AS failed: %s", strerror(errno));
+        return errno == ENOMEM ? PVM_ENOMEM : PVM_EINTERNAL;
+    }
+    return 0;
+}
+
+static int as_unmap(struct kmod_cpu *kc, unsigned slot, uint64_t gva, uint64_t len)
+{
+    struct pvm_kmod_unmap u = { .gva = gva, .len = len };
+    return ioctl(kc->as[slot], PVM_KMOD_AS_UNMAP, &u);
+}
+
+static int kmod_map(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len, uint64_t gpa,
+                    const struct pvm_region *r, unsigned prot)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    if (kc->as[slot] < 0 || (prot & PVM_HV_PROT_SNAPSHOT) || gpa < r->gpa || gpa - r->gpa + len > r->size)
+        return -1;
+    struct pvm_kmod_map m = {
+        .gva = gva,
+        .uaddr = (uintptr_t)(r->host + (gpa - r->gpa)),
+        .len = len,
+        .flags = PVM_KMOD_MAP_READ | ((prot & PVM_PROT_WRITE) ? PVM_KMOD_MAP_WRITE : 0) |
+                 ((prot & PVM_PROT_EXEC) ? PVM_KMOD_MAP_EXEC : 0),
+    };
+    int rc = ioctl(kc->as[slot], PVM_KMOD_AS_MAP, &m);
+    if (rc < 0 && errno == EEXIST) {
+        /* A changed translation: the module never replaces a leaf. */
+        if (as_unmap(kc, slot, gva, len) < 0)
+            return -1;
+        rc = ioctl(kc->as[slot], PVM_KMOD_AS_MAP, &m);
+    }
+    if (rc < 0)
+        pvm__log(PVM_LOG_DEBUG, "kmod: AS_MAP %#llx+%#llx: %s", (unsigned long long)gva,
+                 (unsigned long long)len, strerror(errno));
+    return rc < 0 ? -1 : 0;
+}
+
+static int kmod_unmap(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    if (kc->as[slot] < 0)
+        return 0;
+    return as_unmap(kc, slot, gva, len) < 0 ? -1 : 0;
+}
+
+static void kmod_reset(struct pvm_hv_vcpu *hv, unsigned slot)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    if (kc->as[slot] >= 0)
+        as_unmap(kc, slot, KMOD_GUEST_LO, KMOD_GUEST_HI - KMOD_GUEST_LO);
+}
+
+/* ---- running ------------------------------------------------------------------ */
+
+static void kmod_kick(struct pvm_hv_vcpu *hv, unsigned slot)
+{
+    (void)slot;
+    struct kmod_cpu *kc = kc_of(hv);
+    __atomic_store_n(&kc->run.immediate_exit, 1, __ATOMIC_SEQ_CST);
+    int t = __atomic_load_n(&kc->tid, __ATOMIC_SEQ_CST);
+    if (t)
+        syscall(SYS_tgkill, getpid(), t, kc->kick_signal);
+}
+
+/*
+ * ioctl(as, PVM_KMOD_AS_RUN, run) with the guest's FPU state loaded: save
+ * the thread's, load the guest's, run, save the guest's, load the thread's.
+ * A signal delivered on the way back saves and restores the guest's state in
+ * its frame, so the order holds.
+ */
+static long run_with_guest_fpu(struct kmod_cpu *kc, int as)
+{
+    long ret;
+    uint32_t lo = (uint32_t)fpu.xcr0, hi = (uint32_t)(fpu.xcr0 >> 32);
+    if (fpu.xsave) {
+        __asm__ volatile("mov %[lo], %%eax\n\tmov %[hi], %%edx\n\t"
+                         "xsave64 (%[host])\n\txrstor64 (%[guest])\n\t"
+                         "mov %[nr], %%eax\n\tmov %[arg], %%rdx\n\t"
+                         "syscall\n\t"
+                         "mov %%rax, %[ret]\n\t"
+                         "mov %[lo], %%eax\n\tmov %[hi], %%edx\n\t"
+                         "xsave64 (%[guest])\n\txrstor64 (%[host])"
+                         : [ret] "=&r"(ret)
+                         : [lo] "r"(lo), [hi] "r"(hi), [host] "r"(kc->host_fpu), [guest] "r"(kc->fpu),
+                           [nr] "i"(SYS_ioctl), [arg] "r"(&kc->run), "D"((long)as),
+                           "S"((unsigned long)PVM_KMOD_AS_RUN)
+                         : "rax", "rcx", "rdx", "r11", "memory", "cc");
+    } else {
+        __asm__ volatile("fxsave64 (%[host])\n\tfxrstor64 (%[guest])\n\t"
+                         "mov %[nr], %%eax\n\tmov %[arg], %%rdx\n\t"
+                         "syscall\n\t"
+                         "mov %%rax, %[ret]\n\t"
+                         "fxsave64 (%[guest])\n\tfxrstor64 (%[host])"
+                         : [ret] "=&r"(ret)
+                         : [host] "r"(kc->host_fpu), [guest] "r"(kc->fpu), [nr] "i"(SYS_ioctl),
+                           [arg] "r"(&kc->run), "D"((long)as), "S"((unsigned long)PVM_KMOD_AS_RUN)
+                         : "rax", "rcx", "rdx", "r11", "memory", "cc");
+    }
+    return ret;
+}
+
+static void died(struct pvm_hv_trap *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void died(struct pvm_hv_trap *t, const char *fmt, ...)
+{
+    va_list ap;
+    memset(t, 0, sizeof(*t));
+    t->kind = PVM_HV_TRAP_DIED;
+    va_start(ap, fmt);
+    vsnprintf(t->msg, sizeof(t->msg), fmt, ap);
+    va_end(ap);
+}
+
+static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    struct pvm_kmod_run *run = &kc->run;
+
+    memcpy(run->regs.gpr, regs->gpr, sizeof(run->regs.gpr));
+    run->regs.rip = regs->rip;
+    run->cs = regs->cs;
+    run->regs.rflags = regs->rflags;
+    run->regs.fs_base = regs->fs_base;
+    run->regs.gs_base = regs->gs_base;
+
+    __atomic_store_n(&kc->tid, (int)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+    long rc = run_with_guest_fpu(kc, kc->as[slot]);
+    __atomic_store_n(&kc->tid, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+    if (rc < 0 && rc != -EINTR) {
+        died(trap, "kmod: PVM_KMOD_AS_RUN failed: %s", strerror((int)-rc));
+        return 0;
+    }
+    memset(trap, 0, sizeof(*trap));
+    memcpy(regs->gpr, run->regs.gpr, sizeof(regs->gpr));
+    regs->rip = run->regs.rip;
+    regs->rflags = run->regs.rflags;
+    regs->fs_base = run->regs.fs_base;
+    regs->gs_base = run->regs.gs_base;
+    regs->cs = (uint16_t)run->cs;
+    regs->ss = PVM_USER_DS;
+    if (rc == -EINTR) {
+        trap->kind = PVM_HV_TRAP_KICK;
+    } else if (run->exit_reason == PVM_KMOD_EXIT_SYSCALL) {
+        trap->kind = PVM_HV_TRAP_SYSCALL;
+    } else {
+        trap->kind = PVM_HV_TRAP_FAULT;
+        trap->vector = run->vector;
+        trap->error_code = run->error_code;
+        trap->cr2 = run->cr2;
+    }
+    return 0;
+}
+
+/* auto: a world switch beats native's signals and KVM's exits wherever the module is there. */
+static int kmod_prefer(void)
+{
+    return kmod_probe();
+}
+
+/* ---- FPU images (snapshots) ----------------------------------------------------- */
+
+static int kmod_check_fpu(struct pvm_hv_vcpu *hv, size_t len)
+{
+    (void)hv;
+    pthread_once(&fpu.once, fpu_probe);
+    if (len != fpu.size)
+        return pvm__error(PVM_ENOTSUP, "its FPU image has %zu bytes, the kmod backend's has %zu here "
+                          "(a snapshot of another backend or CPU)", len, fpu.size);
+    return 0;
+}
+
+static int kmod_get_fpu(struct pvm_hv_vcpu *hv, void *buf, size_t *len)
+{
+    if (*len < fpu.size)
+        return PVM_ERANGE;
+    memcpy(buf, kc_of(hv)->fpu, fpu.size);
+    *len = fpu.size;
+    return 0;
+}
+
+/* An image is loaded with XRSTOR/FXRSTOR in this process: anything they would fault on is refused. */
+static int kmod_set_fpu(struct pvm_hv_vcpu *hv, const void *buf, size_t len)
+{
+    int rc = kmod_check_fpu(hv, len);
+    if (rc < 0)
+        return rc;
+    const uint8_t *img = buf;
+    uint32_t mxcsr;
+    memcpy(&mxcsr, img + 24, 4);
+    if (mxcsr & ~fpu.mxcsr_mask)
+        return pvm__error(PVM_EINVAL, "kmod: FPU image with MXCSR %#x (reserved bits set)", mxcsr);
+    if (fpu.xsave) {
+        uint64_t hdr[8];
+        memcpy(hdr, img + 512, sizeof(hdr));
+        if ((hdr[0] & ~fpu.xcr0) || hdr[1])
+            return pvm__error(PVM_EINVAL, "kmod: FPU image with XSTATE_BV %#llx / XCOMP_BV %#llx that "
+                              "XCR0 %#llx cannot load", (unsigned long long)hdr[0],
+                              (unsigned long long)hdr[1], (unsigned long long)fpu.xcr0);
+        for (unsigned i = 2; i < 8; i++)
+            if (hdr[i])
+                return pvm__error(PVM_EINVAL, "kmod: FPU image with a non-zero reserved XSAVE header");
+    }
+    memcpy(kc_of(hv)->fpu, buf, len);
+    return 0;
+}
+
+static const struct pvm_cpu_provider kmod_cpu = {
+    .name = "kmod",
+    .window_lo = KMOD_GUEST_LO,
+    .window_hi = KMOD_GUEST_HI,
+    /* The native backend's range (§10.30): the same guest sees the same machine on both. */
+    .linear_range = PVM_LA_RANGE_MAKE(0x1ff, 0x1ff, 0x1ff, 0x1ff),
+    .vcpu_init = kmod_vcpu_init,
+    .vcpu_fini = kmod_vcpu_fini,
+    .activate = kmod_activate,
+    .map = kmod_map,
+    .unmap = kmod_unmap,
+    .reset = kmod_reset,
+    .run = kmod_run_slot,
+    .kick = kmod_kick,
+    .get_fpu = kmod_get_fpu,
+    .set_fpu = kmod_set_fpu,
+    .check_fpu = kmod_check_fpu,
+};
+
+const struct pvm_backend_ops pvm_kmod_backend = {
+    .name = "kmod",
+    .id = PVM_BACKEND_KMOD,
+    .caps = 0,
+    .probe = kmod_probe,
+    .prefer = kmod_prefer,
+    PVM_HV_BACKEND_OPS(&kmod_cpu),
+};
