@@ -154,11 +154,23 @@ static void restart(struct bg *g, FILE *json, const char *name)
     bg_start(g, guest_path);
 }
 
-/* BENCH_ROWS=substring (env): measure only the rows whose name contains it. */
+/* BENCH_ROWS=text[,text...] (env): measure only the rows whose name contains one of them. */
 static bool skip_row(const char *name)
 {
     const char *only = getenv("BENCH_ROWS");
-    return only && *only && !strstr(name, only);
+    if (!only || !*only)
+        return false;
+    for (const char *p = only; *p; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) {
+        char part[64];
+        size_t n = strcspn(p, ",");
+        if (n && n < sizeof(part)) {
+            memcpy(part, p, n);
+            part[n] = 0;
+            if (strstr(name, part))
+                return false;
+        }
+    }
+    return true;
 }
 
 static void measure(struct bg *g, FILE *json, const char *name, unsigned op, unsigned batches, unsigned n)
@@ -360,7 +372,7 @@ int main(int argc, char **argv)
                             "Measures libpvm round trips (hypercall, #UD, WRMSR, CPUID, port I/O, user\n"
                             "syscall, user #PF), injection latency and guest compute with bench-guest.elf.\n"
                             "BENCH_ONLY=op:n:runs (env) runs one operation alone, e.g. under perf or strace;\n"
-                            "BENCH_ROWS=text (env) measures only the rows whose name contains text.\n",
+                            "BENCH_ROWS=text[,text...] (env) measures only the rows whose name contains one of them.\n",
                     argv[0]);
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
