@@ -211,6 +211,25 @@ def main():
             row("kvm backend: " + label, "pvm_kvm." + k, over(p50("pvm_kvm." + k), p50("pvm." + k)),
                 "x native")
 
+    # kmod (bench/kmod-in-qemu): one QEMU TCG guest with pvm.ko, native and kmod on the same
+    # guest work, and T measured in that guest.
+    Tq = p50("qemu_guest.baseline.seccomp_trap_T")
+    if peer("kmod backend (in a QEMU TCG guest)", "qemu_guest.pvm_kmod.hypercall", "kmod"):
+        row("in QEMU: seccomp trap + sigreturn (T there)", "qemu_guest.baseline.seccomp_trap_T", 1.0, "x T")
+        for label, k in [("hypercall", "hypercall"), ("#UD -> handler -> ERETS", "exception_ud_erets"),
+                         ("port I/O exit to the app", "pio_exit_to_app"),
+                         ("user SYSCALL -> kernel -> ERETU", "user_syscall_eretu"),
+                         ("inject -> handler, guest running", "inject_running_to_handler"),
+                         ("inject -> handler, guest halted", "inject_halted_to_handler")]:
+            row("in QEMU: native: " + label, "qemu_guest.pvm." + k,
+                over(p50("qemu_guest.pvm." + k), Tq), "x T")
+            kp = p50("qemu_guest.pvm_kmod." + k)
+            row("in QEMU: kmod: " + label, "qemu_guest.pvm_kmod." + k,
+                over(kp, p50("qemu_guest.pvm." + k)), "x native")
+            if k == "user_syscall_eretu":
+                row("in QEMU: kmod: " + label + " / T", "qemu_guest.pvm_kmod." + k, over(kp, Tq), "x T",
+                    "<= 0.5 T", kp is not None and Tq and kp <= 0.5 * Tq)
+
     print("\n| what | p50 (p10, p90) | ratio | target | met |")
     print("|---|---|---|---|---|")
     for x in rows:
