@@ -115,27 +115,23 @@ SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
 .endm
 
 /*
- * SYSCALL from guest ring 3 (MSR_LSTAR while the guest runs).  RSP is the
+ * SYSCALL from guest ring 3: MSR_LSTAR (64-bit code) and MSR_CSTAR (compat
+ * mode, AMD only: Intel raises #UD) while the guest runs.  RSP is the
  * guest's and interrupts are off (the host's SFMASK); an NMI here takes its
  * IST stack and sees ring 0.
  */
+.macro SYSCALL_ENTRY name, vector, cs
 	.balign 16
-SYM_INNER_LABEL(pvm_syscall_entry, SYM_L_GLOBAL)
+SYM_INNER_LABEL(\name, SYM_L_GLOBAL)
 	swapgs
 	movq	%rsp, %gs:PC_GPR_RSP
 	SAVE_GPRS
-	movq	$PVM_SW_SYSCALL, %gs:PC_VECTOR
-	movq	$__USER_CS, %gs:PC_CS
+	movq	$\vector, %gs:PC_VECTOR
+	movq	$\cs, %gs:PC_CS
 	jmp	syscall_common
-
-/* SYSCALL from compat mode (MSR_CSTAR; AMD only, Intel raises #UD). */
-	.balign 16
-SYM_INNER_LABEL(pvm_syscall32_entry, SYM_L_GLOBAL)
-	swapgs
-	movq	%rsp, %gs:PC_GPR_RSP
-	SAVE_GPRS
-	movq	$PVM_SW_SYSCALL32, %gs:PC_VECTOR
-	movq	$__USER32_CS, %gs:PC_CS
+.endm
+	SYSCALL_ENTRY pvm_syscall_entry, PVM_SW_SYSCALL, __USER_CS
+	SYSCALL_ENTRY pvm_syscall32_entry, PVM_SW_SYSCALL32, __USER32_CS
 syscall_common:
 	movq	$0, %gs:PC_ERROR
 	movq	%rcx, %gs:PC_RIP	/* where the CPU put them */

@@ -189,6 +189,12 @@ static inline struct pvm_hv_vcpu *pvm_hv_of(const pvm_vcpu *v)
     return v->bdata;
 }
 
+/* ---- for providers (provider.c) ---------------------------------------------- */
+/* Fill *t as PVM_HV_TRAP_DIED with the reason. */
+void pvm_hv_trap_died(struct pvm_hv_trap *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A no-op handler for the kick signal @sig unless the application has one: 0 or PVM_EINTERNAL. */
+int pvm_hv_install_kick_handler(int sig);
+
 /* Copy guest-virtual memory with supervisor privilege (current CR3): 0 or -1. */
 int pvm_hv_read_virt(struct pvm_hv_vcpu *hv, uint64_t gva, void *buf, size_t len);
 /* Refresh the walk environment from the model (LA range, NXE) before a walk. */

@@ -37,25 +37,9 @@
 #define DATA 0x600000ull  /* RW, the stack's page too */
 #define RODATA 0x700000ull /* R */
 
-static int failures;
+#include "kcheck.h"
 
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);     \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                          \
-    do {                                                                        \
-        unsigned long long a_ = (a), b_ = (b);                                  \
-        if (a_ != b_) {                                                         \
-            fprintf(stderr, "FAIL %s:%d: %s = %#llx, want %#llx\n", __FILE__,   \
-                    __LINE__, #a, a_, b_);                                      \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
+int failures;
 
 enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15 };
 

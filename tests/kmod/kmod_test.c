@@ -37,27 +37,9 @@
 
 #define PG 4096ull
 
-static int failures;
+#include "kcheck.h"
 
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);     \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
-
-/* expr must fail with exactly errno e. */
-#define CHECK_ERR(expr, e)                                                      \
-    do {                                                                        \
-        errno = 0;                                                              \
-        long r_ = (long)(expr);                                                 \
-        if (r_ != -1 || errno != (e)) {                                         \
-            fprintf(stderr, "FAIL %s:%d: %s = %ld errno %d (%s), want -1 %s\n", \
-                    __FILE__, __LINE__, #expr, r_, errno, strerror(errno), #e); \
-            failures++;                                                         \
-        }                                                                       \
-    } while (0)
+int failures;
 
 #define CHECK_OK(expr)                                                          \
     do {                                                                        \

@@ -17,7 +17,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,27 +74,6 @@ static struct kmod_cpu *kc_of(const struct pvm_hv_vcpu *hv)
     return hv->pdata;
 }
 
-static void kick_handler(int sig)
-{
-    (void)sig; /* only there to end PVM_KMOD_AS_RUN with EINTR */
-}
-
-static int install_kick_handler(int sig)
-{
-    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    struct sigaction old;
-    int rc = 0;
-    pthread_mutex_lock(&lock);
-    if (sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-        (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN)) {
-        struct sigaction sa = { .sa_handler = kick_handler };
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(sig, &sa, NULL) < 0)
-            rc = pvm__error(PVM_EINTERNAL, "kmod: sigaction(%d) failed: %s", sig, strerror(errno));
-    }
-    pthread_mutex_unlock(&lock);
-    return rc;
-}
 
 /* /dev/pvm with the world switch (ABI >= 2), or PVM_ENODEV with the reason. */
 static int open_dev(int *out)
@@ -166,7 +144,7 @@ static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
     kc->fpu[1] = 0x03;
     uint32_t mxcsr = 0x1f80;
     memcpy(kc->fpu + 24, &mxcsr, 4);
-    return install_kick_handler(kc->kick_signal);
+    return pvm_hv_install_kick_handler(kc->kick_signal);
 }
 
 /* ---- slots ------------------------------------------------------------------- */
@@ -281,16 +259,6 @@ static long run_with_guest_fpu(struct kmod_cpu *kc, int as)
     return ret;
 }
 
-static void died(struct pvm_hv_trap *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void died(struct pvm_hv_trap *t, const char *fmt, ...)
-{
-    va_list ap;
-    memset(t, 0, sizeof(*t));
-    t->kind = PVM_HV_TRAP_DIED;
-    va_start(ap, fmt);
-    vsnprintf(t->msg, sizeof(t->msg), fmt, ap);
-    va_end(ap);
-}
 
 static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap)
 {
@@ -309,7 +277,7 @@ static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_re
     __atomic_store_n(&kc->tid, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
     if (rc < 0 && rc != -EINTR) {
-        died(trap, "kmod: PVM_KMOD_AS_RUN failed: %s", strerror((int)-rc));
+        pvm_hv_trap_died(trap, "kmod: PVM_KMOD_AS_RUN failed: %s", strerror((int)-rc));
         return 0;
     }
     memset(trap, 0, sizeof(*trap));

@@ -27,6 +27,7 @@
 
 #include "core/backend.h"
 #include "gena.h"
+#include "hv/hv.h"
 #include "machine/machine.h"
 #include "kvm.h"
 
@@ -396,7 +397,7 @@ static int gena_vcpu_init(pvm_vcpu *v)
         gc->run = NULL;
         goto fail_errno;
     }
-    if ((rc = boot_state(gc)) < 0 || (rc = kvm_install_kick_handler(gc->kick_signal)) < 0)
+    if ((rc = boot_state(gc)) < 0 || (rc = pvm_hv_install_kick_handler(gc->kick_signal)) < 0)
         goto fail;
     return 0;
 

@@ -176,27 +176,6 @@ static struct kvm_cpu *kc_of(const struct pvm_hv_vcpu *hv)
     return hv->pdata;
 }
 
-static void kick_handler(int sig)
-{
-    (void)sig; /* only there to make KVM_RUN return EINTR */
-}
-
-int kvm_install_kick_handler(int sig)
-{
-    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    struct sigaction old;
-    int rc = 0;
-    pthread_mutex_lock(&lock);
-    if (sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-        (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN)) {
-        struct sigaction sa = { .sa_handler = kick_handler };
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(sig, &sa, NULL) < 0)
-            rc = pvm__error(PVM_EINTERNAL, "kvm: sigaction(%d) failed: %s", sig, strerror(errno));
-    }
-    pthread_mutex_unlock(&lock);
-    return rc;
-}
 
 static int set_slot(struct kvm_cpu *kc, uint32_t slot, uint64_t gpa, uint64_t size, void *hva)
 {
@@ -402,7 +381,7 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
     hv->prefetch_on = true; /* a hardware fault costs a whole KVM exit: prefetch what the retry would fault */
     rc = machine_open(kc, vm->memfd, vm->opts.max_memory);
     if (rc == 0)
-        rc = kvm_install_kick_handler(kc->kick_signal);
+        rc = pvm_hv_install_kick_handler(kc->kick_signal);
     return rc;
 }
 
@@ -483,16 +462,6 @@ static void from_kvm(const struct kvm_regs *k, struct pvm_hv_regs *r)
     r->gpr[PVM_R12] = k->r12; r->gpr[PVM_R13] = k->r13; r->gpr[PVM_R14] = k->r14; r->gpr[PVM_R15] = k->r15;
 }
 
-static void died(struct pvm_hv_trap *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void died(struct pvm_hv_trap *t, const char *fmt, ...)
-{
-    va_list ap;
-    memset(t, 0, sizeof(*t));
-    t->kind = PVM_HV_TRAP_DIED;
-    va_start(ap, fmt);
-    vsnprintf(t->msg, sizeof(t->msg), fmt, ap);
-    va_end(ap);
-}
 
 static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap)
 {
@@ -507,7 +476,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
             kc->cr3_flip ^= 1u << 3; /* another CR3 value: KVM flushes the guest TLB */
         else if (set_slot(kc, SLOT_PRIV, kc->priv_gpa, 0, kc->priv) < 0 ||
                  set_slot(kc, SLOT_PRIV, kc->priv_gpa, KVM_PRIV_SIZE, kc->priv) < 0) {
-            died(trap, "re-registering the page-table memslot failed: %s", strerror(errno));
+            pvm_hv_trap_died(trap, "re-registering the page-table memslot failed: %s", strerror(errno));
             return 0;
         }
     }
@@ -523,7 +492,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
         run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
         run->kvm_dirty_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
     } else if (ioctl(kc->vcpu_fd, KVM_SET_SREGS, &sr) < 0 || ioctl(kc->vcpu_fd, KVM_SET_REGS, &kr) < 0) {
-        died(trap, "KVM_SET_REGS/SREGS failed: %s", strerror(errno));
+        pvm_hv_trap_died(trap, "KVM_SET_REGS/SREGS failed: %s", strerror(errno));
         return 0;
     }
 
@@ -536,19 +505,19 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
     memset(trap, 0, sizeof(*trap));
     bool interrupted = (rc < 0 && (err == EINTR || err == EAGAIN)) || (rc == 0 && run->exit_reason == KVM_EXIT_INTR);
     if (rc < 0 && !interrupted) {
-        died(trap, "KVM_RUN failed: %s", strerror(err));
+        pvm_hv_trap_died(trap, "KVM_RUN failed: %s", strerror(err));
         return 0;
     }
     if (!interrupted && run->exit_reason != KVM_EXIT_HLT) {
         if (run->exit_reason == KVM_EXIT_SHUTDOWN)
-            died(trap, "KVM reports a triple fault (the trampoline machine is broken)");
+            pvm_hv_trap_died(trap, "KVM reports a triple fault (the trampoline machine is broken)");
         else if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
-            died(trap, "KVM internal error, suberror %u", run->internal.suberror);
+            pvm_hv_trap_died(trap, "KVM internal error, suberror %u", run->internal.suberror);
         else if (run->exit_reason == KVM_EXIT_FAIL_ENTRY)
-            died(trap, "KVM entry failed, hardware reason %#llx",
+            pvm_hv_trap_died(trap, "KVM entry failed, hardware reason %#llx",
                  (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
         else
-            died(trap, "unexpected KVM exit %u", run->exit_reason);
+            pvm_hv_trap_died(trap, "unexpected KVM exit %u", run->exit_reason);
         return 0;
     }
     /* The state at the exit: a signal may have stopped the guest anywhere, even after it ran. */
@@ -556,7 +525,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
         kr = run->s.regs.regs;
         sr = run->s.regs.sregs;
     } else if (ioctl(kc->vcpu_fd, KVM_GET_REGS, &kr) < 0 || ioctl(kc->vcpu_fd, KVM_GET_SREGS, &sr) < 0) {
-        died(trap, "KVM_GET_REGS/SREGS failed: %s", strerror(errno));
+        pvm_hv_trap_died(trap, "KVM_GET_REGS/SREGS failed: %s", strerror(errno));
         return 0;
     }
     uint64_t rip = kr.rip;
@@ -581,7 +550,7 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
     }
     struct kvm_trap_frame f;
     if (kvm_decode_exit(kc->priv, rip, kr.rsp, &f) < 0) {
-        died(trap, "HLT exit at %#llx (RSP %#llx) is no trampoline entry", (unsigned long long)kr.rip,
+        pvm_hv_trap_died(trap, "HLT exit at %#llx (RSP %#llx) is no trampoline entry", (unsigned long long)kr.rip,
              (unsigned long long)kr.rsp);
         return 0;
     }

@@ -103,14 +103,8 @@ const struct kvm_host *kvm_host(void);
  */
 bool kvm_is_gen_a(const struct kvm_cpuid2 *cpuid, const uint32_t *msrs, unsigned nr_msrs);
 
-/* ---- kicks (kvm.c), shared by both modes ------------------------------------ */
+/* ---- kicks (kvm.c), shared by both modes (the signal's handler: pvm_hv_install_kick_handler) ---- */
 
-/*
- * The kick signal must interrupt KVM_RUN: give @sig an empty handler if it
- * has none (SIG_DFL or SIG_IGN), as pvm_vm_options.kick_signal documents.
- * 0 or pvm__error().
- */
-int kvm_install_kick_handler(int sig);
 /*
  * End the KVM_RUN on @run promptly: set immediate_exit (a KVM_RUN about to
  * start returns -EINTR at once) and send @sig to the thread in *@tid (0:
