@@ -99,6 +99,12 @@ def main():
     q = over(p50("pvm.user_syscall_eretu"), T)
     row("user SYSCALL -> guest kernel -> ERETU", "pvm.user_syscall_eretu", q, "x T", "<= 1.5 T",
         q is not None and q <= 1.5)
+    # The same round trip's shape without libpvm (bench-baselines): two processes trapping and handing
+    # off to each other (the two-stub floor), and through a relaying third process (today's shape).
+    row("  floor: two processes hand a trap to each other", "baseline.handoff_two_process",
+        over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_two_process")), "x floor")
+    row("  the same relayed by a third process (library thread)", "baseline.handoff_relayed",
+        over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_relayed")), "x relayed")
     q = over(sysemu, p50("pvm.user_syscall_eretu"))
     row("  ptrace SYSEMU / user syscall", "pvm.user_syscall_eretu", q, "x faster", ">= 10x",
         q is not None and q >= 10, absolute="")
