@@ -200,7 +200,7 @@ static void on_hand_sigsys(int sig, siginfo_t *si, void *uc)
     hand_wait(hand_word, hand_until);
 }
 
-/* This process's SIGSYS handler and trap filter (nothing after this may fork). */
+/* This process's SIGSYS handler and trap filter: each trap posts @post to *@word and waits for @until. */
 static int hand_filter(volatile uint32_t *word, uint32_t post, uint32_t until)
 {
     hand_word = word, hand_post = post, hand_until = until;
@@ -218,12 +218,14 @@ static void measure_handoff(FILE *json, const char *name, bool relay, unsigned b
     pid_t k = fork(), l = -1, u = -1;
     if (k == 0) {
         /* K: answer (2), wait for the next request (1); its first trap announces it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* K and L spin forever: they go with us */
         if (hand_filter(kw, 2, 1) != 0)
             hd->failed = 1;
         for (;;)
             syscall(TRAP_NR);
     }
-    if (relay && (l = fork()) == 0) {
+    if (k > 0 && relay && (l = fork()) == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         for (;;) {
             hand_wait(&hd->uk, 1);
             hd->uk = 0;
@@ -232,7 +234,7 @@ static void measure_handoff(FILE *json, const char *name, bool relay, unsigned b
             __atomic_store_n(&hd->uk, 2, __ATOMIC_RELEASE);
         }
     }
-    if ((u = fork()) == 0) {
+    if (k > 0 && (!relay || l > 0) && (u = fork()) == 0) {
         /* U: wait until K is in its handler, then request (1) and wait for the answer (2) per trap. */
         uint64_t deadline = bench_now_ns() + 2000000000ull;
         while (__atomic_load_n(kw, __ATOMIC_ACQUIRE) != 2 && !hd->failed && bench_now_ns() < deadline)
@@ -254,8 +256,10 @@ static void measure_handoff(FILE *json, const char *name, bool relay, unsigned b
     int st = 0;
     if (u > 0)
         waitpid(u, &st, 0);
-    kill(k, SIGKILL);
-    waitpid(k, NULL, 0);
+    if (k > 0) {
+        kill(k, SIGKILL);
+        waitpid(k, NULL, 0);
+    }
     if (l > 0) {
         kill(l, SIGKILL);
         waitpid(l, NULL, 0);
