@@ -8,7 +8,10 @@
  *   spinning on the other CPU, and a futex wake of a thread sleeping on the other
  *   CPU, each from the send to the handler's first instruction (TSC stamps, as
  *   bench-pvm's inject rows); and a ud2 -> SIGILL -> sigreturn round trip, the
- *   exception counterpart of T.
+ *   exception counterpart of T; and the two shapes a native user-syscall round
+ *   trip can have (docs/benchmarks.md): two processes that hand a trap to each
+ *   other from inside their SIGSYS handlers (the two-stub floor), and the same
+ *   through a third process that relays each hand-off (the library thread).
  * Usage: bench-baselines [--json FILE] [--quick]
  */
 #define _GNU_SOURCE
@@ -50,7 +53,7 @@ static void on_sigsys(int sig, siginfo_t *si, void *uc_)
 /* A syscall number nothing else uses, trapped by the filter. */
 #define TRAP_NR 0x1337
 
-static int install_trap_filter(void)
+static int install_trap_filter_only(void)
 {
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
@@ -59,11 +62,16 @@ static int install_trap_filter(void)
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
-    struct sigaction sa = { .sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO };
-    sigaction(SIGSYS, &sa, NULL);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
         return -1;
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+}
+
+static int install_trap_filter(void)
+{
+    struct sigaction sa = { .sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO };
+    sigaction(SIGSYS, &sa, NULL);
+    return install_trap_filter_only();
 }
 
 static int op_seccomp_trap(void *ctx, unsigned n)
@@ -155,6 +163,113 @@ static int op_compute(void *ctx, unsigned n)
     for (unsigned i = 0; i < n; i++)
         sink += bench_compute(1000);
     return 0;
+}
+
+/*
+ * ---- the hand-off floors of a native user syscall --------------------------
+ *
+ * A user SYSCALL on the native backend is a seccomp trap in the user stub, the
+ * guest kernel in the kernel stub, and its ERETU (another trap) back.  Here the
+ * same shape without libpvm: process U traps (its "user SYSCALL"), its SIGSYS
+ * handler hands the event to process K, which waits inside its own SIGSYS
+ * handler, sigreturns and traps at once (its "ERETU"), handing back to U.
+ * Every wait spins with sched_yield, as the stubs do.  "direct": U and K hand
+ * to each other (the two-stub floor); "relay": a third process L stands in the
+ * middle of both hand-offs, as the library's vCPU thread does today.
+ */
+struct hand {
+    volatile uint32_t uk, kl;     /* U <-> (L or K), L <-> K: 1 = request, 2 = answered */
+    volatile uint32_t ready;
+    volatile int32_t failed;
+    double ns[64];                /* per-batch ns per round trip, from U */
+};
+static struct hand *hd;
+static volatile uint32_t *hand_word;   /* this process's word; set before its first trap */
+static volatile uint32_t hand_post, hand_until;
+
+static void hand_wait(volatile uint32_t *w, uint32_t v)
+{
+    while (__atomic_load_n(w, __ATOMIC_ACQUIRE) != v)
+        sched_yield();
+}
+
+static void on_hand_sigsys(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig, (void)si, (void)uc;
+    __atomic_store_n(hand_word, hand_post, __ATOMIC_RELEASE);
+    hand_wait(hand_word, hand_until);
+}
+
+/* This process's SIGSYS handler and trap filter: each trap posts @post to *@word and waits for @until. */
+static int hand_filter(volatile uint32_t *word, uint32_t post, uint32_t until)
+{
+    hand_word = word, hand_post = post, hand_until = until;
+    struct sigaction sa = { .sa_sigaction = on_hand_sigsys, .sa_flags = SA_SIGINFO };
+    sigaction(SIGSYS, &sa, NULL);
+    return install_trap_filter_only();
+}
+
+static void measure_handoff(FILE *json, const char *name, bool relay, unsigned batches, unsigned iters)
+{
+    hd = mmap(NULL, sizeof(*hd), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (hd == MAP_FAILED || batches > 64)
+        return;
+    volatile uint32_t *kw = relay ? &hd->kl : &hd->uk;
+    pid_t k = fork(), l = -1, u = -1;
+    if (k == 0) {
+        /* K: answer (2), wait for the next request (1); its first trap announces it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* K and L spin forever: they go with us */
+        if (hand_filter(kw, 2, 1) != 0)
+            hd->failed = 1;
+        for (;;)
+            syscall(TRAP_NR);
+    }
+    if (k > 0 && relay && (l = fork()) == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (;;) {
+            hand_wait(&hd->uk, 1);
+            hd->uk = 0;
+            __atomic_store_n(&hd->kl, 1, __ATOMIC_RELEASE);
+            hand_wait(&hd->kl, 2);
+            __atomic_store_n(&hd->uk, 2, __ATOMIC_RELEASE);
+        }
+    }
+    if (k > 0 && (!relay || l > 0) && (u = fork()) == 0) {
+        /* U: wait until K is in its handler, then request (1) and wait for the answer (2) per trap. */
+        uint64_t deadline = bench_now_ns() + 2000000000ull;
+        while (__atomic_load_n(kw, __ATOMIC_ACQUIRE) != 2 && !hd->failed && bench_now_ns() < deadline)
+            sched_yield();
+        if (hd->failed || *kw != 2 || hand_filter(&hd->uk, 1, 2) != 0) {
+            hd->failed = 1;
+            _exit(1);
+        }
+        for (unsigned b = 0; b <= batches; b++) {
+            uint64_t t0 = bench_now_ns();
+            for (unsigned i = 0; i < iters; i++)
+                syscall(TRAP_NR);
+            if (b)   /* batch 0 warms up */
+                hd->ns[b - 1] = (double)(bench_now_ns() - t0) / iters;
+        }
+        hd->ready = 1;
+        _exit(0);
+    }
+    int st = 0;
+    if (u > 0)
+        waitpid(u, &st, 0);
+    if (k > 0) {
+        kill(k, SIGKILL);
+        waitpid(k, NULL, 0);
+    }
+    if (l > 0) {
+        kill(l, SIGKILL);
+        waitpid(l, NULL, 0);
+    }
+    if (u > 0 && hd->ready && !hd->failed) {
+        struct bench_result r;
+        bench_from_samples(&r, name, hd->ns, batches);
+        bench_print(&r), bench_json(json, &r);
+    }
+    munmap(hd, sizeof(*hd));
 }
 
 /* ---- wake-up latencies (bench-pvm's inject rows use the same method) ------ */
@@ -314,6 +429,8 @@ int main(int argc, char **argv)
     signal(SIGSEGV, SIG_DFL);
     measure_wake(json, "baseline.signal_to_spinning_process", false, 2000 / scale);
     measure_wake(json, "baseline.futex_wake_sleeping_thread", true, 2000 / scale);
+    measure_handoff(json, "baseline.handoff_two_process", false, 30, 2000 / scale);
+    measure_handoff(json, "baseline.handoff_relayed", true, 30, 2000 / scale);
 
     /* Last: the filter stays installed for the rest of the process. */
     if (install_trap_filter() == 0 &&

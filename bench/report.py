@@ -97,13 +97,21 @@ def main():
     row("host-call exit pair (NEXT+DONE, subtracted above)", "pvm.hostcall_exit_pair",
         over(p50("pvm.hostcall_exit_pair"), T), "x T")
     q = over(p50("pvm.user_syscall_eretu"), T)
-    row("user SYSCALL -> guest kernel -> ERETU", "pvm.user_syscall_eretu", q, "x T", "<= 1.5 T",
-        q is not None and q <= 1.5)
+    # Issue 15's targets (issue 7 asked <= 1.5 T, which needs user and kernel in one host address space).
+    row("user SYSCALL -> guest kernel -> ERETU", "pvm.user_syscall_eretu", q, "x T", "<= 3 T",
+        q is not None and q <= 3)
+    # The same round trip's shape without libpvm (bench-baselines): two processes trapping and handing
+    # off to each other (the two-stub floor), and through a relaying third process (today's shape).
+    row("  floor: two processes hand a trap to each other", "baseline.handoff_two_process",
+        over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_two_process")), "x floor")
+    row("  the same relayed by a third process (library thread)", "baseline.handoff_relayed",
+        over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_relayed")), "x relayed")
     q = over(sysemu, p50("pvm.user_syscall_eretu"))
     row("  ptrace SYSEMU / user syscall", "pvm.user_syscall_eretu", q, "x faster", ">= 10x",
         q is not None and q >= 10, absolute="")
-    row("user #PF (fresh page) -> guest kernel -> ERETU", "pvm.user_pf_eretu",
-        over(p50("pvm.user_pf_eretu"), T), "x T")
+    q = over(p50("pvm.user_pf_eretu"), T)
+    row("user #PF (fresh page) -> guest kernel -> ERETU", "pvm.user_pf_eretu", q, "x T", "<= 4 T",
+        q is not None and q <= 4)
     pf = p50("baseline.pf_sigsegv_roundtrip")
     row("  a host page fault -> SIGSEGV -> sigreturn (its exception)", "baseline.pf_sigsegv_roundtrip",
         over(p50("pvm.user_pf_eretu"), pf), "x this")

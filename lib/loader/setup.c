@@ -60,7 +60,7 @@ int pvm_vcpu_setup_call(pvm_vcpu *vcpu, pvm_gva_t fn, const uint64_t *args, size
         return pvm__error(rc, "pvm_vcpu_setup_call: the guest has no pvm_return_to_host "
                           "(link it with the libpvm guest SDK)");
     struct pvm_regs r;
-    const struct pvm_loader *l;
+    const struct pvm_loader *l = NULL; /* -O3 cannot see boot_state() set it */
     if ((rc = boot_state(vcpu, fn, "pvm_vcpu_setup_call", &r, &l)) < 0)
         return rc;
     uint64_t *argregs[6] = { &r.rdi, &r.rsi, &r.rdx, &r.rcx, &r.r8, &r.r9 };
