@@ -637,6 +637,30 @@ START_TEST(t_budget_resets_slot)
 }
 END_TEST
 
+/* A budget under one large page (a provider's own small limit): the faulting 4 KiB page alone. */
+START_TEST(t_budget_below_large_page)
+{
+    static const struct pvm_shadow_ops bops = {
+        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
+        .map_budget = f_budget,
+    };
+    pvm_shadow_destroy(sh);
+    sh = pvm_shadow_create(&bops, NULL, 0, 0);
+    ck_assert_ptr_nonnull(sh);
+    budget = 2 * KiB4;
+    map(0x600000, 0x200000, MiB2, E_P);
+    pvm_shadow_activate(sh, root, false);
+    rec.n = 0;
+    ck_assert_int_eq(fault(0x623456, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x623000, KiB4, 0x223000, R_ | X_));
+    ck_assert_int_eq(fault(0x600000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x600000, KiB4, 0x200000, R_ | X_));
+    /* A third page goes over the budget: the slot is reset first. */
+    ck_assert_int_eq(fault(0x7ff000, 0), PVM_SHADOW_FIXED);
+    EXPECT(RST(0), INS(0, 0x7ff000, KiB4, 0x3ff000, R_ | X_));
+}
+END_TEST
+
 START_TEST(t_provider_failures)
 {
     map(0x400000, 0x5000, KiB4, E_P);
@@ -837,6 +861,7 @@ int main(void)
     tcase_add_test(tc, t_flush_gpa);
     tcase_add_test(tc, t_overflow_resets_slot);
     tcase_add_test(tc, t_budget_resets_slot);
+    tcase_add_test(tc, t_budget_below_large_page);
     tcase_add_test(tc, t_provider_failures);
     tcase_add_test(tc, t_window);
     tcase_add_loop_test(tc, t_random_ops, 0, 20);

@@ -231,11 +231,13 @@ static uint64_t sh_ram_extent(void *opaque, uint64_t gpa, uint32_t *flags)
  * RAM (a direct map and a process's own view of it) plus PVM_HV_MAP_SLACK.
  * A provider's page tables then stay under about 1/256 of RAM per address
  * space however the guest aliases its RAM (docs/design.md "Mapping approval").
+ * A provider with a smaller limit of its own (kmod's max_pages_per_as) lowers it.
  */
 static uint64_t sh_map_budget(void *opaque)
 {
     struct pvm_hv_vcpu *hv = opaque;
-    return 2 * __atomic_load_n(&hv->v->vm->ram_bytes, __ATOMIC_RELAXED) + PVM_HV_MAP_SLACK;
+    uint64_t b = 2 * __atomic_load_n(&hv->v->vm->ram_bytes, __ATOMIC_RELAXED) + PVM_HV_MAP_SLACK;
+    return hv->map_limit && hv->map_limit < b ? hv->map_limit : b;
 }
 
 /* Write tracking after a snapshot: the guest gets a page writable only once it is recorded. */

@@ -355,12 +355,22 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
             }
         }
     }
+    /* Bounded like the record count: by what the provider may spend on page tables (map_budget). */
+    uint64_t budget = s->ops->map_budget ? s->ops->map_budget(s->opaque) : UINT64_MAX;
+    if (len > budget) { /* a large page over the whole budget: the faulting page alone */
+        mgpa = gpa;
+        mgva = gva & ~(PAGE - 1);
+        len = PAGE;
+    }
     drop_overlapping(s, si, mgva, len);
     if (r.page_size == PAGE && track == PVM_SHADOW_TRACK_OFF)
         extend_run(s, sl, env, &r, prot, flags, ext, &mgva, &mgpa, &len);
-
-    /* Bounded like the record count: by what the provider may spend on page tables (map_budget). */
-    if (sl->n >= s->cap || (s->ops->map_budget && sl->bytes + len > s->ops->map_budget(s->opaque)))
+    if (len > budget) { /* a run over the whole budget: likewise */
+        mgpa = gpa;
+        mgva = gva & ~(PAGE - 1);
+        len = PAGE;
+    }
+    if (sl->n >= s->cap || sl->bytes + len > budget)
         reset_slot(s, si);
     if (s->ops->install(s->opaque, si, mgva, len, mgpa, prot) < 0)
         return PVM_SHADOW_ERROR;

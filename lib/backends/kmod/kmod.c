@@ -132,6 +132,10 @@ static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
     int rc = open_dev(&kc->dev);
     if (rc < 0)
         return rc;
+    /* The module's per-address-space page limit bounds the shadow MMU's budget (which then resets the slot). */
+    struct pvm_kmod_info info;
+    if (ioctl(kc->dev, PVM_KMOD_INFO, &info) == 0)
+        hv->map_limit = info.max_pages_per_as * PVM_KMOD_PAGE_SIZE;
     pthread_once(&fpu.once, fpu_probe);
     size_t sz = (fpu.size + 63) & ~(size_t)63;
     kc->fpu = aligned_alloc(64, sz);
@@ -175,24 +179,30 @@ static int kmod_map(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_
     struct kmod_cpu *kc = kc_of(hv);
     if (kc->as[slot] < 0 || (prot & PVM_HV_PROT_SNAPSHOT) || gpa < r->gpa || gpa - r->gpa + len > r->size)
         return -1;
-    struct pvm_kmod_map m = {
-        .gva = gva,
-        .uaddr = (uintptr_t)(r->host + (gpa - r->gpa)),
-        .len = len,
-        .flags = PVM_KMOD_MAP_READ | ((prot & PVM_PROT_WRITE) ? PVM_KMOD_MAP_WRITE : 0) |
-                 ((prot & PVM_PROT_EXEC) ? PVM_KMOD_MAP_EXEC : 0),
-    };
-    int rc = ioctl(kc->as[slot], PVM_KMOD_AS_MAP, &m);
-    if (rc < 0 && errno == EEXIST) {
-        /* A changed translation: the module never replaces a leaf. */
-        if (as_unmap(kc, slot, gva, len) < 0)
+    for (uint64_t done = 0; done < len;) {
+        uint64_t n = len - done < PVM_KMOD_MAP_MAX_LEN ? len - done : PVM_KMOD_MAP_MAX_LEN;
+        struct pvm_kmod_map m = {
+            .gva = gva + done,
+            .uaddr = (uintptr_t)(r->host + (gpa + done - r->gpa)),
+            .len = n,
+            .flags = PVM_KMOD_MAP_READ | ((prot & PVM_PROT_WRITE) ? PVM_KMOD_MAP_WRITE : 0) |
+                     ((prot & PVM_PROT_EXEC) ? PVM_KMOD_MAP_EXEC : 0),
+        };
+        int rc = ioctl(kc->as[slot], PVM_KMOD_AS_MAP, &m);
+        if (rc < 0 && errno == EEXIST) {
+            /* A changed translation: the module never replaces a leaf. */
+            if (as_unmap(kc, slot, m.gva, n) < 0)
+                return -1;
+            rc = ioctl(kc->as[slot], PVM_KMOD_AS_MAP, &m);
+        }
+        if (rc < 0) {
+            pvm__log(PVM_LOG_DEBUG, "kmod: AS_MAP %#llx+%#llx: %s", (unsigned long long)m.gva,
+                     (unsigned long long)n, strerror(errno));
             return -1;
-        rc = ioctl(kc->as[slot], PVM_KMOD_AS_MAP, &m);
+        }
+        done += n;
     }
-    if (rc < 0)
-        pvm__log(PVM_LOG_DEBUG, "kmod: AS_MAP %#llx+%#llx: %s", (unsigned long long)gva,
-                 (unsigned long long)len, strerror(errno));
-    return rc < 0 ? -1 : 0;
+    return 0;
 }
 
 static int kmod_unmap(struct pvm_hv_vcpu *hv, unsigned slot, uint64_t gva, uint64_t len)
