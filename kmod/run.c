@@ -61,6 +61,9 @@ long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun
 	/* IRETQ would fault in ring 0 on a bad RIP (beyond the 32-bit limit in compat mode). */
 	if (r.cs == __USER_CS ? !canonical48(r.regs.rip) : r.cs != __USER32_CS || r.regs.rip > U32_MAX)
 		return -EINVAL;
+	/* WRMSR of a non-canonical base faults: in ring 0, inside the switch for GS. */
+	if (!canonical48(r.regs.fs_base) || !canonical48(r.regs.gs_base))
+		return -EINVAL;
 	ret = pvm_run_supported();
 	if (ret)
 		return ret;

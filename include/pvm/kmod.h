@@ -153,8 +153,8 @@ _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout")
  *   0: exit_reason, vector, error_code, cr2 and the registers are filled.
  *   -EINTR: a signal is pending or immediate_exit was set; the registers
  *     are the guest's as they are now (resume them as they are).
- *   -EINVAL bad argument (flags, reserved fields, CS, a non-canonical RIP
- *   or, in compat mode, one above 4 GiB);
+ *   -EINVAL bad argument (flags, reserved fields, CS, a non-canonical RIP,
+ *   FS or GS base, or in compat mode a RIP above 4 GiB);
  *   -EPERM not the creating process; -EOPNOTSUPP this CPU or kernel cannot
  *   (5-level paging, more than 64 CPUs, a Meltdown CPU without PTI).
  * RFLAGS in: only the arithmetic flags, TF, DF, NT, AC, RF and ID are taken;

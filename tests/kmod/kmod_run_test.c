@@ -197,6 +197,13 @@ static void test_exceptions(void)
     CHECK_EQ(r.regs.rip, CODE + 7);
     CHECK_EQ(r.cs, 0x23);
 
+    /* A non-canonical RSP is loaded as it is: the guest's first push faults, in the guest (#SS or #GP). */
+    r = prepare(BYTES(0x50)); /* push %rax */
+    r.regs.gpr[RSP] = 0x0000800000000010ull;
+    CHECK_EQ(run(&r), 0);
+    CHECK(r.vector == 12 || r.vector == 13);
+    CHECK_EQ(r.regs.rip, CODE);
+
     /* SYSENTER is #GP (a null SYSENTER_CS) or #UD (AMD in long mode), never the host's entry. */
     r = prepare(BYTES(0x0f, 0x34));
     CHECK_EQ(run(&r), 0);
@@ -426,6 +433,14 @@ static void test_bad_args(void)
     r = prepare(BYTES(0x0f, 0x05));
     r.cs = 0x23;
     r.regs.rip = 0x100000000ull; /* beyond the 32-bit limit */
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.regs.gs_base = 0x0000800000000000ull; /* non-canonical: WRMSR would fault in ring 0 */
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.regs.fs_base = 0x8000000000000000ull;
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));
