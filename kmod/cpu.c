@@ -372,6 +372,11 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 		if (vector == X86_TRAP_NMI)
 			return -1;
 	}
+	if (vector == X86_TRAP_MC) {
+		/* The host's machine check, not the guest's: through its own IDT, as KVM does. */
+		asm volatile("int $0x12");
+		return -1;
+	}
 	if (vector >= FIRST_EXTERNAL_VECTOR && vector != IA32_SYSCALL_VECTOR &&
 	    vector != PVM_SW_SYSCALL && vector != PVM_SW_SYSCALL32) {
 		struct desc_ptr idt;

@@ -259,7 +259,7 @@ pvm_db:
 	jmp	pvm_exit_common
 1:	iretq
 
-/* #MC (IST4): from ring 3 an exit (C reports it); from ring 0 it cannot be handled here. */
+/* #MC (IST4): from ring 3 an exit (C hands it to the host's handler); from ring 0 it cannot be handled here. */
 pvm_mc:
 	testb	$3, 8(%rsp)
 	jz	1f

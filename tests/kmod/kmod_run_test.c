@@ -175,6 +175,14 @@ static void test_exceptions(void)
     CHECK_EQ(r.vector, 1);
     CHECK_EQ(r.regs.rip, CODE + 1);
 
+    /* TF over a SYSCALL: its #DB comes in ring 0 at the switch's entry and is dropped; the SYSCALL exits. */
+    r = prepare(BYTES(0x0f, 0x05));
+    r.regs.rflags = 0x102;
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+    CHECK_EQ(r.regs.gpr[R11], 0x302);
+    CHECK_EQ(r.regs.rip, CODE + 2);
+
     /* A far jump to 0x23 (ljmp *DATA+0x20, m16:32) enters compat mode: #UD there comes back with CS 0x23. */
     memcpy(data + 0x20, (const uint8_t[]){ 0x02, 0x00, 0x40, 0x00, 0x23, 0x00 }, 6);
     r = prepare(BYTES(0xff, 0x2c, 0x25, 0x20, 0x00, 0x60, 0x00, 0x0f, 0x0b));
