@@ -145,7 +145,7 @@ typedef struct pvm_vcpu pvm_vcpu; /**< one virtual CPU (opaque) */
 /* ---- backends --------------------------------------------------------- */
 
 enum pvm_backend {
-    PVM_BACKEND_AUTO = 0,   /**< kmod where /dev/pvm is there, kvm where its guest events beat native's, else native */
+    PVM_BACKEND_AUTO = 0,   /**< kmod, then kvm, where its guest events beat native's (a one-time calibration), else native */
     PVM_BACKEND_NATIVE = 1, /**< library-as-hypervisor; guest runs at host ring 3 */
     /**
      * /dev/kvm (any standard x86 KVM): the library is the hypervisor as on
@@ -170,9 +170,10 @@ enum pvm_backend {
  * negative code (PVM_ENODEV) with pvm_last_error() saying why, e.g. "kvm:
  * cannot open /dev/kvm: No such file or directory (no KVM on this machine)".
  * For PVM_BACKEND_AUTO, 0 leaves in pvm_last_error() which backend auto
- * chose and why it passed over the others.  Where /dev/kvm is usable, the
- * first auto choice in a process runs a calibration (a throw-away KVM VM, a
- * few milliseconds) that compares a guest event through KVM with native's.
+ * chose and why it passed over the others.  Where /dev/pvm or /dev/kvm is
+ * usable, the first auto choice in a process runs a calibration for each (a
+ * throw-away address space or KVM VM, a few milliseconds) that compares a
+ * guest event through it with native's.
  * Thread safety: any thread.
  */
 PVM_EXPORT int pvm_backend_probe(enum pvm_backend backend);

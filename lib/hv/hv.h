@@ -195,6 +195,12 @@ static inline struct pvm_hv_vcpu *pvm_hv_of(const pvm_vcpu *v)
 void pvm_hv_trap_died(struct pvm_hv_trap *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A no-op handler for the kick signal @sig unless the application has one: 0 or PVM_EINTERNAL. */
 int pvm_hv_install_kick_handler(int sig);
+/* CLOCK_MONOTONIC in microseconds. */
+double pvm_hv_now_us(void);
+/* The median of t[0..n) (sorts it). */
+double pvm_hv_median(double *t, size_t n);
+/* What a guest event costs on the native backend here, estimated from a host getpid (auto's yardstick). */
+double pvm_hv_native_event_us(void);
 
 /* Copy guest-virtual memory with supervisor privilege (current CR3): 0 or -1. */
 int pvm_hv_read_virt(struct pvm_hv_vcpu *hv, uint64_t gva, void *buf, size_t len);

@@ -1,14 +1,18 @@
 /*
  * lib/hv/provider.c - helpers the cpu providers share: a lost vCPU's trap,
- * and the kick signal's no-op handler (a kick only has to end a blocking
- * run with EINTR).
+ * the kick signal's no-op handler (a kick only has to end a blocking run
+ * with EINTR), and what auto's calibrations compare with.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "hv.h"
 
@@ -43,4 +47,41 @@ int pvm_hv_install_kick_handler(int sig)
     }
     pthread_mutex_unlock(&lock);
     return rc;
+}
+
+double pvm_hv_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double pvm_hv_median(double *t, size_t n)
+{
+    qsort(t, n, sizeof(*t), cmp_double);
+    return n ? t[n / 2] : 0;
+}
+
+double pvm_hv_native_event_us(void)
+{
+    double best = 1e9;
+    for (int round = 0; round < 5; round++) {
+        double t0 = pvm_hv_now_us();
+        for (int i = 0; i < 200; i++)
+            syscall(SYS_getpid);
+        double d = (pvm_hv_now_us() - t0) / 200;
+        best = d < best ? d : best;
+    }
+    /*
+     * ARCHITECTURE.md: T (a seccomp trap + handler + sigreturn) is about 12.5
+     * getpids on these machines, and a native event (exception or interrupt
+     * to the guest and back) costs about 3 T.
+     */
+    return 3 * best / 0.08;
 }

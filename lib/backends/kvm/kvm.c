@@ -579,19 +579,6 @@ static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_reg
 
 /* ---- auto: a one-time calibration ------------------------------------------------ */
 
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /*
  * The round trip of one CPL-3 event here: a guest SYSCALL through the
  * trampoline to the library and back, the median of 16 (0 if it cannot run).
@@ -611,14 +598,13 @@ static double kvm_event_us(void)
     struct pvm_hv_regs r = { .rip = gva, .rflags = 0x202, .cs = PVM_USER_CS, .ss = PVM_USER_DS };
     for (unsigned i = 0; i < 24; i++) {
         struct pvm_hv_trap trap;
-        double t0 = now_us();
+        double t0 = pvm_hv_now_us();
         if (kvm_run_slot(&hv, 0, &r, &trap) < 0 || trap.kind != PVM_HV_TRAP_SYSCALL)
             goto out;
-        t[i] = now_us() - t0;
+        t[i] = pvm_hv_now_us() - t0;
         r.rip = gva;
     }
-    qsort(t + 8, 16, sizeof(t[0]), cmp_double);
-    us = t[8 + 8];
+    us = pvm_hv_median(t + 8, 16);
 out:
     if (kc) {
         machine_close(kc);
@@ -629,32 +615,13 @@ out:
     return us;
 }
 
-/* A host getpid, the yardstick for the native backend's events. */
-static double getpid_us(void)
-{
-    double best = 1e9;
-    for (int round = 0; round < 5; round++) {
-        double t0 = now_us();
-        for (int i = 0; i < 200; i++)
-            syscall(SYS_getpid);
-        double d = (now_us() - t0) / 200;
-        best = d < best ? d : best;
-    }
-    return best;
-}
-
 static pthread_once_t calibrate_once = PTHREAD_ONCE_INIT;
 static double calib_kvm_us, calib_native_us;
 
 static void calibrate(void)
 {
     calib_kvm_us = kvm_event_us();
-    /*
-     * ARCHITECTURE.md: T (a seccomp trap + handler + sigreturn) is about 12.5
-     * getpids on these machines, and a native event (exception or interrupt
-     * to the guest and back) costs about 3 T.
-     */
-    calib_native_us = 3 * getpid_us() / 0.08;
+    calib_native_us = pvm_hv_native_event_us();
 }
 
 /* auto picks this backend only where a guest event costs less here than on native. */
