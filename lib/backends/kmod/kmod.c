@@ -95,7 +95,7 @@ static int open_dev(int *out)
 
 static int kmod_probe(void)
 {
-    int fd;
+    int fd = -1;
     int rc = open_dev(&fd);
     if (rc == 0)
         close(fd);
