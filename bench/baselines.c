@@ -182,10 +182,22 @@ struct hand {
     volatile uint32_t ready;
     volatile int32_t failed;
     double ns[64];                /* per-batch ns per round trip, from U */
+    uint32_t fpu_size;            /* "fpu": bytes of the XSAVE image carried (from U's first trap) */
+    uint8_t fpu[65536] __attribute__((aligned(64)));   /* the image in transit */
 };
 static struct hand *hd;
 static volatile uint32_t *hand_word;   /* this process's word; set before its first trap */
 static volatile uint32_t hand_post, hand_until;
+static bool hand_fpu;                  /* carry the signal frame's XSAVE image with each hand-off */
+
+/* The XSAVE image of a signal frame: its size (sw_reserved.xstate_size, or the 512-byte FXSAVE area). */
+static uint32_t frame_fpu_size(const uint8_t *fp)
+{
+    uint32_t magic1, size;
+    memcpy(&magic1, fp + 464, 4);
+    memcpy(&size, fp + 464 + 16, 4);
+    return magic1 == 0x46505853u && size <= sizeof(hd->fpu) ? size : 512;
+}
 
 static void hand_wait(volatile uint32_t *w, uint32_t v)
 {
@@ -193,11 +205,19 @@ static void hand_wait(volatile uint32_t *w, uint32_t v)
         sched_yield();
 }
 
-static void on_hand_sigsys(int sig, siginfo_t *si, void *uc)
+static void on_hand_sigsys(int sig, siginfo_t *si, void *ucv)
 {
-    (void)sig, (void)si, (void)uc;
+    (void)sig, (void)si;
+    uint8_t *fp = hand_fpu ? (uint8_t *)((ucontext_t *)ucv)->uc_mcontext.fpregs : NULL;
+    uint32_t n = fp ? frame_fpu_size(fp) : 0;
+    if (fp)   /* the image goes with the registers (the link page would carry it) ... */
+        memcpy(hd->fpu, fp, n);
     __atomic_store_n(hand_word, hand_post, __ATOMIC_RELEASE);
     hand_wait(hand_word, hand_until);
+    if (fp) { /* ... and the other side's comes back into this frame (same host: same layout) */
+        memcpy(fp, hd->fpu, n);
+        hd->fpu_size = n;
+    }
 }
 
 /* This process's SIGSYS handler and trap filter: each trap posts @post to *@word and waits for @until. */
@@ -209,8 +229,9 @@ static int hand_filter(volatile uint32_t *word, uint32_t post, uint32_t until)
     return install_trap_filter_only();
 }
 
-static void measure_handoff(FILE *json, const char *name, bool relay, unsigned batches, unsigned iters)
+static void measure_handoff(FILE *json, const char *name, bool relay, bool fpu, unsigned batches, unsigned iters)
 {
+    hand_fpu = fpu && !relay;
     hd = mmap(NULL, sizeof(*hd), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (hd == MAP_FAILED || batches > 64)
         return;
@@ -429,8 +450,10 @@ int main(int argc, char **argv)
     signal(SIGSEGV, SIG_DFL);
     measure_wake(json, "baseline.signal_to_spinning_process", false, 2000 / scale);
     measure_wake(json, "baseline.futex_wake_sleeping_thread", true, 2000 / scale);
-    measure_handoff(json, "baseline.handoff_two_process", false, 30, 2000 / scale);
-    measure_handoff(json, "baseline.handoff_relayed", true, 30, 2000 / scale);
+    measure_handoff(json, "baseline.handoff_two_process", false, false, 30, 2000 / scale);
+    /* The same, each hand-off also carrying the XSAVE image, as a real stub-to-stub hand-off must. */
+    measure_handoff(json, "baseline.handoff_two_process_fpu", false, true, 30, 2000 / scale);
+    measure_handoff(json, "baseline.handoff_relayed", true, false, 30, 2000 / scale);
 
     /* Last: the filter stays installed for the rest of the process. */
     if (install_trap_filter() == 0 &&

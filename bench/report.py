@@ -104,6 +104,8 @@ def main():
     # off to each other (the two-stub floor), and through a relaying third process (today's shape).
     row("  floor: two processes hand a trap to each other", "baseline.handoff_two_process",
         over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_two_process")), "x floor")
+    row("  the same carrying the XSAVE image both ways (a real hand-off)", "baseline.handoff_two_process_fpu",
+        over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_two_process_fpu")), "x floor")
     row("  the same relayed by a third process (library thread)", "baseline.handoff_relayed",
         over(p50("pvm.user_syscall_eretu"), p50("baseline.handoff_relayed")), "x relayed")
     q = over(sysemu, p50("pvm.user_syscall_eretu"))
