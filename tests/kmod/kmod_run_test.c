@@ -6,8 +6,9 @@
  * INT n, I/O, HLT and CLI at ring 3), the register file both ways, FS/GS
  * bases, the thread's FPU state as the guest's, guest writes landing in the
  * caller's pages, the module's own pages out of the guest's reach, a long run
- * that host interrupts cut many times, kicks (immediate_exit, a signal),
- * migration between CPUs, bad arguments, and another process's address space.
+ * that host interrupts cut many times, kicks (immediate_exit, a signal), an
+ * UNMAP and a close from another thread while a guest runs, migration between
+ * CPUs, bad arguments, and another process's address space.
  *
  * Every check prints its line on failure; exit status 0 only if all passed.
  */
@@ -83,6 +84,13 @@ static struct pvm_kmod_run prepare(const void *bytes, size_t n)
 static int run(struct pvm_kmod_run *r)
 {
     return ioctl(as, PVM_KMOD_AS_RUN, r);
+}
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
 #define BYTES(...) ((const uint8_t[]){ __VA_ARGS__ }), sizeof((const uint8_t[]){ __VA_ARGS__ })
@@ -408,6 +416,66 @@ static void test_kick(void)
     CHECK(spin_run.regs.gpr[RAX] > count);
 }
 
+static void *kick_later(void *arg)
+{
+    usleep(200000);
+    syscall(SYS_tgkill, getpid(), *(pid_t *)arg, SIGUSR1);
+    return NULL;
+}
+
+/*
+ * A RUN holds its address space: an UNMAP from another thread waits until the
+ * run ends (no page may go while a CPU can hold it in its TLB), and closing
+ * the fd meanwhile frees nothing until the run is over.
+ */
+static void test_unmap_waits_for_run(void)
+{
+    spin_run = prepare(BYTES(0x48, 0xff, 0xc0, 0xeb, 0xfb)); /* 1: inc %rax; jmp 1b */
+    pthread_t t, k;
+    void *ret;
+    spin_tid = 0;
+    pthread_create(&t, NULL, spinner, NULL);
+    while (!spin_tid)
+        usleep(1000);
+    usleep(50000);
+    pid_t tid = spin_tid;
+    pthread_create(&k, NULL, kick_later, &tid);
+    double t0 = now_ns();
+    struct pvm_kmod_unmap u = { .gva = CODE, .len = PG };
+    CHECK_EQ(ioctl(as, PVM_KMOD_AS_UNMAP, &u), 0);
+    double waited_ms = (now_ns() - t0) / 1e6;
+    pthread_join(t, &ret);
+    pthread_join(k, NULL);
+    CHECK_EQ((long)ret, EINTR);
+    CHECK(waited_ms >= 150); /* the UNMAP returned only after the kick ended the run */
+    /* The code page is gone now: the same registers fault on it. */
+    spin_run.regs.rip = CODE;
+    CHECK_EQ(run(&spin_run), 0);
+    CHECK_EQ(spin_run.vector, 14);
+    CHECK_EQ(spin_run.error_code, 0x14);
+    CHECK_EQ(spin_run.cr2, CODE);
+    map(CODE, code, PVM_KMOD_MAP_READ | PVM_KMOD_MAP_EXEC);
+
+    /* Closing the address space's fd under a running guest: it lives until the run ends. */
+    int dup_as = dup(as);
+    spin_run = prepare(BYTES(0x48, 0xff, 0xc0, 0xeb, 0xfb));
+    spin_tid = 0;
+    int saved = as;
+    as = dup_as;
+    pthread_create(&t, NULL, spinner, NULL);
+    while (!spin_tid)
+        usleep(1000);
+    as = saved;
+    usleep(50000);
+    close(dup_as);
+    struct pvm_kmod_info info;
+    CHECK_EQ(ioctl(dev, PVM_KMOD_INFO, &info), 0);
+    CHECK_EQ(info.nr_as, 1);
+    syscall(SYS_tgkill, getpid(), spin_tid, SIGUSR1);
+    pthread_join(t, &ret);
+    CHECK_EQ((long)ret, EINTR);
+}
+
 /* Runs on every CPU in turn, moved between them by affinity. */
 static void test_migration(void)
 {
@@ -498,12 +566,6 @@ static void test_close_after_runs(void)
     CHECK_EQ(info.nr_tables, 0);
 }
 
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
 
 /* Median of 9 batches of 2000: a RUN of one SYSCALL, one that never enters, and a getpid for scale. */
 static void time_runs(void)
@@ -578,6 +640,7 @@ int main(int argc, char **argv)
     STEP(test_fs_gs_fpu);
     STEP(test_long_run);
     STEP(test_kick);
+    STEP(test_unmap_waits_for_run);
     STEP(test_migration);
     STEP(test_bad_args);
     STEP(test_close_after_runs);
