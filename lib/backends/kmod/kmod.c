@@ -75,7 +75,6 @@ static struct kmod_cpu *kc_of(const struct pvm_hv_vcpu *hv)
     return hv->pdata;
 }
 
-
 /* /dev/pvm with the world switch (ABI >= 2), or PVM_ENODEV with the reason. */
 static int open_dev(int *out)
 {
