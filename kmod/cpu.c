@@ -245,6 +245,9 @@ int pvm_switch_init(void)
 	if (ret) {
 		pr_err("pvm: cannot map the world switch (%d)\n", ret);
 		pvm_switch_exit();
+	} else if (nr_cpu_ids > PVM_MAX_CPUS) {
+		pr_warn("pvm: guests cannot run on CPUs %d and up (RUN there: -EOPNOTSUPP); "
+			"build with PVM_MAX_CPUS=%u\n", PVM_MAX_CPUS, nr_cpu_ids);
 	}
 	return ret;
 }

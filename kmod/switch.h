@@ -28,7 +28,10 @@
 
 #define PVM_AREA_PAGES 5
 #define PVM_AREA_SIZE  (PVM_AREA_PAGES * 4096)
-#define PVM_MAX_CPUS   64
+/* CPUs that can run guests: the areas are static (module space has no allocator for modules). */
+#ifndef PVM_MAX_CPUS
+#define PVM_MAX_CPUS   64 /* make PVM_MAX_CPUS=N for more: 20 KiB each */
+#endif
 
 /* Data offsets (static_assert'ed against struct pvm_cpu_area in cpu.c). */
 #define PC_GPR          0x000 /* 16 x u64, x86 encoding order; [4] is RSP */
