@@ -27,6 +27,7 @@ struct pvm_as {
 	struct mm_struct *mm;       /* the creator's; identity only (acct holds it) */
 	u64 id;
 	struct list_head node;      /* in as_list while its fd exists */
+	struct pvm_kick kick;       /* PVM_KMOD_AS_KICK: lock-free, any time */
 };
 
 /* Live address spaces, for the debugfs dump.  Order: as_list_lock, then as->lock. */
@@ -206,7 +207,7 @@ static long as_run(struct pvm_as *as, void __user *uarg)
 		return -EPERM;
 	if (mutex_lock_killable(&as->lock))
 		return -EINTR;
-	ret = pvm_run(&as->pt, as->pt.high, uarg);
+	ret = pvm_run(&as->pt, &as->kick, uarg);
 	mutex_unlock(&as->lock);
 	return ret;
 }
@@ -225,6 +226,13 @@ static long as_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return as_info(as, uarg);
 	case PVM_KMOD_AS_RUN:
 		return as_run(as, uarg);
+	case PVM_KMOD_AS_KICK:
+		if (arg)
+			return -EINVAL;
+		if (current->mm != as->mm)
+			return -EPERM;
+		pvm_kick(&as->kick);
+		return 0;
 	}
 	return -ENOTTY;
 }
@@ -280,6 +288,7 @@ long pvm_as_create(const struct pvm_kmod_create_as __user *uarg)
 	mutex_init(&as->lock);
 	INIT_LIST_HEAD(&as->node);
 	as->id = atomic64_inc_return(&as_next_id);
+	as->kick.cpu = -1;
 	as->mm = current->mm;
 	as->acct = pvm_acct_get(as->mm);
 	if (!as->acct || pvm_pt_init(&as->pt)) {

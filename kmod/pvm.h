@@ -79,7 +79,13 @@ u64 pvm_switcher_pml4e(void);
 /* Interrupts off: one switch; PVM_SW_SYSCALL(32), a vector, -1 (host event), -errno. */
 int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global);
 int pvm_run_supported(void);
-long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun);
+/* An address space's kick: a flag RUN consumes, and the CPU running it (-1: none). */
+struct pvm_kick {
+	atomic_t pending;
+	int cpu;
+};
+long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run __user *urun);
+void pvm_kick(struct pvm_kick *kick);
 
 /* ---- as.c ---------------------------------------------------------------- */
 long pvm_as_create(const struct pvm_kmod_create_as __user *uarg);

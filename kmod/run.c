@@ -45,7 +45,28 @@ int pvm_run_supported(void)
 	return 0;
 }
 
-long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun)
+static void kick_nop(void *unused)
+{
+}
+
+/*
+ * PVM_KMOD_AS_KICK: the flag first, then an IPI to the CPU running the
+ * address space, if any; RUN publishes its CPU first, then reads the flag
+ * (both with a full barrier between), so one of the two always sees the
+ * other.  The IPI only makes the guest exit: the flag ends the run.
+ */
+void pvm_kick(struct pvm_kick *kick)
+{
+	int cpu;
+
+	atomic_set(&kick->pending, 1);
+	smp_mb();
+	cpu = READ_ONCE(kick->cpu);
+	if (cpu >= 0)
+		smp_call_function_single(cpu, kick_nop, NULL, 0);
+}
+
+long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run __user *urun)
 {
 	struct pvm_kmod_run r;
 	struct pvm_switch_regs g;
@@ -91,11 +112,21 @@ long pvm_run(struct pvm_pgtable *pt, bool high, struct pvm_kmod_run __user *urun
 			preempt_enable();
 			continue;
 		}
+		WRITE_ONCE(kick->cpu, smp_processor_id());
+		smp_mb();
+		if (atomic_xchg(&kick->pending, 0)) {
+			WRITE_ONCE(kick->cpu, -1);
+			local_irq_enable();
+			preempt_enable();
+			ret = -EINTR;
+			break;
+		}
 		/* The thread's user FPU state is the guest's: in the registers. */
 		if (test_thread_flag(TIF_NEED_FPU_LOAD))
 			switch_fpu_return();
 		vector = pvm_switch_once(&g, cr3 | ((__read_cr4() & X86_CR4_PCIDE) ? PVM_GUEST_PCID : 0),
-					 high);
+					 pt->high);
+		WRITE_ONCE(kick->cpu, -1);
 		local_irq_enable();
 		preempt_enable();
 		if (vector == -1)

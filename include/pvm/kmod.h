@@ -13,7 +13,7 @@
  *
  *   /dev/pvm fd:  PVM_KMOD_GET_VERSION, PVM_KMOD_INFO, PVM_KMOD_CREATE_AS
  *   AS fd:        PVM_KMOD_AS_MAP, PVM_KMOD_AS_UNMAP, PVM_KMOD_AS_INFO,
- *                 PVM_KMOD_AS_RUN
+ *                 PVM_KMOD_AS_RUN, PVM_KMOD_AS_KICK
  *
  * An unknown ioctl on either fd returns -ENOTTY.
  */
@@ -151,8 +151,8 @@ _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout")
  * creating process may run an address space; one RUN at a time per address
  * space (a second waits), and MAP/UNMAP wait for a RUN to end.
  *   0: exit_reason, vector, error_code, cr2 and the registers are filled.
- *   -EINTR: a signal is pending or immediate_exit was set; the registers
- *     are the guest's as they are now (resume them as they are).
+ *   -EINTR: a signal is pending, immediate_exit was set, or a KICK came;
+ *     the registers are the guest's as they are now (resume them as they are).
  *   -EINVAL bad argument (flags, reserved fields, CS, a non-canonical RIP,
  *   FS or GS base, or in compat mode a RIP above 4 GiB);
  *   -EPERM not the creating process; -EOPNOTSUPP this CPU or kernel cannot
@@ -189,5 +189,15 @@ struct pvm_kmod_run {
 };
 _Static_assert(sizeof(struct pvm_kmod_run) == 248, "pvm_kmod_run layout");
 #define PVM_KMOD_AS_RUN _IOWR(PVM_KMOD_IOC_MAGIC, 0x13, struct pvm_kmod_run)
+
+/*
+ * ioctl(as, PVM_KMOD_AS_KICK, 0): end this address space's RUN promptly with
+ * -EINTR, without a signal: the running CPU gets an IPI.  With no RUN in
+ * progress, the next one returns -EINTR at once (a kick is never lost; one
+ * that comes late makes one spurious -EINTR).  Any thread of the creating
+ * process, any time (async-signal-safe: one syscall).
+ *   0; -EINVAL argument not 0; -EPERM not the creating process.
+ */
+#define PVM_KMOD_AS_KICK _IO(PVM_KMOD_IOC_MAGIC, 0x14)
 
 #endif /* PVM_KMOD_H */

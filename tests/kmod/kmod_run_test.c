@@ -402,6 +402,26 @@ static void test_kick(void)
     CHECK_EQ(errno, EINTR);
     CHECK_EQ(spin_run.regs.gpr[RAX], count);
 
+    /* PVM_KMOD_AS_KICK: no signal; the running guest exits (IPI) and RUN says EINTR. */
+    spin_run.immediate_exit = 0;
+    spin_tid = 0;
+    pthread_create(&t, NULL, spinner, NULL);
+    while (!spin_tid)
+        usleep(1000);
+    usleep(100000);
+    CHECK_EQ(ioctl(as, PVM_KMOD_AS_KICK, 0), 0);
+    pthread_join(t, &ret);
+    CHECK_EQ((long)ret, EINTR);
+    CHECK(spin_run.regs.gpr[RAX] > count);
+    count = spin_run.regs.gpr[RAX];
+    /* A kick with no RUN in progress ends the next one at once, and only that one. */
+    CHECK_EQ(ioctl(as, PVM_KMOD_AS_KICK, 0), 0);
+    CHECK_EQ(run(&spin_run), -1);
+    CHECK_EQ(errno, EINTR);
+    CHECK_EQ(spin_run.regs.gpr[RAX], count);
+    CHECK_EQ(ioctl(as, PVM_KMOD_AS_KICK, 1), -1);
+    CHECK_EQ(errno, EINVAL);
+
     /* Resuming the registers as they came back goes on counting. */
     spin_run.immediate_exit = 0;
     spin_tid = 0;

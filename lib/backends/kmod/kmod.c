@@ -16,7 +16,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,10 +33,8 @@
 
 struct kmod_cpu {
     int dev;
-    int as[PVM_SHADOW_MAX_ROOTS];  /* -1 until activated */
-    struct pvm_kmod_run run;       /* run.immediate_exit is the kick flag */
-    int tid;                       /* atomic: thread inside run() */
-    int kick_signal;
+    int as[PVM_SHADOW_MAX_ROOTS];  /* atomic: -1 until activated */
+    struct pvm_kmod_run run;
     uint8_t *fpu;                  /* the guest's FPU image (XSAVE or FXSAVE layout) */
     uint8_t *host_fpu;             /* the thread's, while the guest's is loaded */
 };
@@ -126,7 +123,6 @@ static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
     kc->dev = -1;
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         kc->as[i] = -1;
-    kc->kick_signal = hv->v->vm->opts.kick_signal;
     /* A fault costs a world switch and a return to user space: prefetch what the retry would fault. */
     hv->prefetch_on = true;
     int rc = open_dev(&kc->dev);
@@ -148,7 +144,7 @@ static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
     kc->fpu[1] = 0x03;
     uint32_t mxcsr = 0x1f80;
     memcpy(kc->fpu + 24, &mxcsr, 4);
-    return pvm_hv_install_kick_handler(kc->kick_signal);
+    return 0;
 }
 
 /* ---- slots ------------------------------------------------------------------- */
@@ -159,11 +155,12 @@ static int kmod_activate(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_
     if (kc->as[slot] >= 0)
         return 0;
     struct pvm_kmod_create_as c = { 0 };
-    kc->as[slot] = ioctl(kc->dev, PVM_KMOD_CREATE_AS, &c);
-    if (kc->as[slot] < 0) {
+    int fd = ioctl(kc->dev, PVM_KMOD_CREATE_AS, &c);
+    if (fd < 0) {
         snprintf(err, errlen, "kmod: PVM_KMOD_CREATE_AS failed: %s", strerror(errno));
         return errno == ENOMEM ? PVM_ENOMEM : PVM_EINTERNAL;
     }
+    __atomic_store_n(&kc->as[slot], fd, __ATOMIC_RELEASE); /* kmod_kick reads it from any thread */
     return 0;
 }
 
@@ -222,14 +219,12 @@ static void kmod_reset(struct pvm_hv_vcpu *hv, unsigned slot)
 
 /* ---- running ------------------------------------------------------------------ */
 
+/* The module's KICK: an IPI to the CPU running the slot, no signal (a kick never gets lost there). */
 static void kmod_kick(struct pvm_hv_vcpu *hv, unsigned slot)
 {
-    (void)slot;
-    struct kmod_cpu *kc = kc_of(hv);
-    __atomic_store_n(&kc->run.immediate_exit, 1, __ATOMIC_SEQ_CST);
-    int t = __atomic_load_n(&kc->tid, __ATOMIC_SEQ_CST);
-    if (t)
-        syscall(SYS_tgkill, getpid(), t, kc->kick_signal);
+    int as = __atomic_load_n(&kc_of(hv)->as[slot], __ATOMIC_ACQUIRE);
+    if (as >= 0)
+        ioctl(as, PVM_KMOD_AS_KICK, 0);
 }
 
 /*
@@ -282,10 +277,7 @@ static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_re
     run->regs.fs_base = regs->fs_base;
     run->regs.gs_base = regs->gs_base;
 
-    __atomic_store_n(&kc->tid, (int)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
     long rc = run_with_guest_fpu(kc, kc->as[slot]);
-    __atomic_store_n(&kc->tid, 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
     if (rc < 0 && rc != -EINTR) {
         pvm_hv_trap_died(trap, "kmod: PVM_KMOD_AS_RUN failed: %s", strerror((int)-rc));
         return 0;
