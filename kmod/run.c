@@ -135,12 +135,9 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 			ret = vector;
 			break;
 		}
-		if (vector == PVM_SW_SYSCALL32) {
-			/* As Intel CPUs have it: #UD at the SYSCALL (AMD's goes to CSTAR). */
-			vector = X86_TRAP_UD;
-			g.rip = (u32)(g.rip - 2);
-			g.error_code = 0;
-		}
+		/* A SYSCALL from compat mode (AMD; Intel raises #UD): a SYSCALL, CS says which. */
+		if (vector == PVM_SW_SYSCALL32)
+			vector = PVM_SW_SYSCALL;
 		r.exit_reason = vector == PVM_SW_SYSCALL ? PVM_KMOD_EXIT_SYSCALL : PVM_KMOD_EXIT_EXCEPTION;
 		r.vector = vector == PVM_SW_SYSCALL ? 0 : vector;
 		r.error_code = vector == PVM_SW_SYSCALL ? 0 : (u32)g.error_code;

@@ -168,10 +168,11 @@ struct pvm_kmod_regs {
 _Static_assert(sizeof(struct pvm_kmod_regs) == 160, "pvm_kmod_regs layout");
 
 /* exit_reason */
-#define PVM_KMOD_EXIT_SYSCALL   1u /* a SYSCALL: RIP after it (RCX, R11 as the CPU set them) */
+#define PVM_KMOD_EXIT_SYSCALL   1u /* a SYSCALL: RIP after it (RCX, R11 as the CPU set them);
+                                      CS 0x23 for one from compat mode (AMD CPUs: Intel's
+                                      raise #UD there) */
 #define PVM_KMOD_EXIT_EXCEPTION 2u /* vector, error_code (0 where none), cr2 (#PF only);
-                                      INT3 and INT 0x80 (vector 0x80): RIP after them;
-                                      a SYSCALL in compat mode is #UD at it (as on Intel) */
+                                      INT3 and INT 0x80 (vector 0x80): RIP after them */
 
 struct pvm_kmod_run {
     struct pvm_kmod_regs regs;   /* in and out */
