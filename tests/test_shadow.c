@@ -661,6 +661,38 @@ START_TEST(t_budget_below_large_page)
 }
 END_TEST
 
+/* A provider's install_max: a large page is installed as the aligned piece around each fault. */
+static uint64_t install_max;
+static uint64_t f_install_max(void *o)
+{
+    (void)o;
+    return install_max;
+}
+
+START_TEST(t_install_max_pieces)
+{
+    static const struct pvm_shadow_ops iops = {
+        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
+        .install_max = f_install_max,
+    };
+    pvm_shadow_destroy(sh);
+    sh = pvm_shadow_create(&iops, NULL, 0, 0);
+    ck_assert_ptr_nonnull(sh);
+    install_max = 0x10000;
+    map(0x600000, 0x200000, MiB2, E_P);
+    pvm_shadow_activate(sh, root, false);
+    rec.n = 0;
+    ck_assert_int_eq(fault(0x623456, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x620000, 0x10000, 0x220000, R_ | X_));
+    ck_assert_int_eq(fault(0x7ff000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x7f0000, 0x10000, 0x3f0000, R_ | X_));
+    /* Not a power of two: no limit. */
+    install_max = 0x3000;
+    ck_assert_int_eq(fault(0x700000, 0), PVM_SHADOW_FIXED);
+    EXPECT(REM(0, 0x620000, 0x10000), REM(0, 0x7f0000, 0x10000), INS(0, 0x600000, MiB2, 0x200000, R_ | X_));
+}
+END_TEST
+
 START_TEST(t_provider_failures)
 {
     map(0x400000, 0x5000, KiB4, E_P);
@@ -862,6 +894,7 @@ int main(void)
     tcase_add_test(tc, t_overflow_resets_slot);
     tcase_add_test(tc, t_budget_resets_slot);
     tcase_add_test(tc, t_budget_below_large_page);
+    tcase_add_test(tc, t_install_max_pieces);
     tcase_add_test(tc, t_provider_failures);
     tcase_add_test(tc, t_window);
     tcase_add_loop_test(tc, t_random_ops, 0, 20);

@@ -159,6 +159,7 @@ struct pvm_hv_vcpu {
     /* The last guest #PF, for the prefetch when the guest retries it (run.c). */
     bool prefetch_on;            /* set by the provider's vcpu_init */
     uint64_t map_limit;          /* bytes one slot may have mapped, the provider's own limit (0: none); vcpu_init */
+    uint64_t install_max;        /* most bytes one mapping may cover (a power of two; 0: no limit); vcpu_init */
     struct {
         bool pending;
         uint8_t mode;

@@ -240,6 +240,11 @@ static uint64_t sh_map_budget(void *opaque)
     return hv->map_limit && hv->map_limit < b ? hv->map_limit : b;
 }
 
+static uint64_t sh_install_max(void *opaque)
+{
+    return ((struct pvm_hv_vcpu *)opaque)->install_max;
+}
+
 /* Write tracking after a snapshot: the guest gets a page writable only once it is recorded. */
 static int sh_track_write(void *opaque, uint64_t gpa, bool write)
 {
@@ -260,6 +265,7 @@ static const struct pvm_shadow_ops shadow_ops = {
     .reset_slot = sh_reset_slot,
     .ram_extent = sh_ram_extent,
     .map_budget = sh_map_budget,
+    .install_max = sh_install_max,
     .track_write = sh_track_write,
 };
 

@@ -129,6 +129,14 @@ struct pvm_shadow_ops {
      */
     uint64_t (*map_budget)(void *opaque);
     /*
+     * Optional: the most bytes one install may map (a power of two, >= 4 KiB;
+     * 0: no limit).  A large page or a run longer than that is mapped as the
+     * aligned piece of that size around the faulting page: for a provider
+     * whose mappings cost per page up front (kmod pins, and so allocates,
+     * every page it maps), where native maps lazily.
+     */
+    uint64_t (*install_max)(void *opaque);
+    /*
      * (Optional, snapshots: write tracking) Asked before a writable mapping
      * of the page at @gpa is installed; @write: the fault is a write.
      * PVM_SHADOW_TRACK_OFF: no tracking, map as usual.  Otherwise only that

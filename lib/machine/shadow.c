@@ -293,6 +293,27 @@ static void extend_run(struct pvm_shadow *s, const struct slot *sl, const struct
     *len = (uint64_t)(last - first + 1) * PAGE;
 }
 
+/*
+ * Shrink the install [*mgva, *mgva + *len) around the faulting @gva: to the
+ * @most-aligned piece that holds it where it is longer than @most (a power
+ * of two), and to the faulting page alone where it is longer than @budget.
+ */
+static void fit_install(uint64_t gva, uint64_t most, uint64_t budget, uint64_t *mgva, uint64_t *mgpa,
+                        uint64_t *len)
+{
+    uint64_t piece = *len > budget ? PAGE : *len > most ? most : 0;
+    if (!piece)
+        return;
+    uint64_t lo = gva & ~(piece - 1), hi = lo + piece;
+    if (lo < *mgva)
+        lo = *mgva;
+    if (hi > *mgva + *len)
+        hi = *mgva + *len;
+    *mgpa += lo - *mgva;
+    *mgva = lo;
+    *len = hi - lo;
+}
+
 enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct pvm_walk_env *env,
                                               uint64_t gva, uint32_t access, uint32_t *pfec,
                                               uint64_t *gpa_out)
@@ -355,21 +376,20 @@ enum pvm_shadow_fault_result pvm_shadow_fault(struct pvm_shadow *s, const struct
             }
         }
     }
-    /* Bounded like the record count: by what the provider may spend on page tables (map_budget). */
+    /*
+     * Bounded like the record count: by what the provider may spend on page
+     * tables (map_budget); a large page or run over the whole budget, or over
+     * what one install may map (install_max), shrinks to a piece around the fault.
+     */
     uint64_t budget = s->ops->map_budget ? s->ops->map_budget(s->opaque) : UINT64_MAX;
-    if (len > budget) { /* a large page over the whole budget: the faulting page alone */
-        mgpa = gpa;
-        mgva = gva & ~(PAGE - 1);
-        len = PAGE;
-    }
+    uint64_t most = s->ops->install_max ? s->ops->install_max(s->opaque) : 0;
+    if (most < PAGE || (most & (most - 1)))
+        most = UINT64_MAX;
+    fit_install(gva, most, budget, &mgva, &mgpa, &len);
     drop_overlapping(s, si, mgva, len);
     if (r.page_size == PAGE && track == PVM_SHADOW_TRACK_OFF)
         extend_run(s, sl, env, &r, prot, flags, ext, &mgva, &mgpa, &len);
-    if (len > budget) { /* a run over the whole budget: likewise */
-        mgpa = gpa;
-        mgva = gva & ~(PAGE - 1);
-        len = PAGE;
-    }
+    fit_install(gva, most, budget, &mgva, &mgpa, &len);
     if (sl->n >= s->cap || sl->bytes + len > budget)
         reset_slot(s, si);
     if (s->ops->install(s->opaque, si, mgva, len, mgpa, prot) < 0)
