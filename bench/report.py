@@ -230,7 +230,9 @@ def main():
                          ("port I/O exit to the app", "pio_exit_to_app"),
                          ("user SYSCALL -> kernel -> ERETU", "user_syscall_eretu"),
                          ("inject -> handler, guest running", "inject_running_to_handler"),
-                         ("inject -> handler, guest halted", "inject_halted_to_handler")]:
+                         ("inject -> handler, guest halted", "inject_halted_to_handler"),
+                         ("VM create -> first instruction", "vm_create_to_first_insn"),
+                         ("create + load ELF + call + destroy", "create_load_call_destroy")]:
             row("in QEMU: native: " + label, "qemu_guest.pvm." + k,
                 over(p50("qemu_guest.pvm." + k), Tq), "x T")
             kp = p50("qemu_guest.pvm_kmod." + k)
