@@ -598,23 +598,36 @@ START_TEST(t_overflow_resets_slot)
 END_TEST
 
 /* Mapped space past the provider's budget resets the slot first; removed mappings give theirs back. */
-static uint64_t budget;
+static uint64_t budget, install_max;
 static uint64_t f_budget(void *o)
 {
     (void)o;
     return budget;
 }
 
+static uint64_t f_install_max(void *o)
+{
+    (void)o;
+    return install_max;
+}
+
+/* The shadow again, over the recording ops plus map_budget and install_max. */
+static void with_limits(uint64_t budget_bytes, uint64_t install_max_bytes)
+{
+    static const struct pvm_shadow_ops lops = {
+        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
+        .map_budget = f_budget, .install_max = f_install_max,
+    };
+    budget = budget_bytes;
+    install_max = install_max_bytes;
+    pvm_shadow_destroy(sh);
+    sh = pvm_shadow_create(&lops, NULL, 0, 0);
+    ck_assert_ptr_nonnull(sh);
+}
+
 START_TEST(t_budget_resets_slot)
 {
-    static const struct pvm_shadow_ops bops = {
-        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
-        .map_budget = f_budget,
-    };
-    pvm_shadow_destroy(sh);
-    sh = pvm_shadow_create(&bops, NULL, 0, 0);
-    ck_assert_ptr_nonnull(sh);
-    budget = 2 * MiB2;
+    with_limits(2 * MiB2, 0);
     /* Three aliases of the same 2 MiB of RAM: a guest's page tables may hold any number. */
     for (int i = 0; i < 3; i++)
         map(0x600000 + (uint64_t)i * MiB2, 0x200000, MiB2, E_P);
@@ -640,14 +653,7 @@ END_TEST
 /* A budget under one large page (a provider's own small limit): the faulting 4 KiB page alone. */
 START_TEST(t_budget_below_large_page)
 {
-    static const struct pvm_shadow_ops bops = {
-        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
-        .map_budget = f_budget,
-    };
-    pvm_shadow_destroy(sh);
-    sh = pvm_shadow_create(&bops, NULL, 0, 0);
-    ck_assert_ptr_nonnull(sh);
-    budget = 2 * KiB4;
+    with_limits(2 * KiB4, 0);
     map(0x600000, 0x200000, MiB2, E_P);
     pvm_shadow_activate(sh, root, false);
     rec.n = 0;
@@ -662,23 +668,9 @@ START_TEST(t_budget_below_large_page)
 END_TEST
 
 /* A provider's install_max: a large page is installed as the aligned piece around each fault. */
-static uint64_t install_max;
-static uint64_t f_install_max(void *o)
-{
-    (void)o;
-    return install_max;
-}
-
 START_TEST(t_install_max_pieces)
 {
-    static const struct pvm_shadow_ops iops = {
-        .install = f_install, .remove = f_remove, .reset_slot = f_reset, .ram_extent = f_extent,
-        .install_max = f_install_max,
-    };
-    pvm_shadow_destroy(sh);
-    sh = pvm_shadow_create(&iops, NULL, 0, 0);
-    ck_assert_ptr_nonnull(sh);
-    install_max = 0x10000;
+    with_limits(UINT64_MAX, 0x10000);
     map(0x600000, 0x200000, MiB2, E_P);
     pvm_shadow_activate(sh, root, false);
     rec.n = 0;

@@ -377,6 +377,15 @@ static void *spinner(void *arg)
     return (void *)(rc == -1 ? (long)errno : 0);
 }
 
+/* Start spinner() on spin_run and wait until its thread is about to RUN. */
+static void start_spinner(pthread_t *t)
+{
+    spin_tid = 0;
+    pthread_create(t, NULL, spinner, NULL);
+    while (!spin_tid)
+        usleep(1000);
+}
+
 /* jmp . forever: a signal ends the run with EINTR and the guest's registers. */
 static void test_kick(void)
 {
@@ -385,10 +394,7 @@ static void test_kick(void)
     spin_run = prepare(BYTES(0x48, 0xff, 0xc0, 0xeb, 0xfb)); /* 1: inc %rax; jmp 1b */
     pthread_t t;
     void *ret;
-    spin_tid = 0;
-    pthread_create(&t, NULL, spinner, NULL);
-    while (!spin_tid)
-        usleep(1000);
+    start_spinner(&t);
     fprintf(stderr, "kick: spinner %d started\n", spin_tid);
     usleep(200000);
     fprintf(stderr, "kick: kicking\n");
@@ -408,10 +414,7 @@ static void test_kick(void)
 
     /* PVM_KMOD_AS_KICK: no signal; the running guest exits (IPI) and RUN says EINTR. */
     spin_run.immediate_exit = 0;
-    spin_tid = 0;
-    pthread_create(&t, NULL, spinner, NULL);
-    while (!spin_tid)
-        usleep(1000);
+    start_spinner(&t);
     usleep(100000);
     CHECK_EQ(ioctl(as, PVM_KMOD_AS_KICK, 0), 0);
     pthread_join(t, &ret);
@@ -428,10 +431,7 @@ static void test_kick(void)
 
     /* Resuming the registers as they came back goes on counting. */
     spin_run.immediate_exit = 0;
-    spin_tid = 0;
-    pthread_create(&t, NULL, spinner, NULL);
-    while (!spin_tid)
-        usleep(1000);
+    start_spinner(&t);
     usleep(100000);
     fprintf(stderr, "kick: signal alone\n");
     syscall(SYS_tgkill, getpid(), spin_tid, SIGUSR1);
@@ -457,10 +457,7 @@ static void test_unmap_waits_for_run(void)
     spin_run = prepare(BYTES(0x48, 0xff, 0xc0, 0xeb, 0xfb)); /* 1: inc %rax; jmp 1b */
     pthread_t t, k;
     void *ret;
-    spin_tid = 0;
-    pthread_create(&t, NULL, spinner, NULL);
-    while (!spin_tid)
-        usleep(1000);
+    start_spinner(&t);
     usleep(50000);
     pid_t tid = spin_tid;
     pthread_create(&k, NULL, kick_later, &tid);
@@ -483,12 +480,9 @@ static void test_unmap_waits_for_run(void)
     /* Closing the address space's fd under a running guest: it lives until the run ends. */
     int dup_as = dup(as);
     spin_run = prepare(BYTES(0x48, 0xff, 0xc0, 0xeb, 0xfb));
-    spin_tid = 0;
     int saved = as;
     as = dup_as;
-    pthread_create(&t, NULL, spinner, NULL);
-    while (!spin_tid)
-        usleep(1000);
+    start_spinner(&t);
     as = saved;
     usleep(50000);
     close(dup_as);
