@@ -197,6 +197,7 @@ struct pvm_vm_options {
      * native: sent only to the stub processes, never to this process.  kvm:
      * sent to the thread inside pvm_vcpu_run() to end KVM_RUN; the library
      * installs an empty handler for it if it has none (SIG_DFL or SIG_IGN).
+     * kmod: not used (the module's KICK sends an IPI, no signal).
      * 0 means SIGUSR2.  SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL, SIGTRAP,
      * SIGFPE and SIGSYS are refused (PVM_EINVAL).
      */

@@ -176,7 +176,6 @@ static struct kvm_cpu *kc_of(const struct pvm_hv_vcpu *hv)
     return hv->pdata;
 }
 
-
 static int set_slot(struct kvm_cpu *kc, uint32_t slot, uint64_t gpa, uint64_t size, void *hva)
 {
     struct kvm_userspace_memory_region m = { .slot = slot, .guest_phys_addr = gpa, .memory_size = size,
@@ -385,7 +384,6 @@ static int kvm_vcpu_init(struct pvm_hv_vcpu *hv)
     return rc;
 }
 
-
 /* ---- slots ------------------------------------------------------------------- */
 
 static int kvm_activate(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen)
@@ -461,7 +459,6 @@ static void from_kvm(const struct kvm_regs *k, struct pvm_hv_regs *r)
     r->gpr[PVM_R8] = k->r8; r->gpr[PVM_R9] = k->r9; r->gpr[PVM_R10] = k->r10; r->gpr[PVM_R11] = k->r11;
     r->gpr[PVM_R12] = k->r12; r->gpr[PVM_R13] = k->r13; r->gpr[PVM_R14] = k->r14; r->gpr[PVM_R15] = k->r15;
 }
-
 
 static int kvm_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap)
 {
