@@ -120,10 +120,9 @@ static int switcher_map(unsigned long va, bool exec)
 		}
 		table = __va(__sme_clr(*slot) & PTE_PFN_MASK);
 	}
+	/* Code read-only and executable; data writable (D preset) and never executable. */
 	leaf = __sme_set(page_to_phys(page)) | _PAGE_PRESENT | _PAGE_ACCESSED;
-	if (exec)
-		leaf |= 0; /* read-only and executable */
-	else
+	if (!exec)
 		leaf |= _PAGE_RW | _PAGE_DIRTY | (_PAGE_NX & __supported_pte_mask);
 	table[(va >> PAGE_SHIFT) & 511] = leaf;
 	return 0;
