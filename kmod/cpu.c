@@ -98,7 +98,9 @@ static u64 *switcher_table(void)
  * Map the module page at @va at the same address under the switcher PDPT:
  * supervisor only (the guest runs at ring 3), not global, A/D preset.
  */
-static int switcher_map(unsigned long va, bool exec)
+enum switcher_prot { SW_TEXT, SW_RO, SW_RW };
+
+static int switcher_map(unsigned long va, enum switcher_prot prot)
 {
 	/* Upper levels: present, writable, supervisor (US clear at every level). */
 	const u64 table_flags = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED;
@@ -120,21 +122,23 @@ static int switcher_map(unsigned long va, bool exec)
 		}
 		table = __va(__sme_clr(*slot) & PTE_PFN_MASK);
 	}
-	/* Code read-only and executable; data writable (D preset) and never executable. */
+	/* Code read-only and executable; the IDT read-only; data writable (D preset); NX but code. */
 	leaf = __sme_set(page_to_phys(page)) | _PAGE_PRESENT | _PAGE_ACCESSED;
-	if (!exec)
-		leaf |= _PAGE_RW | _PAGE_DIRTY | (_PAGE_NX & __supported_pte_mask);
+	if (prot != SW_TEXT)
+		leaf |= _PAGE_NX & __supported_pte_mask;
+	if (prot == SW_RW)
+		leaf |= _PAGE_RW | _PAGE_DIRTY;
 	table[(va >> PAGE_SHIFT) & 511] = leaf;
 	return 0;
 }
 
-static int switcher_map_range(const void *start, const void *end, bool exec)
+static int switcher_map_range(const void *start, const void *end, enum switcher_prot prot)
 {
 	unsigned long va = (unsigned long)start & PAGE_MASK;
 	int ret = 0;
 
 	for (; !ret && va < (unsigned long)end; va += PAGE_SIZE)
-		ret = switcher_map(va, exec);
+		ret = switcher_map(va, prot);
 	return ret;
 }
 
@@ -232,14 +236,14 @@ int pvm_switch_init(void)
 	switcher_pdpt = (u64 *)get_zeroed_page(GFP_KERNEL);
 	ret = switcher_pdpt ? 0 : -ENOMEM;
 	if (!ret)
-		ret = switcher_map_range(pvm_switch_text_start, pvm_switch_text_end, true);
+		ret = switcher_map_range(pvm_switch_text_start, pvm_switch_text_end, SW_TEXT);
 	if (!ret)
-		ret = switcher_map_range(pvm_idt, pvm_idt + IDT_ENTRIES, false);
+		ret = switcher_map_range(pvm_idt, pvm_idt + IDT_ENTRIES, SW_RO);
 	for_each_possible_cpu(cpu) {
 		if (ret || cpu >= PVM_MAX_CPUS)
 			break;
 		init_area(&pvm_areas[cpu], cpu);
-		ret = switcher_map_range(&pvm_areas[cpu], &pvm_areas[cpu] + 1, false);
+		ret = switcher_map_range(&pvm_areas[cpu], &pvm_areas[cpu] + 1, SW_RW);
 	}
 	if (ret) {
 		pr_err("pvm: cannot map the world switch (%d)\n", ret);
