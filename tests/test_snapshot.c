@@ -85,6 +85,20 @@ static uint64_t boot_counter(struct gvm *g, struct pvm_exit *e)
     return e->u.hypercall.args[0];
 }
 
+/*
+ * The counter guest at its first count, snapshotted there: returns its nonce.
+ * @exact_fds: the caller counts fds exactly, so no stub pool may refill
+ * meanwhile (set before this process's first stub).
+ */
+static uint64_t counter_snapshot(struct gvm *g, struct pvm_exit *e, pvm_snapshot **snap, bool exact_fds)
+{
+    if (exact_fds)
+        setenv("PVM_NATIVE_POOL", "0", 1);
+    const uint64_t nonce = boot_counter(g, e);
+    ck_assert_int_eq(pvm_vm_snapshot(g->vm, snap), 0);
+    return nonce;
+}
+
 START_TEST(restore_continues_same_run)
 {
     struct gvm g;
@@ -420,13 +434,10 @@ END_TEST
 
 START_TEST(prestarted_vms_handed_out)
 {
-    /* Exact fd counts below: no stub pool refilling meanwhile (before this process's first stub). */
-    setenv("PVM_NATIVE_POOL", "0", 1);
     struct gvm g;
     struct pvm_exit e = { 0 };
-    const uint64_t nonce = boot_counter(&g, &e);
     pvm_snapshot *snap;
-    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    const uint64_t nonce = counter_snapshot(&g, &e, &snap, true);
     const struct pvm_exit at = e;
     /* A one-vCPU snapshot too, whose VMs share its pages. */
     pvm_vm *one = shared_vm(snap);
@@ -524,9 +535,8 @@ START_TEST(bad_files_refused)
 {
     struct gvm g;
     struct pvm_exit e = { 0 };
-    const uint64_t nonce = boot_counter(&g, &e);
     pvm_snapshot *snap;
-    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    const uint64_t nonce = counter_snapshot(&g, &e, &snap, false);
     char good[128], bad[128];
     tmp_path(good, sizeof(good), "good.snap");
     tmp_path(bad, sizeof(bad), "bad.snap");
@@ -707,13 +717,10 @@ static long rss_kib(void)
 
 START_TEST(no_leak_over_10000_restores)
 {
-    /* Exact fd counts below: no stub pool refilling meanwhile (before this process's first stub). */
-    setenv("PVM_NATIVE_POOL", "0", 1);
     struct gvm g;
     struct pvm_exit e = { 0 };
-    const uint64_t nonce = boot_counter(&g, &e);
     pvm_snapshot *snap;
-    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    const uint64_t nonce = counter_snapshot(&g, &e, &snap, true);
     const struct pvm_exit at = e;
     long rss0 = 0;
     int fds0 = 0;
