@@ -19,19 +19,6 @@
 
 GVM_CODE_BLOCK(g_core, "mov $0x1122334455667788, %rbx\n ud2\n");
 
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *b = malloc(*len);
-    ck_assert_uint_eq(fread(b, 1, *len, f), *len);
-    fclose(f);
-    return b;
-}
-
 START_TEST(core_holds_registers_and_memory)
 {
     struct gvm g;
@@ -49,7 +36,7 @@ START_TEST(core_holds_registers_and_memory)
     ck_assert_int_eq(pvm_vm_write_core(g.vm, path), 0);
 
     size_t len;
-    uint8_t *b = slurp(path, &len);
+    uint8_t *b = pvm_test_read_file(path, &len);
     const Elf64_Ehdr *eh = (const void *)b;
     ck_assert_int_eq(memcmp(eh->e_ident, ELFMAG, SELFMAG), 0);
     ck_assert_uint_eq(eh->e_type, ET_CORE);

@@ -494,19 +494,6 @@ static uint32_t crc32c_ref(const uint8_t *p, size_t n)
     return ~c;
 }
 
-static uint8_t *read_all(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*n);
-    ck_assert_uint_eq(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 static void write_all(const char *path, const uint8_t *b, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -545,7 +532,7 @@ START_TEST(bad_files_refused)
     ck_assert_int_eq(stat(good, &st), 0);
     ck_assert_uint_eq(st.st_mode & 0777, 0600);
     size_t n;
-    uint8_t *b = read_all(good, &n);
+    uint8_t *b = pvm_test_read_file(good, &n);
     ck_assert_uint_eq(n % 8, 0);
     ck_assert_int_eq(memcmp(b, "PVMSNAP\0", 8), 0);
     uint32_t crc;
@@ -648,16 +635,14 @@ START_TEST(fuzzed_files_refused_cleanly)
 {
     struct gvm g;
     struct pvm_exit e = { 0 };
-    gvm_boot(&g, g_count_start, g_count_end);
-    run_hc(g.cpu, &e, 0, 1);
     pvm_snapshot *snap;
-    ck_assert_int_eq(pvm_vm_snapshot(g.vm, &snap), 0);
+    (void)counter_snapshot(&g, &e, &snap, false);
     char good[128], bad[128];
     tmp_path(good, sizeof(good), "fuzz-good.snap");
     tmp_path(bad, sizeof(bad), "fuzz-bad.snap");
     ck_assert_int_eq(pvm_snapshot_save(snap, good), 0);
     size_t n;
-    uint8_t *b = read_all(good, &n), *c = malloc(n);
+    uint8_t *b = pvm_test_read_file(good, &n), *c = malloc(n);
     /* The parts before the page data: header, allocations, regions, the vCPU blob. */
     const size_t span = 104 + 16 + 32 + 8 + snap->vcpus[0].len;
     ck_assert_uint_lt(span, n);

@@ -11,5 +11,7 @@ int pvm_test_run_suite(Suite *s);
 int pvm_test_count_fds(void);
 /* Number of child processes of this process (from /proc). */
 int pvm_test_count_children(void);
+/* The whole file at @path, malloc'ed, its size in *len (fails the test if unreadable). */
+void *pvm_test_read_file(const char *path, size_t *len);
 
 #endif
