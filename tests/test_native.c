@@ -1442,6 +1442,46 @@ static void run_user_pf(bool on, struct pf_snapshot *out)
 }
 
 /* The prefetch leaves guest memory, page tables (A/D) and registers exactly as the retry's fault would. */
+/* The leaf PTE of @gva in @root (the tables gvm_map built). */
+static uint64_t *gvm_pte(struct gvm *g, uint64_t root, uint64_t gva)
+{
+    uint64_t table = root;
+    for (int level = 3; level > 0; level--)
+        table = ((uint64_t *)(g->ram + table))[(gva >> (12 + 9 * level)) & 511] & PVM_PTE_ADDR;
+    return (uint64_t *)(g->ram + table) + ((gva >> 12) & 511);
+}
+
+/*
+ * A fresh vCPU's first fetch: the library installs its page before the first
+ * run (run.c fetch_prefetch) instead of taking the #PF, and the guest sees
+ * what the fetch itself would have done: the same exits, registers and A bit.
+ */
+START_TEST(first_fetch_prefetched)
+{
+    uint64_t a_bit[2], rbx[2];
+    for (int on = 0; on < 2; on++) {
+        struct gvm g;
+        struct pvm_exit e;
+        gvm_init_fast(&g, on);
+        gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
+        gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+        uint64_t *pte = gvm_pte(&g, g.kroot, GVM_CODE);
+        *pte &= ~(uint64_t)PVM_PTE_A;
+        gvm_run(&g, &e);
+        gvm_expect_hc(&e, 7);
+        ck_assert_uint_eq(pvm__native_fetch_prefetches(g.cpu), on ? 1 : 0);
+        a_bit[on] = *pte & PVM_PTE_A;
+        struct pvm_regs r;
+        ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &r), 0);
+        rbx[on] = r.rbx;
+        gvm_fini(&g);
+    }
+    ck_assert_uint_eq(a_bit[0], PVM_PTE_A);
+    ck_assert_uint_eq(a_bit[1], PVM_PTE_A);
+    ck_assert_uint_eq(rbx[0], rbx[1]);
+}
+END_TEST
+
 START_TEST(user_pf_prefetch_matches_model)
 {
     static struct pf_snapshot fast, slow;
@@ -2013,6 +2053,7 @@ int main(void)
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
     tcase_add_test(tc, fast_msr_readback_checked);
     tcase_add_test(tc, user_pf_prefetch_matches_model);
+    tcase_add_test(tc, first_fetch_prefetched);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
     tcase_add_test(tc, pokes_coalesced_when_blocked);

@@ -168,6 +168,7 @@ struct pvm_hv_vcpu {
         uint64_t gpr[16];
     } pf;
     uint64_t prefetches;         /* shadow mappings installed ahead of a retry (statistics) */
+    uint64_t fetch_prefetches;   /* ... and ahead of the fetch at RIP (run.c fetch_prefetch; statistics) */
 
     /*
      * pvm_vcpu_set_guest_debug (run.c).  Providers that handle guest events

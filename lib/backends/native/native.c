@@ -110,10 +110,11 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         approved += nstub_approved(nc->stubs[i]);
     pvm__log(PVM_LOG_DEBUG,
-             "vCPU %u: %llu events handled by the stub fast path (%llu interrupts), %llu #PF prefetches, "
+             "vCPU %u: %llu events handled by the stub fast path (%llu interrupts), %llu #PF and %llu fetch prefetches, "
              "%llu mappings approved",
              hv->v->id, (unsigned long long)nc->fast_events, (unsigned long long)nc->fast_irqs,
-             (unsigned long long)hv->prefetches, (unsigned long long)approved);
+             (unsigned long long)hv->prefetches, (unsigned long long)hv->fetch_prefetches,
+             (unsigned long long)approved);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nc->stubs[i]);
     free(nc->fpu_buf);
@@ -547,6 +548,11 @@ uint64_t pvm__native_fast_irqs(const pvm_vcpu *v)
 uint64_t pvm__native_prefetches(const pvm_vcpu *v)
 {
     return native_of(v) ? pvm_hv_of(v)->prefetches : 0;
+}
+
+uint64_t pvm__native_fetch_prefetches(const pvm_vcpu *v)
+{
+    return native_of(v) ? pvm_hv_of(v)->fetch_prefetches : 0;
 }
 
 int pvm__native_stub_pid(const pvm_vcpu *v, unsigned slot)

@@ -52,7 +52,11 @@ int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t 
 ssize_t nspawn_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);
-/* The stub was sent SIGKILL: wait until it is reaped (no zombie left) and free its slot. */
+/*
+ * The stub was sent SIGKILL: without a zygote, reap it now; a zygote's stub
+ * is reaped by its zygote, and its slot is freed by a later spawn once it
+ * has been (no waiting here).
+ */
 void nspawn_reap(struct nspawn *sp, int pidfd);
 
 #endif
