@@ -212,7 +212,7 @@ static double median(double *s, unsigned n)
 int main(int argc, char **argv)
 {
     FILE *json = NULL;
-    unsigned q = 1, max_vms = 2000, extra_fds = 0;
+    unsigned q = 1, max_vms = 2000, extra_fds = 0, gap_us = 0;
     bool max_vms_set = false;
     char guest[PATH_MAX];
     bench_sibling_path(guest, sizeof(guest), "bench-guest.elf");
@@ -227,6 +227,8 @@ int main(int argc, char **argv)
             q = 4;
         else if (!strcmp(argv[i], "--extra-fds") && i + 1 < argc)
             extra_fds = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gap-us") && i + 1 < argc)
+            gap_us = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
             if (bench_set_backend(argv[++i]) < 0)
                 return 2;
@@ -234,10 +236,12 @@ int main(int argc, char **argv)
                 max_vms = 0; /* a KVM VM per vCPU: density only when asked (--max-vms) */
         }
         else {
-            fprintf(stderr, "usage: %s [--backend native|kvm|kmod] [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N]\n"
+            fprintf(stderr, "usage: %s [--backend native|kvm|kmod] [--guest FILE] [--json FILE] [--max-vms N] [--quick] [--extra-fds N] [--gap-us N]\n"
                             "Measures VM create -> first instruction, create+load+call+destroy, memory\n"
                             "per idle VM and how many idle VMs fit (default cap 2000).\n"
-                            "--extra-fds N: open N more fds first (an application with many fds).\n", argv[0]);
+                            "--extra-fds N: open N more fds first (an application with many fds).\n"
+                            "--gap-us N: sleep N us after each destroy, untimed (the previous VM's teardown and the\n"
+                            "  stub pool's refill then finish before the next create; default 0: back to back).\n", argv[0]);
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -278,6 +282,8 @@ int main(int argc, char **argv)
                 exit1[i - 10] = (double)(t1 - t0) / tsc_per_ns;
             }
             pvm_vm_destroy(m.vm);
+            if (gap_us)
+                usleep(gap_us);
         }
         bench_from_samples(&r, bench_row(kinds[k].first), first, n);
         bench_print(&r), bench_json(json, &r);

@@ -78,6 +78,7 @@ struct pvm_vm {
     struct pvm_vm_options opts;
 
     int memfd;                     /* arena backing all pvm_vm_alloc_memory() chunks */
+    int create_snap_fd;            /* while ops->vm_init runs: the sealed memfd a VM from a snapshot will share, else -1 */
     uint64_t arena_used;           /* bump pointer into memfd */
     pthread_mutex_t lock;          /* allocs, vcpus, hostcall handler */
     struct pvm_alloc *allocs;
@@ -175,6 +176,11 @@ static inline bool pvm__cow_shared(const pvm_vm *vm, uint64_t page)
 int pvm__cow_own(pvm_vm *vm, uint64_t page);
 /* The sealed snapshot memfd a backend maps shared pages from, or -1. */
 int pvm__cow_fd(const pvm_vm *vm);
+/*
+ * pvm_vm_create() for a VM that will share the snapshot memfd @snap_fd (-1:
+ * none), which the backend may want while it starts (vm->create_snap_fd).
+ */
+int pvm__vm_create(pvm_vm **out, const struct pvm_vm_options *opts, int snap_fd);
 /*
  * For the VM's one vCPU, before guest code runs: the arena pages made own
  * since the last call (at most @max into @pages; returns how many, or

@@ -616,7 +616,8 @@ static int create_from(pvm_vm **out, struct pvm_snapshot *s, const struct pvm_vm
         o.max_memory = s->max_memory;
     }
     pvm_vm *vm;
-    int rc = pvm_vm_create(&vm, &o);
+    /* build_arena's condition for sharing, but for the backend's caps (not chosen yet). */
+    int rc = pvm__vm_create(&vm, &o, o.max_vcpus == 1 && s->fd >= 0 ? s->fd : -1);
     if (rc < 0)
         return rc;
     if (!vm->ops->snap_load_vcpu || !vm->ops->snap_format) {

@@ -45,6 +45,11 @@ static int check_options(const struct pvm_vm_options *in, struct pvm_vm_options 
 
 int pvm_vm_create(pvm_vm **out, const struct pvm_vm_options *opts)
 {
+    return pvm__vm_create(out, opts, -1);
+}
+
+int pvm__vm_create(pvm_vm **out, const struct pvm_vm_options *opts, int snap_fd)
+{
     pvm__clear_error();
     if (!out)
         return pvm__error(PVM_EINVAL, "pvm_vm_create: NULL out pointer");
@@ -87,7 +92,10 @@ int pvm_vm_create(pvm_vm **out, const struct pvm_vm_options *opts)
      * the memfd through its stub (docs/design.md, "Known limits") finds nothing
      * beyond what was allocated, and cannot make the host allocate more.
      */
-    if ((rc = ops->vm_init(vm)) < 0)
+    vm->create_snap_fd = snap_fd;
+    rc = ops->vm_init(vm);
+    vm->create_snap_fd = -1;
+    if (rc < 0)
         goto fail;
     *out = vm;
     return 0;

@@ -62,6 +62,12 @@ struct pvm_cpu_provider {
     /* Default MSR_PVM_LINEAR_ADDRESS_RANGE of a new vCPU. */
     uint64_t linear_range;
 
+    /*
+     * Optional: a VM was created (its memfd exists, no vCPU yet; 0 or
+     * pvm__error()) / is going (every vCPU gone).  vm->bdata is the provider's.
+     */
+    int (*vm_init)(pvm_vm *vm);
+    void (*vm_fini)(pvm_vm *vm);
     /* Required. */
     int (*vcpu_init)(struct pvm_hv_vcpu *hv);   /* sets hv->pdata; 0 or pvm__error() */
     void (*vcpu_fini)(struct pvm_hv_vcpu *hv);  /* also after a failed vcpu_init */

@@ -20,13 +20,15 @@ static const struct pvm_cpu_provider *provider_of(const pvm_vm *vm)
 
 int pvm_hv_vm_init(pvm_vm *vm)
 {
-    (void)vm;
-    return 0;
+    const struct pvm_cpu_provider *p = provider_of(vm);
+    return p->vm_init ? p->vm_init(vm) : 0;
 }
 
 void pvm_hv_vm_fini(pvm_vm *vm)
 {
-    (void)vm;
+    const struct pvm_cpu_provider *p = provider_of(vm);
+    if (p->vm_fini)
+        p->vm_fini(vm);
 }
 
 uint64_t pvm_hv_linear_range(const pvm_vm *vm)

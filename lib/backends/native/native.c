@@ -11,6 +11,7 @@
  */
 #include <cpuid.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -55,7 +56,12 @@ static struct native_cpu *nc_of(const struct pvm_hv_vcpu *hv)
 
 /* ---- probe ------------------------------------------------------------------ */
 
-static int native_probe(void)
+/* What this host offers does not change while we run: probed once (every auto create asks). */
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+static int probe_rc;
+static char probe_why[160];
+
+static void native_probe_once(void)
 {
     /* Stubs trap guest syscalls with SECCOMP_RET_TRAP: the kernel must offer it. */
     char buf[256] = "";
@@ -65,19 +71,29 @@ static int native_probe(void)
             buf[0] = '\0';
         fclose(f);
     }
-    if (!f || !strstr(buf, "trap"))
-        return pvm__error(PVM_ENODEV, "native: the kernel offers no seccomp filters with the trap action "
-                          "(/proc/sys/kernel/seccomp/actions_avail)");
+    if (!f || !strstr(buf, "trap")) {
+        probe_rc = PVM_ENODEV;
+        snprintf(probe_why, sizeof(probe_why), "native: the kernel offers no seccomp filters with the trap "
+                 "action (/proc/sys/kernel/seccomp/actions_avail)");
+        return;
+    }
     /*
      * The stub reads the guest's FS/GS bases with RDFSBASE/RDGSBASE at every
      * trap.  Some hosts enable them for user mode without advertising them
      * (HWCAP2), so the CPU's own CPUID bit counts too.
      */
     unsigned a, b, c, d;
-    if (!(getauxval(AT_HWCAP2) & (1ul << 1)) && !(__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & 1)))
-        return pvm__error(PVM_ENODEV, "native: this CPU has no FSGSBASE instructions (RDFSBASE), which the "
-                          "stub processes need");
-    return 0;
+    if (!(getauxval(AT_HWCAP2) & (1ul << 1)) && !(__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & 1))) {
+        probe_rc = PVM_ENODEV;
+        snprintf(probe_why, sizeof(probe_why), "native: this CPU has no FSGSBASE instructions (RDFSBASE), which "
+                 "the stub processes need");
+    }
+}
+
+static int native_probe(void)
+{
+    pthread_once(&probe_once, native_probe_once);
+    return probe_rc < 0 ? pvm__error(probe_rc, "%s", probe_why) : 0;
 }
 
 /* ---- vCPU lifetime ----------------------------------------------------- */
@@ -124,12 +140,45 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
 
 /* ---- address-space slots: one stub each ----------------------------------- */
 
+/*
+ * A VM's first stub is started when the VM is created (nstub_prestart: a
+ * pooled stub gets the RAM memfd at once), so that it boots while the
+ * application fills memory and sets up its vCPUs; the first stub any vCPU
+ * needs is that one.  vm->bdata holds it until then.
+ */
+static int native_vm_init(pvm_vm *vm)
+{
+    const char *tm = getenv("PVM_NATIVE_TRUST_MAPS");
+    struct nstub_config cfg = { .memfd = vm->memfd, .kick_signal = vm->opts.kick_signal,
+                                .trust_maps = tm && !strcmp(tm, "1"),
+                                .snap_memfd = vm->create_snap_fd > 0 ? vm->create_snap_fd : 0 };
+    vm->bdata = nstub_prestart(&cfg);
+    return 0;
+}
+
+static void native_vm_fini(pvm_vm *vm)
+{
+    nstub_destroy(vm->bdata);   /* never needed */
+    vm->bdata = NULL;
+}
+
 static int ensure_stub(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen)
 {
     struct native_cpu *nc = nc_of(hv);
     if (nc->stubs[slot])
         return 0;
     int snap = pvm__cow_fd(hv->v->vm);
+    /* Any vCPU's first stub may be the early one; a VM from a snapshot needs one that maps it too. */
+    struct nstub *early = __atomic_exchange_n(&hv->v->vm->bdata, NULL, __ATOMIC_SEQ_CST);
+    if (early && (snap > 0) == nstub_maps_snapshot(early) && !nc->trust_maps && nstub_adopt(early, err, errlen) == 0) {
+        nc->stubs[slot] = early;
+        __atomic_store_n(&host_fpu_size, nstub_fpu_size(early), __ATOMIC_RELAXED);
+        return 0;
+    }
+    if (early)
+        pvm__log(PVM_LOG_DEBUG, "vCPU %u: early stub not used (%s)", hv->v->id,
+                 (snap > 0) != nstub_maps_snapshot(early) || nc->trust_maps ? "the VM needs another kind" : err);
+    nstub_destroy(early);
     struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal,
                                 .trust_maps = nc->trust_maps, .snap_memfd = snap > 0 ? snap : 0 };
     int rc = nstub_create(&nc->stubs[slot], &cfg, err, errlen);
@@ -567,6 +616,8 @@ static const struct pvm_cpu_provider native_cpu = {
     .window_hi = NSTUB_GUEST_HI,
     /* A host process has no upper half: the 4- and 5-level ranges are empty (§10.30). */
     .linear_range = PVM_LA_RANGE_MAKE(0x1ff, 0x1ff, 0x1ff, 0x1ff),
+    .vm_init = native_vm_init,
+    .vm_fini = native_vm_fini,
     .vcpu_init = native_vcpu_init,
     .vcpu_fini = native_vcpu_fini,
     .activate = native_activate,

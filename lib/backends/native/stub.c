@@ -63,6 +63,7 @@
 #endif
 
 struct nstub {
+    uint64_t boot_tsc0, boot_t0;      /* when its start was asked for (TSC calibration) */
     pid_t pid;
     int pidfd;
     int ctl_fd;                       /* only until the stub is started */
@@ -745,11 +746,11 @@ static struct nstub *pool_take(int kick_signal)
     return s;
 }
 
-/* A pooled stub becomes @memfd's: collect its process, send the memfd, wait for its boot trap. */
-/* A pooled stub becomes @memfd's (and @snap's, if > 0): collect its process, send the fds, wait for its boot. */
-static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
+/* A pooled stub becomes @memfd's (and @snap's, if > 0): collect its process and send the fds. */
+static int pool_send(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
 {
-    uint64_t tsc0 = __rdtsc(), t0 = now_ns();
+    s->boot_tsc0 = __rdtsc();
+    s->boot_t0 = now_ns();
     pid_t pid;
     int pidfd;
     char why[160] = "";
@@ -761,7 +762,50 @@ static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t e
     const int fds[2] = { memfd, snap };
     if (nspawn_send_fds(s->sock, "M", 1, fds, snap > 0 ? 2 : 1) != 1)
         return set_err(err, errlen, "nstub_create: handing the memfd to a pooled stub: %s", strerror(errno)), PVM_EIO;
-    return stub_boot(s, tsc0, t0, err, errlen);
+    return 0;
+}
+
+/* ... and then wait for its boot trap. */
+static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
+{
+    int rc = pool_send(s, memfd, snap, err, errlen);
+    return rc < 0 ? rc : stub_boot(s, s->boot_tsc0, s->boot_t0, err, errlen);
+}
+
+struct nstub *nstub_prestart(const struct nstub_config *cfg)
+{
+    if (!cfg || cfg->trust_maps || cfg->memfd < 0)
+        return NULL;
+    /* A guest can reach every fd its stub holds: the snapshot's must refuse writable mappings. */
+    int seals = cfg->snap_memfd > 0 ? fcntl(cfg->snap_memfd, F_GET_SEALS) : 0;
+    if (cfg->snap_memfd > 0 && (seals < 0 || !(seals & F_SEAL_WRITE)))
+        return NULL;
+    pthread_once(&pool_once, pool_init);
+    struct nstub *s = pool_take(cfg->kick_signal);
+    if (!s)
+        return NULL;
+    pool_want(cfg->kick_signal);
+    char err[200];
+    s->has_snap = cfg->snap_memfd > 0;
+    if (pool_send(s, cfg->memfd, cfg->snap_memfd, err, sizeof(err)) < 0) {
+        pvm__log(PVM_LOG_DEBUG, "%s; no early stub", err);
+        stub_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+int nstub_adopt(struct nstub *s, char *err, size_t errlen)
+{
+    int rc = stub_boot(s, s->boot_tsc0, s->boot_t0, err, errlen);
+    if (rc == 0)
+        __atomic_add_fetch(&pool_hits, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+bool nstub_maps_snapshot(const struct nstub *s)
+{
+    return s && s->has_snap;
 }
 
 uint64_t nstub_pool_hits(void)

@@ -102,7 +102,19 @@ struct nstub_trap {
  * pidfd and, unless cfg->trust_maps, the mapping-approval listener.
  */
 int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, size_t errlen);
-/* How many nstub_create() calls were served by a pre-started stub (the pool; statistics, tests). */
+/*
+ * Early start (a VM's first stub): hand a pooled stub @cfg's memfd now and
+ * return at once, so that it starts while the caller goes on; NULL if the
+ * pool has none or @cfg needs what a pooled stub cannot take (trust_maps, a
+ * snapshot memfd).  nstub_adopt() then waits for it (0, or a PVM_E* code with
+ * a reason: the stub is then dead, nstub_destroy() it); nstub_destroy()
+ * frees one never adopted.
+ */
+struct nstub *nstub_prestart(const struct nstub_config *cfg);
+int nstub_adopt(struct nstub *s, char *err, size_t errlen);
+/* Was @s given a snapshot memfd (nstub_config.snap_memfd)? */
+bool nstub_maps_snapshot(const struct nstub *s);
+/* How many stubs were served by a pre-started stub (the pool; statistics, tests). */
 uint64_t nstub_pool_hits(void);
 /* Kill and reap the stub; frees everything.  NULL ignored. */
 void nstub_destroy(struct nstub *s);
