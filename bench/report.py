@@ -141,6 +141,8 @@ def main():
     row("VM create -> first instruction, guest sets its own CR3",
         "pvm.vm_create_to_first_insn_new_cr3")
     row("VM create -> first exit seen by the host", "pvm.vm_create_to_first_exit")
+    row("VM create -> first instruction, 2 ms after the last destroy (quiet)",
+        "pvm.vm_create_to_first_insn_quiet")
     row("create + load ELF + call + destroy (Hyperlight: 0.9 ms)", "pvm.create_load_call_destroy")
     rss = val("pvm.idle_vm_rss_kib")
     row("idle VM: RSS (library + stubs) per VM", "pvm.idle_vm_rss_kib", None, "",
