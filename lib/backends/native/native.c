@@ -98,6 +98,13 @@ static int native_probe(void)
 
 /* ---- vCPU lifetime ----------------------------------------------------- */
 
+/* A switch in the environment, read when a VM or vCPU is created: on only if exactly "1". */
+static bool env_is_1(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "1");
+}
+
 static int native_vcpu_init(struct pvm_hv_vcpu *hv)
 {
     struct native_cpu *nc = calloc(1, sizeof(*nc));
@@ -110,10 +117,8 @@ static int native_vcpu_init(struct pvm_hv_vcpu *hv)
     /* Events the stub answers itself never reach the library: a trace must see them all. */
     nc->fast_on = !(fp && !strcmp(fp, "0")) && !pvm__log_on(PVM_LOG_TRACE);
     hv->prefetch_on = nc->fast_on;
-    const char *te = getenv("PVM_NATIVE_TRUST_EXITS");
-    nc->trust_exits = te && !strcmp(te, "1");
-    const char *tm = getenv("PVM_NATIVE_TRUST_MAPS");
-    nc->trust_maps = tm && !strcmp(tm, "1");
+    nc->trust_exits = env_is_1("PVM_NATIVE_TRUST_EXITS");
+    nc->trust_maps = env_is_1("PVM_NATIVE_TRUST_MAPS");
     return 0;
 }
 
@@ -148,9 +153,8 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
  */
 static int native_vm_init(pvm_vm *vm)
 {
-    const char *tm = getenv("PVM_NATIVE_TRUST_MAPS");
     struct nstub_config cfg = { .memfd = vm->memfd, .kick_signal = vm->opts.kick_signal,
-                                .trust_maps = tm && !strcmp(tm, "1"),
+                                .trust_maps = env_is_1("PVM_NATIVE_TRUST_MAPS"),
                                 .snap_memfd = vm->create_snap_fd > 0 ? vm->create_snap_fd : 0 };
     vm->bdata = nstub_prestart(&cfg);
     return 0;

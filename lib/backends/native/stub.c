@@ -606,11 +606,11 @@ static void close_spawn_fds(struct nstub *s)
 }
 
 /* Wait for the boot trap and check it; take the approval listener.  0 or a PVM_E* code. */
-static int stub_boot(struct nstub *s, uint64_t tsc0, uint64_t t0, char *err, size_t errlen)
+static int stub_boot(struct nstub *s, char *err, size_t errlen)
 {
     if (wait_trapped(s, true) < 0)
         return set_err(err, errlen, "nstub_create: %s", s->dead_msg), PVM_EIO;
-    uint64_t dt = now_ns() - t0, dtsc = __rdtsc() - tsc0;
+    uint64_t dt = now_ns() - s->boot_t0, dtsc = __rdtsc() - s->boot_tsc0;
     if (dt >= 20000)
         __atomic_store_n(&tsc_per_us, dtsc * 1000u / dt, __ATOMIC_RELAXED);
 
@@ -746,6 +746,13 @@ static struct nstub *pool_take(int kick_signal)
     return s;
 }
 
+/* A guest can reach every fd its stub holds: a snapshot memfd must refuse writable mappings. */
+static bool snap_ok(const struct nstub_config *cfg)
+{
+    int seals = cfg->snap_memfd > 0 ? fcntl(cfg->snap_memfd, F_GET_SEALS) : 0;
+    return cfg->snap_memfd <= 0 || (seals >= 0 && (seals & F_SEAL_WRITE));
+}
+
 /* A pooled stub becomes @memfd's (and @snap's, if > 0): collect its process and send the fds. */
 static int pool_send(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
 {
@@ -769,16 +776,12 @@ static int pool_send(struct nstub *s, int memfd, int snap, char *err, size_t err
 static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
 {
     int rc = pool_send(s, memfd, snap, err, errlen);
-    return rc < 0 ? rc : stub_boot(s, s->boot_tsc0, s->boot_t0, err, errlen);
+    return rc < 0 ? rc : stub_boot(s, err, errlen);
 }
 
 struct nstub *nstub_prestart(const struct nstub_config *cfg)
 {
-    if (!cfg || cfg->trust_maps || cfg->memfd < 0)
-        return NULL;
-    /* A guest can reach every fd its stub holds: the snapshot's must refuse writable mappings. */
-    int seals = cfg->snap_memfd > 0 ? fcntl(cfg->snap_memfd, F_GET_SEALS) : 0;
-    if (cfg->snap_memfd > 0 && (seals < 0 || !(seals & F_SEAL_WRITE)))
+    if (!cfg || cfg->trust_maps || cfg->memfd < 0 || !snap_ok(cfg))
         return NULL;
     pthread_once(&pool_once, pool_init);
     struct nstub *s = pool_take(cfg->kick_signal);
@@ -797,7 +800,7 @@ struct nstub *nstub_prestart(const struct nstub_config *cfg)
 
 int nstub_adopt(struct nstub *s, char *err, size_t errlen)
 {
-    int rc = stub_boot(s, s->boot_tsc0, s->boot_t0, err, errlen);
+    int rc = stub_boot(s, err, errlen);
     if (rc == 0)
         __atomic_add_fetch(&pool_hits, 1, __ATOMIC_RELAXED);
     return rc;
@@ -824,9 +827,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         cfg->kick_signal == SIGSTOP || fault_signal(cfg->kick_signal))
         return set_err(err, errlen, "nstub_create: kick signal %d cannot be used", cfg->kick_signal), PVM_EINVAL;
 
-    /* A guest can reach every fd its stub holds: the snapshot's must refuse writable mappings. */
-    int seals = cfg->snap_memfd > 0 ? fcntl(cfg->snap_memfd, F_GET_SEALS) : 0;
-    if (cfg->snap_memfd > 0 && (seals < 0 || !(seals & F_SEAL_WRITE)))
+    if (!snap_ok(cfg))
         return set_err(err, errlen, "nstub_create: snapshot memfd %d is not sealed against writes", cfg->snap_memfd),
                PVM_EBADF;
 
@@ -849,7 +850,8 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     if (!(s = stub_alloc(cfg->kick_signal, cfg->trust_maps, err, errlen, &rc)))
         return rc;
     s->has_snap = cfg->snap_memfd > 0;
-    uint64_t tsc0 = __rdtsc(), t0 = now_ns();
+    s->boot_tsc0 = __rdtsc();
+    s->boot_t0 = now_ns();
     pid_t pid;
     int pidfd;
     char why[160] = "";
@@ -862,7 +864,7 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
         goto fail;
     }
     stub_spawned(s, pid, pidfd);
-    if ((rc = stub_boot(s, tsc0, t0, err, errlen)) < 0)
+    if ((rc = stub_boot(s, err, errlen)) < 0)
         goto fail;
     if (!cfg->trust_maps)
         pool_want(cfg->kick_signal);   /* the next create is a pooled one */
