@@ -214,6 +214,8 @@ double pvm_hv_native_event_us(void);
 int pvm_hv_read_virt(struct pvm_hv_vcpu *hv, uint64_t gva, void *buf, size_t len);
 /* Refresh the walk environment from the model (LA range, NXE) before a walk. */
 void pvm_hv_refresh_env(struct pvm_hv_vcpu *hv);
+/* Install the page of the fetch at RIP if it is the guest's next access and not mapped (run.c; slot active, RAM held). */
+void pvm_hv_fetch_prefetch(struct pvm_hv_vcpu *hv);
 /* Exceptions, NMIs or interrupts the model must deliver before guest code runs? */
 bool pvm_hv_events_pending(struct pvm_hv_vcpu *hv);
 bool pvm_hv_irqs_pending(const struct pvm_cpu *c);

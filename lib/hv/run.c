@@ -154,14 +154,14 @@ static void pf_prefetch(struct pvm_hv_vcpu *hv)
 }
 
 /*
- * Before resuming: when nothing will be delivered first, the guest's next
+ * Before resuming (or ahead, pvm_hv_warm_vcpu): when nothing will be delivered first, the guest's next
  * access is the fetch at RIP.  If the active slot has no mapping there (a new
  * vCPU, a new address space, after a flush) that fetch would fault in
  * hardware just to install it: install it now (pvm_shadow_prefetch: as the
  * fetch's own walk would, A bits only).  A fresh VM's first run saves one trap
  * round trip this way.
  */
-static void fetch_prefetch(struct pvm_hv_vcpu *hv)
+void pvm_hv_fetch_prefetch(struct pvm_hv_vcpu *hv)
 {
     const struct pvm_cpu *c = &hv->cpu;
     uint64_t start, len;
@@ -280,7 +280,7 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     if (vm->cow)
         pvm_hv_cow_flush(hv);
     pf_prefetch(hv);
-    fetch_prefetch(hv);
+    pvm_hv_fetch_prefetch(hv);
     if (p->prepare)
         p->prepare(hv, slot);
     pvm__mem_leave(vm); /* guest code runs: pvm_vm_free_memory() may proceed */

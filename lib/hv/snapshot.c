@@ -263,10 +263,9 @@ int pvm_hv_warm_vcpu(pvm_vcpu *v)
     int rc = hv->p->activate(hv, slot, err, sizeof(err));
     if (rc < 0)
         return pvm__error(rc, "pvm_snapshot_prestart: %s: %s", hv->p->name, err);
-    /* The first instruction's page, as its fetch would map it: one fault less on the first run. */
-    pvm_hv_refresh_env(hv);
+    /* The first instruction's page, as its fetch would map it: the first run's prefetch, done ahead. */
     pvm__mem_enter(v->vm);
-    pvm_shadow_prefetch(hv->shadow, &hv->env, hv->cpu.rip, PVM_PFEC_I);
+    pvm_hv_fetch_prefetch(hv);
     pvm__mem_leave(v->vm);
     return 0;
 }

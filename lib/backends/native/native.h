@@ -21,7 +21,7 @@ uint64_t pvm__native_fast_events(const pvm_vcpu *v);
 uint64_t pvm__native_fast_irqs(const pvm_vcpu *v);
 /* Shadow mappings installed ahead of a guest's #PF retry (native.c pf_prefetch). */
 uint64_t pvm__native_prefetches(const pvm_vcpu *v);
-/* Shadow mappings installed ahead of the fetch at RIP (lib/hv/run.c fetch_prefetch). */
+/* Shadow mappings installed ahead of the fetch at RIP (lib/hv/run.c pvm_hv_fetch_prefetch). */
 uint64_t pvm__native_fetch_prefetches(const pvm_vcpu *v);
 
 /* Host pid of the stub of address-space slot @slot (tests: /proc accounting), or -1. */
