@@ -116,6 +116,31 @@ static int map_pages(struct pvm_as *as, const struct pvm_kmod_map *m, unsigned l
 	return ret;
 }
 
+/*
+ * PVM_KMOD_RUN_PVM's PVCS page: one writable page of @mm's own anonymous or
+ * tmpfs memory (as MAP takes), pinned until pvm_unpin_pvcs().
+ */
+int pvm_pin_pvcs(struct mm_struct *mm, unsigned long uaddr, struct page **page)
+{
+	long got;
+	int ret;
+
+	if (mmap_read_lock_killable(mm))
+		return -EINTR;
+	ret = check_vmas(mm, uaddr & PAGE_MASK, (uaddr & PAGE_MASK) + PAGE_SIZE);
+	if (!ret) {
+		got = pin_user_pages(uaddr & PAGE_MASK, 1, FOLL_WRITE, page, NULL);
+		ret = got == 1 ? 0 : (got == -ENOMEM || got == -EINTR) ? (int)got : -EFAULT;
+	}
+	mmap_read_unlock(mm);
+	return ret;
+}
+
+void pvm_unpin_pvcs(struct page *page)
+{
+	unpin_user_pages_dirty_lock(&page, 1, true);
+}
+
 static long as_map(struct pvm_as *as, const void __user *uarg)
 {
 	struct pvm_kmod_map m;
@@ -210,6 +235,44 @@ static long as_run(struct pvm_as *as, void __user *uarg)
 	ret = pvm_run(&as->pt, &as->kick, uarg);
 	mutex_unlock(&as->lock);
 	return ret;
+}
+
+static const struct file_operations pvm_as_fops;
+
+/*
+ * PVM_KMOD_RUN_PVM's other address space: @fd must be another address space
+ * of the calling process than @self.  Held (a file reference and its lock,
+ * taken with a trylock: the RUN holds its own, and two RUNs naming each
+ * other must not deadlock) until pvm_as_put_peer().  Its tables, or an
+ * ERR_PTR: -EINVAL not such an address space, -EBUSY in use by another RUN,
+ * MAP or UNMAP.
+ */
+struct pvm_pgtable *pvm_as_get_peer(int fd, const struct pvm_pgtable *self, struct file **held)
+{
+	struct file *f = fget(fd);
+	struct pvm_as *as;
+
+	if (!f)
+		return ERR_PTR(-EINVAL);
+	as = f->private_data;
+	if (f->f_op != &pvm_as_fops || as->mm != current->mm || &as->pt == self) {
+		fput(f);
+		return ERR_PTR(-EINVAL);
+	}
+	if (!mutex_trylock(&as->lock)) {
+		fput(f);
+		return ERR_PTR(-EBUSY);
+	}
+	*held = f;
+	return &as->pt;
+}
+
+void pvm_as_put_peer(struct file *f)
+{
+	struct pvm_as *as = f->private_data;
+
+	mutex_unlock(&as->lock);
+	fput(f);
 }
 
 static long as_ioctl(struct file *f, unsigned int cmd, unsigned long arg)

@@ -10,6 +10,7 @@
  * cpu.c       the world switch's per-CPU areas, IDT and switcher PDPT; one switch
  * switch.S    the switch itself (switch.h: the area's layout)
  * run.c       PVM_KMOD_AS_RUN
+ * deliver.c   PVM_KMOD_RUN_PVM: a user SYSCALL and ERETU delivered in the module
  */
 #ifndef PVM_KMOD_INTERNAL_H
 #define PVM_KMOD_INTERNAL_H
@@ -19,6 +20,9 @@
 #include <linux/mutex.h>
 #include <linux/seq_file.h>
 #include <linux/types.h>
+
+#include <asm/processor-flags.h>
+#include <asm/segment.h>
 
 #include <pvm/kmod.h>
 
@@ -79,6 +83,31 @@ u64 pvm_switcher_pml4e(void);
 /* Interrupts off: one switch; PVM_SW_SYSCALL(32), a vector, -1 (host event), -errno. */
 int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global);
 int pvm_run_supported(void);
+/* RFLAGS bits a guest may set (§1.1's user-visible set); IF always, IOPL 0. */
+#define PVM_GUEST_RFLAGS (X86_EFLAGS_CF | X86_EFLAGS_PF | X86_EFLAGS_AF | X86_EFLAGS_ZF | \
+			  X86_EFLAGS_SF | X86_EFLAGS_TF | X86_EFLAGS_DF | X86_EFLAGS_OF | \
+			  X86_EFLAGS_NT | X86_EFLAGS_RF | X86_EFLAGS_AC | X86_EFLAGS_ID)
+static inline bool pvm_canonical48(u64 va)
+{
+	return va < 0x0000800000000000ull || va >= 0xffff800000000000ull;
+}
+/* Could a RUN enter @rip with @cs (64-bit: canonical; compat: below 4 GiB)? */
+static inline bool pvm_rip_ok(u16 cs, u64 rip)
+{
+	return cs == __USER_CS ? pvm_canonical48(rip) : cs == __USER32_CS && rip <= U32_MAX;
+}
+
+/* ---- deliver.c: PVM_KMOD_RUN_PVM ------------------------------------------ */
+struct pvm_deliver {
+	struct pvm_kmod_pvm p;     /* the caller's block: mode, supervisor_rsp, counts */
+	struct page *page;         /* the PVCS page, pinned */
+	void *pvcs;                /* the PVCS in it */
+};
+/* Check @d->p (copied in) and pin its PVCS: 0, -EINVAL or -errno. */
+int pvm_deliver_begin(struct pvm_deliver *d);
+void pvm_deliver_end(struct pvm_deliver *d);
+/* After a SYSCALL trap: deliver it if it is a user SYSCALL or ERETU (true: *g and d->p.mode changed). */
+bool pvm_deliver_syscall(struct pvm_deliver *d, struct pvm_switch_regs *g);
 /* An address space's kick: a flag RUN consumes, and the CPU running it (-1: none). */
 struct pvm_kick {
 	atomic_t pending;
@@ -89,6 +118,12 @@ void pvm_kick(struct pvm_kick *kick);
 
 /* ---- as.c ---------------------------------------------------------------- */
 long pvm_as_create(const struct pvm_kmod_create_as __user *uarg);
+/* PVM_KMOD_RUN_PVM: the other mode's address space, held; ERR_PTR(-EINVAL / -EBUSY). */
+struct pvm_pgtable *pvm_as_get_peer(int fd, const struct pvm_pgtable *self, struct file **held);
+void pvm_as_put_peer(struct file *held);
+/* ... and its PVCS page (the caller's anonymous or tmpfs memory), pinned: 0 or -errno. */
+int pvm_pin_pvcs(struct mm_struct *mm, unsigned long uaddr, struct page **page);
+void pvm_unpin_pvcs(struct page *page);
 /* pvm_pt_dump() of every live address space. */
 void pvm_as_dump_all(struct seq_file *s);
 

@@ -21,18 +21,8 @@
 #include "pvm.h"
 #include "switch.h"
 
-/* RFLAGS bits a guest may set (§1.1's user-visible set); IF always, IOPL 0. */
-#define GUEST_RFLAGS (X86_EFLAGS_CF | X86_EFLAGS_PF | X86_EFLAGS_AF | X86_EFLAGS_ZF | \
-		      X86_EFLAGS_SF | X86_EFLAGS_TF | X86_EFLAGS_DF | X86_EFLAGS_OF | \
-		      X86_EFLAGS_NT | X86_EFLAGS_RF | X86_EFLAGS_AC | X86_EFLAGS_ID)
-
 /* A guest PCID the host never uses (Linux: 1..TLB_NR_DYN_ASIDS, and those | 0x800 with PTI). */
 #define PVM_GUEST_PCID 0x7ffull
-
-static bool canonical48(u64 va)
-{
-	return va < 0x0000800000000000ull || va >= 0xffff800000000000ull;
-}
 
 /* Can this kernel and CPU run a guest at all?  0 or -EOPNOTSUPP. */
 int pvm_run_supported(void)
@@ -66,36 +56,57 @@ void pvm_kick(struct pvm_kick *kick)
 		smp_call_function_single(cpu, kick_nop, NULL, 0);
 }
 
+static u64 root_of(const struct pvm_pgtable *pt)
+{
+	return __pa(pt->pml4) | ((__read_cr4() & X86_CR4_PCIDE) ? PVM_GUEST_PCID : 0);
+}
+
 long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run __user *urun)
 {
 	struct pvm_kmod_run r;
 	struct pvm_switch_regs g;
-	unsigned int i;
+	/* PVM_KMOD_RUN_PVM: the two address spaces (the RUN's own first) and the one running. */
+	struct pvm_pgtable *as[2] = { pt, NULL };
+	struct file *peer = NULL;
+	struct pvm_deliver d;
+	bool pvm;
+	unsigned int i, cur = 0;
 	long ret;
-	u64 cr3;
 
 	if (copy_from_user(&r, urun, sizeof(r)))
 		return -EFAULT;
-	if (r.flags || r.pad1 || memchr_inv(r.pad0, 0, sizeof(r.pad0)) ||
-	    memchr_inv(r.reserved, 0, sizeof(r.reserved)))
+	pvm = r.flags & PVM_KMOD_RUN_PVM;
+	if ((r.flags & ~PVM_KMOD_RUN_PVM) || r.pad1 || memchr_inv(r.pad0, 0, sizeof(r.pad0)) ||
+	    memchr_inv(r.reserved, 0, sizeof(r.reserved)) || (!pvm && r.pvm))
 		return -EINVAL;
 	/* IRETQ would fault in ring 0 on a bad RIP (beyond the 32-bit limit in compat mode). */
-	if (r.cs == __USER_CS ? !canonical48(r.regs.rip) : r.cs != __USER32_CS || r.regs.rip > U32_MAX)
+	if (r.cs > U16_MAX || !pvm_rip_ok((u16)r.cs, r.regs.rip))
 		return -EINVAL;
 	/* WRMSR of a non-canonical base faults: in ring 0, inside the switch for GS. */
-	if (!canonical48(r.regs.fs_base) || !canonical48(r.regs.gs_base))
+	if (!pvm_canonical48(r.regs.fs_base) || !pvm_canonical48(r.regs.gs_base))
 		return -EINVAL;
 	ret = pvm_run_supported();
 	if (ret)
 		return ret;
+	if (pvm) {
+		if (copy_from_user(&d.p, u64_to_user_ptr(r.pvm), sizeof(d.p)))
+			return -EFAULT;
+		as[1] = pvm_as_get_peer(d.p.other_as, pt, &peer);
+		if (IS_ERR(as[1]))
+			return PTR_ERR(as[1]);
+		ret = pvm_deliver_begin(&d);
+		if (ret) {
+			pvm_as_put_peer(peer);
+			return ret;
+		}
+	}
 
 	memcpy(g.gpr, r.regs.gpr, sizeof(g.gpr));
 	g.rip = r.regs.rip;
 	g.cs = (u16)r.cs;
-	g.rflags = (r.regs.rflags & GUEST_RFLAGS) | X86_EFLAGS_IF | X86_EFLAGS_FIXED;
+	g.rflags = (r.regs.rflags & PVM_GUEST_RFLAGS) | X86_EFLAGS_IF | X86_EFLAGS_FIXED;
 	g.fs_base = r.regs.fs_base;
 	g.gs_base = r.regs.gs_base;
-	cr3 = __pa(pt->pml4);
 
 	for (;;) {
 		int vector;
@@ -124,8 +135,7 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 		/* The thread's user FPU state is the guest's: in the registers. */
 		if (test_thread_flag(TIF_NEED_FPU_LOAD))
 			switch_fpu_return();
-		vector = pvm_switch_once(&g, cr3 | ((__read_cr4() & X86_CR4_PCIDE) ? PVM_GUEST_PCID : 0),
-					 pt->high);
+		vector = pvm_switch_once(&g, root_of(as[cur]), as[cur]->high);
 		WRITE_ONCE(kick->cpu, -1);
 		local_irq_enable();
 		preempt_enable();
@@ -138,6 +148,11 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 		/* A SYSCALL from compat mode (AMD; Intel raises #UD): a SYSCALL, CS says which. */
 		if (vector == PVM_SW_SYSCALL32)
 			vector = PVM_SW_SYSCALL;
+		/* A user SYSCALL or ERETU: on in the other mode's address space. */
+		if (pvm && vector == PVM_SW_SYSCALL && pvm_deliver_syscall(&d, &g)) {
+			cur ^= 1;
+			continue;
+		}
 		r.exit_reason = vector == PVM_SW_SYSCALL ? PVM_KMOD_EXIT_SYSCALL : PVM_KMOD_EXIT_EXCEPTION;
 		r.vector = vector == PVM_SW_SYSCALL ? 0 : vector;
 		r.error_code = vector == PVM_SW_SYSCALL ? 0 : (u32)g.error_code;
@@ -152,9 +167,14 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 	r.regs.rflags = g.rflags;
 	r.regs.fs_base = g.fs_base;
 	r.regs.gs_base = g.gs_base;
+	if (pvm) {
+		pvm_deliver_end(&d);
+		pvm_as_put_peer(peer);
+	}
 	/* Everything before immediate_exit: that one is the kicker's to write. */
 	if ((ret == 0 || ret == -EINTR) &&
-	    copy_to_user(urun, &r, offsetof(struct pvm_kmod_run, immediate_exit)))
+	    (copy_to_user(urun, &r, offsetof(struct pvm_kmod_run, immediate_exit)) ||
+	     (pvm && copy_to_user(u64_to_user_ptr(r.pvm), &d.p, sizeof(d.p)))))
 		return -EFAULT;
 	return ret;
 }

@@ -15,6 +15,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include "backends/kmod/kmod.h"
 #include "backends/native/native.h"
 #include "backends/native/stub/stub_abi.h"
 #include "guestvm.h"
@@ -135,6 +136,135 @@ START_TEST(user_syscall_and_eretu)
     ck_assert_uint_eq(r.rbx, 43);
     ck_assert_uint_eq(p->rip, GVM_USER_CODE + (uint64_t)(g_u_ret2 - g_user_start));
     gvm_fini(&g);
+}
+END_TEST
+
+/* ---- many user syscalls in one run (kmod delivers them in the module) ------------ */
+
+#define LOOP_N 24          /* kernel entries before it reports */
+#define LOOP_REC 13        /* qwords per entry in the log: PVCS 64..127, event_flags, RSP RCX R11 RAX */
+#define LOOP_KGS 0x7000ull /* MSR_KERNEL_GS_BASE */
+
+/*
+ * Kernel (LSTAR = loop_ksys): log the PVCS user half, event_flags and the
+ * entry registers; RAX = 3 * RAX + 1; 16 bytes less stack for the next entry
+ * (ERETU saves RSP as SUPERVISOR_RSP); set IP (ERETU clears it); toggle CF
+ * in PVCS.eflags; after LOOP_N entries, report.  The user code makes its
+ * SYSCALLs with RAX = 0x100 + i and sums the results and the CF it gets back.
+ */
+extern const uint8_t g_loopk_sys[];
+GVM_CODE_BLOCK(g_loopk,
+    "movabs $0x104300, %rsi\n jmp *%rsi\n"          /* start: ERETU into user mode */
+    ".globl g_loopk_sys\ng_loopk_sys:\n"
+    "mov %rsp, %r12\n mov %rcx, %r13\n mov %r11, %r14\n"
+    "movabs $0x106000, %r15\n mov (%r15), %rdi\n lea 64(%r15,%rdi), %rdi\n addq $104, (%r15)\n"
+    "movabs $0x101040, %rsi\n mov $8, %ecx\n rep movsq\n"
+    "movabs $0x101000, %rsi\n movsq\n"
+    "mov %r12, (%rdi)\n mov %r13, 8(%rdi)\n mov %r14, 16(%rdi)\n mov %rax, 24(%rdi)\n"
+    "lea 1(%rax,%rax,2), %rax\n sub $16, %rsp\n"
+    "movabs $0x101000, %rsi\n orq $0x100, (%rsi)\n xorl $1, 88(%rsi)\n"
+    "incq 8(%r15)\n cmpq $" "24" ", 8(%r15)\n jae 1f\n"
+    "movabs $0x104300, %rsi\n jmp *%rsi\n"
+    "1:\n" HC(0x30) "ud2\n");
+extern const uint8_t g_loopu_ret[];
+GVM_CODE_BLOCK(g_loopu,
+    "xor %ebx, %ebx\n xor %edx, %edx\n xor %r9d, %r9d\n"
+    "1: lea 0x100(%rbx), %rax\n syscall\n.globl g_loopu_ret\ng_loopu_ret:\n"
+    "adc $0, %r9\n add %rax, %rdx\n inc %rbx\n jmp 1b\n");
+
+struct loop_result {
+    uint64_t log[LOOP_N * LOOP_REC];
+    struct pvm_regs regs;
+    struct pvm_sregs sregs;
+    uint64_t sup_rsp, switch_cr3;
+    uint64_t switches;             /* delivered by the kmod module */
+};
+
+static void run_syscall_loop(bool provider_delivers, struct loop_result *out)
+{
+    setenv("PVM_KMOD_FASTPATH", provider_delivers ? "1" : "0", 1);
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_loopk_start, g_loopk_end);
+    gvm_load(&g, GVM_USER_CODE, g_loopu_start, g_loopu_end);
+    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, gaddr(g_loopk_start, g_loopk_sys)), 0);
+    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_KERNEL_GS_BASE, LOOP_KGS), 0);
+    struct pvm_vcpu_struct *p = user_entry(&g);
+    p->user_gsbase = 0x5000;
+    p->eflags = 0x202 | 0x400; /* DF: kept through every round trip */
+    p->event_flags = PVM_EVENT_FLAGS_IF;
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x30);
+    memcpy(out->log, g.ram + GVM_DATA + 64, sizeof(out->log));
+    gvm_regs(&g, &out->regs);
+    ck_assert_int_eq(pvm_vcpu_get_sregs(g.cpu, &out->sregs), 0);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_SUPERVISOR_RSP, &out->sup_rsp), 0);
+    ck_assert_int_eq(pvm_vcpu_get_msr(g.cpu, MSR_PVM_SWITCH_CR3, &out->switch_cr3), 0);
+    out->switches = pvm__kmod_switches(g.cpu);
+    gvm_fini(&g);
+    unsetenv("PVM_KMOD_FASTPATH");
+}
+
+/*
+ * LOOP_N user SYSCALL -> kernel -> ERETU round trips in one pvm_vcpu_run: every
+ * logged PVCS byte and register is §5.3's / §6.2's, and a provider that
+ * delivers them itself (kmod, PVM_KMOD_RUN_PVM) leaves exactly what the model
+ * does (the same run with PVM_KMOD_FASTPATH=0).
+ */
+START_TEST(user_syscalls_in_one_run)
+{
+    static struct loop_result a, b;
+    run_syscall_loop(true, &a);
+    const uint64_t ret = GVM_USER_CODE + (uint64_t)(g_loopu_ret - g_loopu_start);
+    uint64_t sum = 0, cf = 0;
+    for (unsigned i = 0; i < LOOP_N; i++) {
+        const uint64_t *r = a.log + i * LOOP_REC;
+        /* PVCS 64..127: user_cs/ss, reserved1, reserved2, user_gsbase, eflags/pkru, rip, rsp, rcx, r11. */
+        ck_assert_uint_eq(r[0], (uint64_t)PVM_USER_CS | ((uint64_t)PVM_USER_DS << 16));
+        ck_assert_uint_eq(r[1], 0);
+        ck_assert_uint_eq(r[2], 0x5000);
+        /* The user's flags at its SYSCALL: DF, IF, and what `lea` left (nothing: the loop's first) or `inc`. */
+        uint64_t fl = r[3] & 0xffffffffu;
+        ck_assert_uint_eq(fl & ~(uint64_t)0x8d5, 0x602); /* DF IF bit1; arithmetic flags free */
+        ck_assert_uint_eq(r[3] >> 32, 0);                 /* pkru */
+        ck_assert_uint_eq(r[4], ret);
+        ck_assert_uint_eq(r[5], GVM_USER_STACK_TOP);
+        ck_assert_uint_eq(r[6], ret);
+        ck_assert_uint_eq(r[7], fl);                       /* R11 = RFLAGS at the SYSCALL */
+        /* event_flags: IF cleared by the entry; IP set by the kernel last time and cleared by ERETU. */
+        ck_assert_uint_eq(r[8], 0);
+        /* Entry state: RSP = SUPERVISOR_RSP = RSP at the last ERETU; RCX = LSTAR; R11 0x202; RAX the user's. */
+        ck_assert_uint_eq(r[9], GVM_STACK_TOP - 0x40 - 16 * i);
+        ck_assert_uint_eq(r[10], gaddr(g_loopk_start, g_loopk_sys));
+        ck_assert_uint_eq(r[11], 0x202);
+        ck_assert_uint_eq(r[12], 0x100 + i);
+        sum += 3 * (0x100 + i) + 1;
+        cf += i < LOOP_N - 1 ? (((fl ^ 1) & 1)) : 0; /* CF toggled by the kernel, seen by adc */
+    }
+    /* At the report: the kernel at its last entry, after LOOP_N - 1 full round trips. */
+    ck_assert_uint_eq(a.regs.rbx, LOOP_N - 1);
+    ck_assert_uint_eq(a.regs.rdx, sum - (3 * (0x100 + LOOP_N - 1) + 1));
+    ck_assert_uint_eq(a.regs.r9, cf);
+    ck_assert_uint_eq(a.sregs.mode, PVM_MODE_SUPERVISOR);
+    ck_assert_uint_eq(a.sregs.gs_base, LOOP_KGS);
+    ck_assert_uint_eq(a.sregs.cr3, 0x1000);
+    ck_assert_uint_eq(a.switch_cr3, 0x2000);
+    ck_assert_uint_eq(a.sup_rsp, GVM_STACK_TOP - 0x40 - 16 * (LOOP_N - 1));
+    if (gvm_backend() == PVM_BACKEND_KMOD) {
+        /* The first ERETU and the first user SYSCALL find no slot for the other mode yet. */
+        ck_assert_msg(a.switches >= 2 * LOOP_N - 4, "only %llu switches in the module",
+                      (unsigned long long)a.switches);
+        run_syscall_loop(false, &b);
+        ck_assert_uint_eq(b.switches, 0);
+        ck_assert_mem_eq(a.log, b.log, sizeof(a.log));
+        ck_assert_mem_eq(&a.regs, &b.regs, sizeof(a.regs));
+        ck_assert_mem_eq(&a.sregs, &b.sregs, sizeof(a.sregs));
+        ck_assert_uint_eq(a.sup_rsp, b.sup_rsp);
+    } else {
+        ck_assert_uint_eq(a.switches, 0);
+    }
 }
 END_TEST
 
@@ -2017,6 +2147,7 @@ int main(void)
     tcase_set_timeout(ev, 300);
     tcase_add_test(ev, hypercall_round_trip);
     tcase_add_test(ev, user_syscall_and_eretu);
+    tcase_add_test(ev, user_syscalls_in_one_run);
     tcase_add_test(ev, supervisor_pf_frame_and_erets);
     tcase_add_test(ev, exceptions_delivered);
     tcase_add_test(ev, interrupt_pending_until_irq_win);

@@ -1,5 +1,5 @@
 /*
- * pvm/kmod.h - the ioctl ABI of the kmod/ module's /dev/pvm (version 2).
+ * pvm/kmod.h - the ioctl ABI of the kmod/ module's /dev/pvm (version 3).
  *
  * Shared by the module and user space: fixed-size types only, every struct
  * padded explicitly and its size pinned with _Static_assert, so the layout is
@@ -8,8 +8,9 @@
  * -EINVAL, so later versions can give them a meaning.
  *
  * Version 1 holds the device, address spaces and mappings; version 2 adds
- * PVM_KMOD_AS_RUN, the world switch (docs/design.md "kmod").  Version-1
- * callers keep working.
+ * PVM_KMOD_AS_RUN, the world switch (docs/design.md "kmod"); version 3 adds
+ * PVM_KMOD_RUN_PVM, the two PVM mode switches delivered inside the module.
+ * Callers of an older version keep working.
  *
  *   /dev/pvm fd:  PVM_KMOD_GET_VERSION, PVM_KMOD_INFO, PVM_KMOD_CREATE_AS
  *   AS fd:        PVM_KMOD_AS_MAP, PVM_KMOD_AS_UNMAP, PVM_KMOD_AS_INFO,
@@ -28,7 +29,7 @@
 #include <linux/ioctl.h>
 
 #define PVM_KMOD_DEVICE      "/dev/pvm"
-#define PVM_KMOD_ABI_VERSION 2u
+#define PVM_KMOD_ABI_VERSION 3u
 #define PVM_KMOD_PAGE_SIZE   4096ull
 
 /*
@@ -154,7 +155,11 @@ _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout")
  *   -EINTR: a signal is pending, immediate_exit was set, or a KICK came;
  *     the registers are the guest's as they are now (resume them as they are).
  *   -EINVAL bad argument (flags, reserved fields, CS, a non-canonical RIP,
- *   FS or GS base, or in compat mode a RIP above 4 GiB);
+ *   FS or GS base, or in compat mode a RIP above 4 GiB; with PVM_KMOD_RUN_PVM
+ *   also a bad struct pvm_kmod_pvm: reserved fields, mode, a misaligned PVCS,
+ *   a non-canonical lstar or kernel_gs_base, other_as not an address space of
+ *   this process or the RUN's own); -EFAULT the run or pvm struct, or the
+ *   PVCS page, cannot be read or written;
  *   -EPERM not the creating process; -EOPNOTSUPP this CPU or kernel cannot
  *   (5-level paging, more than 64 CPUs, a Meltdown CPU without PTI).
  * RFLAGS in: only the arithmetic flags, TF, DF, NT, AC, RF and ID are taken;
@@ -174,9 +179,50 @@ _Static_assert(sizeof(struct pvm_kmod_regs) == 160, "pvm_kmod_regs layout");
 #define PVM_KMOD_EXIT_EXCEPTION 2u /* vector, error_code (0 where none), cr2 (#PF only);
                                       INT3 and INT 0x80 (vector 0x80): RIP after them */
 
+/*
+ * run.flags: PVM_KMOD_RUN_PVM (version 3).  The register file is a PVM Gen A
+ * vCPU (docs/pvm-abi.md) and the module delivers, without returning, the two
+ * mode switches that need nothing but what struct pvm_kmod_pvm holds:
+ *   - in user mode, a SYSCALL from 64-bit code: the user event of §5.3 (the
+ *     PVCS fields, IF cleared in event_flags, GS base <- kernel_gs_base, RSP
+ *     <- supervisor_rsp, RIP = RCX = lstar, R11 = RFLAGS = 0x202) and
+ *     supervisor mode;
+ *   - in supervisor mode, a SYSCALL from 64-bit code with RIP = retu_rip_plus2:
+ *     ERETU (§6.2: supervisor_rsp <- RSP, IP cleared in event_flags, CS/SS =
+ *     user_cs/user_ss | 3, GS base = user_gsbase sign-extended from bit 47,
+ *     RFLAGS = eflags | IF, RIP RSP RCX R11 from the PVCS) and user mode;
+ * each time going on in the other mode's address space (other_as: the one
+ * for the guest's swapped CR3 pair; the guest's CR3 and SWITCH_CR3 are the
+ * caller's to swap, once per switch).  An ERETU whose PVCS names a CS or RIP
+ * this RUN could not take (CS not 0x33 or 0x23, SS not 0x2b, a RIP the RUN
+ * would refuse) is not delivered: it ends the run as a SYSCALL, as any other
+ * trap does.  The caller asks for this only while it has no event to deliver
+ * first (a KICK ends the run to deliver a new one).  The PVCS page is pinned
+ * for the run, so the module never writes through a stale address.
+ */
+#define PVM_KMOD_RUN_PVM 0x1u
+
+#define PVM_KMOD_MODE_SUPERVISOR 0u
+#define PVM_KMOD_MODE_USER       1u
+
+struct pvm_kmod_pvm {
+    uint64_t pvcs;               /* in: the caller's address of the 128-byte PVCS (128-byte aligned) */
+    uint64_t lstar;              /* in: MSR_LSTAR (canonical) */
+    uint64_t retu_rip_plus2;     /* in: MSR_PVM_RETU_RIP + 2 */
+    uint64_t kernel_gs_base;     /* in: MSR_KERNEL_GS_BASE (canonical) */
+    uint64_t supervisor_rsp;     /* in and out: MSR_PVM_SUPERVISOR_RSP */
+    int32_t other_as;            /* in: fd of the other mode's address space (of this process) */
+    uint32_t mode;               /* in and out: PVM_KMOD_MODE_* (the run ends in the RUN's own
+                                    address space when it ends in the mode it started in) */
+    uint32_t switches;           /* out: mode switches delivered in the module */
+    uint32_t eretus;             /* out: how many of them were ERETU (the NMI mask is released) */
+    uint64_t reserved[4];        /* 0 */
+};
+_Static_assert(sizeof(struct pvm_kmod_pvm) == 88, "pvm_kmod_pvm layout");
+
 struct pvm_kmod_run {
     struct pvm_kmod_regs regs;   /* in and out */
-    uint32_t flags;              /* in: none defined: 0 */
+    uint32_t flags;              /* in: 0 or PVM_KMOD_RUN_PVM */
     uint32_t exit_reason;        /* out: PVM_KMOD_EXIT_* */
     uint32_t vector;             /* out */
     uint32_t error_code;         /* out */
@@ -186,7 +232,10 @@ struct pvm_kmod_run {
     uint8_t immediate_exit;      /* in: set (from any thread, then signal the runner) to stop;
                                     never written by the module */
     uint8_t pad0[7];
-    uint64_t reserved[6];
+    uint64_t pvm;                /* in: with PVM_KMOD_RUN_PVM, the caller's address of a struct
+                                    pvm_kmod_pvm (in and out, written back with the registers);
+                                    else 0 */
+    uint64_t reserved[5];
 };
 _Static_assert(sizeof(struct pvm_kmod_run) == 248, "pvm_kmod_run layout");
 #define PVM_KMOD_AS_RUN _IOWR(PVM_KMOD_IOC_MAGIC, 0x13, struct pvm_kmod_run)

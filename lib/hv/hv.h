@@ -45,6 +45,17 @@ struct pvm_hv_trap {
     uint32_t vector;
     uint32_t error_code;
     uint64_t cr2;
+    /*
+     * Mode switches the provider delivered itself before this trap, where
+     * its prepare() allowed them (kmod: a user SYSCALL, §5.3, and ERETU,
+     * §6.2), with the model's effects on the PVCS and the registers; the core
+     * applies the rest to the model (the mode and the CR3 swap per switch,
+     * SUPERVISOR_RSP, the NMI mask) and runs the trap in the slot it ended
+     * in.  The core zeroes them before run().
+     */
+    uint32_t switches;
+    uint32_t eretus;          /* how many of them were ERETU */
+    uint64_t supervisor_rsp;  /* MSR_PVM_SUPERVISOR_RSP after them */
     char msg[128];
 };
 

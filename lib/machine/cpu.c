@@ -42,6 +42,16 @@ struct pvm_vcpu_struct *pvm_m__pvcs(const struct pvm_cpu *cpu, const struct pvm_
     return mem->phys(mem->opaque, cpu->msr_vcpu_struct, 4096, true);
 }
 
+struct pvm_vcpu_struct *pvm_m_pvcs(const struct pvm_cpu *cpu, const struct pvm_mem *mem)
+{
+    return pvm_m__pvcs(cpu, mem);
+}
+
+bool pvm_m_la57(const struct pvm_cpu *cpu)
+{
+    return (cpu->cr4 & PVM_CR4_LA57) != 0;
+}
+
 bool pvm_m_irq_enabled(const struct pvm_cpu *cpu, const struct pvm_mem *mem)
 {
     if (cpu->mode != PVM_MODE_SUPERVISOR)

@@ -238,6 +238,13 @@ void pvm_m_complete(struct pvm_cpu *cpu, const struct pvm_exit *exit);
 void pvm_m_set_rflags(struct pvm_cpu *cpu, const struct pvm_mem *mem, uint64_t rflags);
 /* Guest-visible IF: PVCS bit 9 in smod (0 without a PVCS), 1 in umod (§1.2). */
 bool pvm_m_irq_enabled(const struct pvm_cpu *cpu, const struct pvm_mem *mem);
+/*
+ * The PVCS in host memory as the model writes it (its whole page writable
+ * guest RAM, §3), or NULL: for a provider that delivers events itself.
+ */
+struct pvm_vcpu_struct *pvm_m_pvcs(const struct pvm_cpu *cpu, const struct pvm_mem *mem);
+/* 5-level paging (CR4.LA57): canonical addresses have 57 bits. */
+bool pvm_m_la57(const struct pvm_cpu *cpu);
 
 /* Is @gva an allowed linear address under @range (§8.2; decision on 0 inside)? */
 bool pvm_m_la_allowed(uint64_t range, uint64_t gva);

@@ -194,6 +194,12 @@ void pvm_shadow_set_window(struct pvm_shadow *s, uint64_t lo, uint64_t hi);
  * @root is the raw CR3 value (only bits 51:12 identify the root).
  */
 unsigned pvm_shadow_activate(struct pvm_shadow *s, uint64_t root, bool user);
+/*
+ * (Addition) The slot holding (root, user), or -1: no side effect (no
+ * eviction, no LRU tick, the active slot stays).  For a provider that may
+ * switch to that address space itself during a run.
+ */
+int pvm_shadow_find(const struct pvm_shadow *s, uint64_t root, bool user);
 
 /* Result of pvm_shadow_fault(). */
 enum pvm_shadow_fault_result {

@@ -228,6 +228,15 @@ unsigned pvm_shadow_activate(struct pvm_shadow *s, uint64_t root, bool user)
     return s->active = victim;
 }
 
+int pvm_shadow_find(const struct pvm_shadow *s, uint64_t root, bool user)
+{
+    root &= PVM_PTE_ADDR;
+    for (unsigned i = 0; i < s->nslots; i++)
+        if (s->slot[i].lru && s->slot[i].root == root && s->slot[i].user == user)
+            return (int)i;
+    return -1;
+}
+
 /* PVM_PROT_* for a translation in a region with PVM_MEM_* @flags. */
 static unsigned prot_of(bool writable, bool dirty, bool exec, uint32_t flags)
 {

@@ -1,5 +1,6 @@
 /*
- * tests/kmod/kmod_run_test.c - PVM_KMOD_AS_RUN (ABI v2), run inside QEMU by kmod-e2e.
+ * tests/kmod/kmod_run_test.c - PVM_KMOD_AS_RUN (ABI v2, and v3's
+ * PVM_KMOD_RUN_PVM), run inside QEMU by kmod-e2e.
  *
  * Tiny guests of a few instructions, exact to the register: every kind of
  * exit (SYSCALL, #UD, #PF with its error code and CR2, INT3, INT 0x80, #GP of
@@ -8,7 +9,10 @@
  * caller's pages, the module's own pages out of the guest's reach, a long run
  * that host interrupts cut many times, kicks (immediate_exit, a signal), an
  * UNMAP and a close from another thread while a guest runs, migration between
- * CPUs, bad arguments, and another process's address space.
+ * CPUs, bad arguments, and another process's address space; with
+ * PVM_KMOD_RUN_PVM, user SYSCALLs and ERETUs between two address spaces,
+ * exact to the PVCS byte, the ERETUs it must leave to the caller, and its
+ * bad arguments.
  *
  * Every check prints its line on failure; exit status 0 only if all passed.
  */
@@ -546,11 +550,15 @@ static void test_bad_args(void)
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));
-    r.flags = 1;
+    r.flags = 2;
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));
-    r.reserved[5] = 1;
+    r.pvm = 8; /* without PVM_KMOD_RUN_PVM */
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EINVAL);
+    r = prepare(BYTES(0x0f, 0x05));
+    r.reserved[4] = 1;
     CHECK_EQ(run(&r), -1);
     CHECK_EQ(errno, EINVAL);
     r = prepare(BYTES(0x0f, 0x05));
@@ -573,11 +581,242 @@ static void test_bad_args(void)
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- PVM_KMOD_RUN_PVM ------------------------------------------------------------ */
+
+#define KCODE 0x500000ull        /* the kernel address space's code (RX) */
+#define KSTACK 0x601000ull       /* its stack page (RW), top KSTACK + PG */
+#define SUP_RSP (KSTACK + 0x800)
+#define KGS 0x5555000ull          /* MSR_KERNEL_GS_BASE */
+#define UGS 0x7654321000ull       /* the user's GS base */
+
+/* The Gen A PVCS (docs/pvm-abi.md §3.1). */
+struct pvcs {
+    uint64_t event_flags;
+    uint32_t event_errcode, event_vector;
+    uint64_t cr2, reserved0[5];
+    uint16_t user_cs, user_ss;
+    uint32_t reserved1;
+    uint64_t reserved2, user_gsbase;
+    uint32_t eflags, pkru;
+    uint64_t rip, rsp, rcx, r11;
+};
+_Static_assert(sizeof(struct pvcs) == 128, "PVCS layout");
+
+static int kas = -1;               /* the kernel address space */
+static uint8_t *kcode, *kstack, *pvcs_page;
+
+/*
+ * User code at CODE: 1: inc %rbx; mov $7,%eax; syscall; jmp 1b.
+ * Kernel code at KCODE (LSTAR): sub $8,%rsp; inc %r12; cmp %r15,%r12; je 1f;
+ * syscall (the ERETU site, RETU_RIP = KCODE + 13); 1: ud2.
+ */
+static const uint8_t user_loop[] = { 0x48, 0xff, 0xc3, 0xb8, 7, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf4 };
+static const uint8_t kernel_entry[] = { 0x48, 0x83, 0xec, 0x08, 0x49, 0xff, 0xc4, 0x4d, 0x39, 0xfc, 0x74, 0x03,
+                                        0x90, 0x0f, 0x05, 0x0f, 0x0b };
+#define RETU_RIP (KCODE + 13)
+#define USER_RET (CODE + 10) /* after the user's SYSCALL */
+
+static void pvm_setup(void)
+{
+    struct pvm_kmod_create_as c = { 0 };
+    kas = ioctl(dev, PVM_KMOD_CREATE_AS, &c);
+    CHECK(kas >= 0);
+    kcode = page();
+    kstack = page();
+    pvcs_page = page();
+    memcpy(kcode, kernel_entry, sizeof(kernel_entry));
+    struct pvm_kmod_map m = { .gva = KCODE, .uaddr = (uintptr_t)kcode, .len = PG,
+                              .flags = PVM_KMOD_MAP_READ | PVM_KMOD_MAP_EXEC };
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_MAP, &m), 0);
+    m = (struct pvm_kmod_map){ .gva = KSTACK, .uaddr = (uintptr_t)kstack, .len = PG,
+                               .flags = PVM_KMOD_MAP_READ | PVM_KMOD_MAP_WRITE };
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_MAP, &m), 0);
+}
+
+static struct pvm_kmod_pvm pvm_block(uint32_t mode)
+{
+    return (struct pvm_kmod_pvm){ .pvcs = (uintptr_t)pvcs_page, .lstar = KCODE, .retu_rip_plus2 = RETU_RIP + 2,
+                                  .kernel_gs_base = KGS, .supervisor_rsp = SUP_RSP, .other_as = kas,
+                                  .mode = mode };
+}
+
+/*
+ * Five user SYSCALLs and four ERETUs in one RUN: the kernel ends it with
+ * #UD at its fifth entry.  Every register and PVCS byte is the model's
+ * (lib/machine/event.c, eret.c).
+ */
+static void test_pvm_switches(void)
+{
+    struct pvm_kmod_run r = prepare(user_loop, sizeof(user_loop));
+    struct pvm_kmod_pvm p = pvm_block(PVM_KMOD_MODE_USER);
+    struct pvcs *v = (struct pvcs *)pvcs_page;
+    memset(pvcs_page, 0xa5, 128);
+    v->event_flags = 0x300; /* IF and IP: the user event clears IF, ERETU IP */
+    r.flags = PVM_KMOD_RUN_PVM;
+    r.pvm = (uintptr_t)&p;
+    r.regs.gpr[R15] = 5;
+    r.regs.gs_base = UGS;
+    r.regs.rflags = 0x2 | 0x1 | 0x400; /* CF, DF */
+    CHECK_EQ(run(&r), 0);
+    CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_EXCEPTION);
+    CHECK_EQ(r.vector, 6);
+    CHECK_EQ(r.regs.rip, KCODE + 15);
+    CHECK_EQ(p.mode, PVM_KMOD_MODE_SUPERVISOR);
+    CHECK_EQ(p.switches, 9);
+    CHECK_EQ(p.eretus, 4);
+    CHECK_EQ(p.supervisor_rsp, SUP_RSP - 4 * 8); /* RSP at the fourth ERETU */
+    CHECK_EQ(r.regs.gpr[RSP], SUP_RSP - 5 * 8);
+    CHECK_EQ(r.regs.gpr[RBX], 5);
+    CHECK_EQ(r.regs.gpr[R12], 5);
+    CHECK_EQ(r.regs.gpr[RAX], 7);
+    CHECK_EQ(r.regs.gpr[RCX], KCODE); /* §5.6: RCX = RIP of the entry */
+    CHECK_EQ(r.regs.gpr[R11], 0x202);
+    CHECK_EQ(r.regs.rflags, 0x202 | 0x40 | 0x4); /* the entry's 0x202, then cmp: ZF PF */
+    CHECK_EQ(r.regs.gs_base, KGS);
+    CHECK_EQ(r.cs, 0x33);
+    /* The fifth user event's PVCS; ERETU read the fourth's back. */
+    CHECK_EQ(v->event_flags, 0);
+    CHECK_EQ(v->user_cs, 0x33);
+    CHECK_EQ(v->user_ss, 0x2b);
+    CHECK_EQ(v->user_gsbase, UGS);
+    CHECK_EQ(v->rip, USER_RET);
+    CHECK_EQ(v->rcx, USER_RET);
+    CHECK_EQ(v->rsp, DATA + PG);
+    /* The user's RFLAGS at its SYSCALL: CF DF kept, inc's flags (5: PF), IF; R11 the CPU's. */
+    CHECK_EQ(v->eflags, 0x2 | 0x1 | 0x400 | 0x4 | 0x200);
+    CHECK_EQ(v->r11, 0x2 | 0x1 | 0x400 | 0x4 | 0x200);
+    CHECK_EQ(v->pkru, 0);
+    /* What a SYSCALL event leaves alone (§10.5), and the reserved fields. */
+    CHECK_EQ(v->event_errcode, 0xa5a5a5a5u);
+    CHECK_EQ(v->event_vector, 0xa5a5a5a5u);
+    CHECK_EQ(v->cr2, 0xa5a5a5a5a5a5a5a5ull);
+    for (unsigned i = 0; i < 5; i++)
+        CHECK_EQ(v->reserved0[i], 0xa5a5a5a5a5a5a5a5ull);
+    CHECK_EQ(v->reserved1, 0xa5a5a5a5u);
+    CHECK_EQ(v->reserved2, 0xa5a5a5a5a5a5a5a5ull);
+
+    /* ERETU from there (a RUN of the kernel address space) goes back to user mode in `as`. */
+    struct pvm_kmod_run k = r;
+    struct pvm_kmod_pvm kp = pvm_block(PVM_KMOD_MODE_SUPERVISOR);
+    kp.other_as = as;
+    kp.supervisor_rsp = p.supervisor_rsp;
+    k.pvm = (uintptr_t)&kp;
+    k.regs.rip = RETU_RIP;
+    k.regs.gpr[R15] = 7; /* two more entries */
+    v->eflags = 0x2 | 0x80 | 0x40000 | 0x3000; /* SF, AC; IOPL dropped */
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_RUN, &k), 0);
+    CHECK_EQ(k.exit_reason, PVM_KMOD_EXIT_EXCEPTION);
+    CHECK_EQ(k.vector, 6);
+    CHECK_EQ(kp.switches, 4);
+    CHECK_EQ(kp.eretus, 2);
+    CHECK_EQ(kp.mode, PVM_KMOD_MODE_SUPERVISOR);
+    CHECK_EQ(k.regs.gpr[RBX], 7);
+    CHECK_EQ(k.regs.gpr[R12], 7);
+    /* ERETU took AC and SF (IOPL dropped); the user's inc to 7 then left AC with SF, PF clear. */
+    CHECK_EQ(v->eflags, 0x2 | 0x40000 | 0x200);
+}
+
+/* ERETUs a RUN could not enter, and SYSCALLs that are neither, end the run untouched. */
+static void test_pvm_not_delivered(void)
+{
+    struct pvcs *v = (struct pvcs *)pvcs_page;
+    static const struct { uint16_t cs, ss; uint64_t rip; } bad[] = {
+        { 0x10, 0x2b, CODE },                   /* kernel CS */
+        { 0x33, 0x18, CODE },                   /* SS */
+        { 0x33, 0x2b, 0x0000800000000000ull },  /* non-canonical RIP */
+        { 0x23, 0x2b, 0x100000000ull },          /* compat mode above 4 GiB */
+    };
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(pvcs_page, 0, 128);
+        v->user_cs = bad[i].cs;
+        v->user_ss = bad[i].ss;
+        v->rip = bad[i].rip;
+        v->event_flags = 0x100;
+        struct pvm_kmod_run k = prepare(user_loop, sizeof(user_loop));
+        struct pvm_kmod_pvm kp = pvm_block(PVM_KMOD_MODE_SUPERVISOR);
+        kp.other_as = as;
+        k.flags = PVM_KMOD_RUN_PVM;
+        k.pvm = (uintptr_t)&kp;
+        k.regs.rip = RETU_RIP;
+        k.regs.gpr[RSP] = 0x1234;
+        CHECK_EQ(ioctl(kas, PVM_KMOD_AS_RUN, &k), 0);
+        CHECK_EQ(k.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+        CHECK_EQ(k.regs.rip, RETU_RIP + 2);
+        CHECK_EQ(kp.switches, 0);
+        CHECK_EQ(kp.mode, PVM_KMOD_MODE_SUPERVISOR);
+        CHECK_EQ(kp.supervisor_rsp, SUP_RSP);
+        CHECK_EQ(v->event_flags, 0x100); /* IP stays */
+    }
+    /* A SYSCALL in supervisor mode elsewhere: a hypercall, the caller's. */
+    struct pvm_kmod_run k = prepare(BYTES(0x0f, 0x05));
+    struct pvm_kmod_pvm kp = pvm_block(PVM_KMOD_MODE_SUPERVISOR);
+    k.flags = PVM_KMOD_RUN_PVM;
+    k.pvm = (uintptr_t)&kp;
+    kp.other_as = kas;
+    CHECK_EQ(run(&k), 0);
+    CHECK_EQ(k.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+    CHECK_EQ(k.regs.rip, CODE + 2);
+    CHECK_EQ(kp.switches, 0);
+}
+
+/* A page the caller may only read, and the vDSO (neither anonymous-writable nor tmpfs). */
+static void *rodata_host(void)
+{
+    void *p = mmap(NULL, PG, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED);
+    return p;
+}
+
+static void *vdso_page(void)
+{
+    return (void *)getauxval(AT_SYSINFO_EHDR);
+}
+
+static void test_pvm_bad_args(void)
+{
+    struct pvm_kmod_run r = prepare(BYTES(0x0f, 0x05));
+    struct pvm_kmod_pvm p;
+    r.flags = PVM_KMOD_RUN_PVM;
+    r.pvm = (uintptr_t)&p;
+#define BAD_PVM(field, value, err)                                                                \
+    do {                                                                                        \
+        p = pvm_block(PVM_KMOD_MODE_USER);                                                      \
+        p.field = value;                                                                        \
+        r.regs.rip = CODE;                                                                      \
+        CHECK_EQ(run(&r), -1);                                                                  \
+        CHECK_EQ(errno, err);                                                                   \
+    } while (0)
+    BAD_PVM(other_as, as, EINVAL);       /* its own address space */
+    BAD_PVM(other_as, -1, EINVAL);
+    BAD_PVM(other_as, dev, EINVAL);      /* not an address space */
+    BAD_PVM(other_as, 0, EINVAL);        /* stdin */
+    BAD_PVM(mode, 2, EINVAL);
+    BAD_PVM(reserved[3], 1, EINVAL);
+    BAD_PVM(switches, 1, EINVAL);
+    BAD_PVM(pvcs, (uintptr_t)pvcs_page + 64, EINVAL);
+    BAD_PVM(lstar, 0x0000800000000000ull, EINVAL);
+    BAD_PVM(kernel_gs_base, 0x8000000000000000ull, EINVAL);
+    BAD_PVM(pvcs, 0x1000, EFAULT);                 /* nothing mapped there */
+    BAD_PVM(pvcs, (uintptr_t)rodata_host(), EFAULT); /* read-only for the caller */
+    BAD_PVM(pvcs, (uintptr_t)vdso_page(), EFAULT); /* not anonymous or tmpfs memory */
+    r.pvm = 8;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EFAULT);
+    r.pvm = 0;
+    CHECK_EQ(run(&r), -1);
+    CHECK_EQ(errno, EFAULT);
+    /* Nothing ran, nothing is left pinned: only the mapped pages. */
+    struct pvm_kmod_info info;
+    CHECK_EQ(ioctl(dev, PVM_KMOD_INFO, &info), 0);
+    CHECK_EQ(info.nr_pinned, 5); /* CODE DATA RODATA, KCODE KSTACK */
+}
+
 /* The last run's pages go when the address space does: nothing is left behind. */
 static void test_close_after_runs(void)
 {
     struct pvm_kmod_info info;
     close(as);
+    close(kas);
     CHECK_EQ(ioctl(dev, PVM_KMOD_INFO, &info), 0);
     CHECK_EQ(info.nr_as, 0);
     CHECK_EQ(info.nr_pinned, 0);
@@ -619,6 +858,27 @@ static void time_runs(void)
         }
     printf("kmod_run_test: RUN of one guest SYSCALL %.0f ns, RUN that never enters %.0f ns, getpid %.0f ns "
            "(medians)\n", run_ns[4], noentry_ns[4], pid_ns[4]);
+    /* PVM_KMOD_RUN_PVM: user SYSCALL -> kernel -> ERETU round trips inside one RUN. */
+    pvm_setup();
+    double rt_ns[5];
+    for (int b = 0; b < 5; b++) {
+        struct pvm_kmod_run r = prepare(user_loop, sizeof(user_loop));
+        struct pvm_kmod_pvm p = pvm_block(PVM_KMOD_MODE_USER);
+        r.flags = PVM_KMOD_RUN_PVM;
+        r.pvm = (uintptr_t)&p;
+        r.regs.gpr[R15] = 2001;
+        double t0 = now_ns();
+        run(&r);
+        rt_ns[b] = (now_ns() - t0) / 2000;
+        CHECK_EQ(p.switches, 4001);
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            if (rt_ns[j] < rt_ns[i]) {
+                double t = rt_ns[i];
+                rt_ns[i] = rt_ns[j], rt_ns[j] = t;
+            }
+    printf("kmod_run_test: user SYSCALL -> kernel -> ERETU in the module %.0f ns (median of 5 x 2000)\n", rt_ns[2]);
 }
 
 #define STEP(fn) (printf("kmod_run_test: %s\n", #fn), fflush(stdout), fn())
@@ -630,7 +890,7 @@ int main(int argc, char **argv)
         perror(PVM_KMOD_DEVICE);
         return 2;
     }
-    CHECK_EQ(ioctl(dev, PVM_KMOD_GET_VERSION, 0), 2);
+    CHECK_EQ(ioctl(dev, PVM_KMOD_GET_VERSION, 0), 3);
     struct pvm_kmod_create_as c = { 0 };
     as = ioctl(dev, PVM_KMOD_CREATE_AS, &c);
     if (as < 0) {
@@ -661,6 +921,10 @@ int main(int argc, char **argv)
     STEP(test_unmap_waits_for_run);
     STEP(test_migration);
     STEP(test_bad_args);
+    STEP(pvm_setup);
+    STEP(test_pvm_switches);
+    STEP(test_pvm_not_delivered);
+    STEP(test_pvm_bad_args);
     STEP(test_close_after_runs);
     close(dev);
     printf("kmod_run_test: %s (%d failed checks)\n", failures ? "FAIL" : "ok", failures);

@@ -4,7 +4,11 @@
  *
  * The provider is thin: one module address space per shadow slot, filled
  * with AS_MAP of the library's own mapping of guest RAM; run() is one
- * PVM_KMOD_AS_RUN, which returns at the guest's first trap.  Guest code runs
+ * PVM_KMOD_AS_RUN, which returns at the guest's first trap, except that with
+ * a module of ABI version 3 prepare() lets the module deliver a user SYSCALL
+ * and ERETU itself (PVM_KMOD_RUN_PVM) when nothing else is due first: a user
+ * syscall round trip then never leaves the kernel.  PVM_KMOD_FASTPATH=0 turns
+ * that off.  Guest code runs
  * at ring 3 on the vCPU thread itself, so the thread's FPU state is the
  * guest's while it runs: run() swaps the two around the ioctl, in one asm
  * statement so that no compiled code runs with the guest's MXCSR.
@@ -27,6 +31,9 @@
 #include <pvm/kmod.h>
 
 #include "hv/hv.h"
+#include "kmod.h"
+
+extern const struct pvm_backend_ops pvm_kmod_backend;
 
 #define KMOD_GUEST_LO 0x10000ull
 #define KMOD_GUEST_HI 0x7f0000000000ull
@@ -34,7 +41,10 @@
 struct kmod_cpu {
     int dev;
     int as[PVM_SHADOW_MAX_ROOTS];  /* atomic: -1 until activated */
+    bool deliver_on;               /* module ABI >= 3 and PVM_KMOD_FASTPATH != "0" */
+    uint64_t switches;             /* mode switches the module delivered (statistics) */
     struct pvm_kmod_run run;
+    struct pvm_kmod_pvm pvm;       /* run.pvm points here while prepare() allows it */
     uint8_t *fpu;                  /* the guest's FPU image (XSAVE or FXSAVE layout) */
     uint8_t *host_fpu;             /* the thread's, while the guest's is loaded */
 };
@@ -72,8 +82,8 @@ static struct kmod_cpu *kc_of(const struct pvm_hv_vcpu *hv)
     return hv->pdata;
 }
 
-/* /dev/pvm with the world switch (ABI >= 2), or PVM_ENODEV with the reason. */
-static int open_dev(int *out)
+/* /dev/pvm with the world switch (ABI >= 2), or PVM_ENODEV with the reason; its version in *abi. */
+static int open_dev(int *out, int *abi)
 {
     int fd = open(PVM_KMOD_DEVICE, O_RDWR | O_CLOEXEC);
     if (fd < 0)
@@ -86,13 +96,15 @@ static int open_dev(int *out)
                           PVM_KMOD_DEVICE, v);
     }
     *out = fd;
+    if (abi)
+        *abi = v;
     return 0;
 }
 
 static int kmod_probe(void)
 {
     int fd = -1;
-    int rc = open_dev(&fd);
+    int rc = open_dev(&fd, NULL);
     if (rc == 0)
         close(fd);
     return rc;
@@ -103,6 +115,9 @@ static void kmod_vcpu_fini(struct pvm_hv_vcpu *hv)
     struct kmod_cpu *kc = kc_of(hv);
     if (!kc)
         return;
+    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu mode switches delivered by the module, %llu #PF and %llu fetch prefetches",
+             hv->v->id, (unsigned long long)kc->switches, (unsigned long long)hv->prefetches,
+             (unsigned long long)hv->fetch_prefetches);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         if (kc->as[i] >= 0)
             close(kc->as[i]);
@@ -125,9 +140,12 @@ static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
         kc->as[i] = -1;
     /* A fault costs a world switch and a return to user space: prefetch what the retry would fault. */
     hv->prefetch_on = true;
-    int rc = open_dev(&kc->dev);
+    int abi = 0;
+    int rc = open_dev(&kc->dev, &abi);
     if (rc < 0)
         return rc;
+    const char *fp = getenv("PVM_KMOD_FASTPATH");
+    kc->deliver_on = abi >= 3 && !(fp && !strcmp(fp, "0"));
     /* The module's per-address-space page limit bounds the shadow MMU's budget (which then resets the slot). */
     struct pvm_kmod_info info;
     if (ioctl(kc->dev, PVM_KMOD_INFO, &info) == 0)
@@ -237,6 +255,53 @@ static void kmod_kick(struct pvm_hv_vcpu *hv, unsigned slot)
         ioctl(as, PVM_KMOD_AS_KICK, 0);
 }
 
+static bool canonical48(uint64_t va)
+{
+    return va < 0x0000800000000000ull || va >= 0xffff800000000000ull;
+}
+
+/*
+ * May the module deliver a user SYSCALL and ERETU itself this run
+ * (PVM_KMOD_RUN_PVM)?  Only when the model would do nothing between them but
+ * those two: nothing to deliver or hold pending, no halt, no guest debugging
+ * or event trace (the core must see every event then), a PVCS in writable
+ * RAM, and the other mode's address space already a slot
+ * (pvm_shadow_find: no eviction, so the core's view stays exact).
+ */
+static void kmod_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    const struct pvm_cpu *c = &hv->cpu;
+    kc->run.flags = 0;
+    kc->run.pvm = 0;
+    if (!kc->deliver_on || pvm_hv_debug_on(hv) || pvm__log_on(PVM_LOG_TRACE) || c->halted ||
+        pvm_hv_events_pending(hv) || pvm_hv_irqs_pending(c) || pvm_m_la57(c) || c->ss != PVM_USER_DS ||
+        !canonical48(c->msr_lstar) || !canonical48(c->msr_kernel_gs_base))
+        return;
+    struct pvm_vcpu_struct *pvcs = pvm_m_pvcs(c, &hv->mem);
+    int other = pvm_shadow_find(hv->shadow, c->msr_switch_cr3, c->mode != PVM_MODE_USER);
+    if (!pvcs || other < 0 || (unsigned)other == slot || kc->as[other] < 0)
+        return;
+    kc->pvm = (struct pvm_kmod_pvm){
+        .pvcs = (uintptr_t)pvcs,
+        .lstar = c->msr_lstar,
+        .retu_rip_plus2 = c->msr_retu_rip_plus2,
+        .kernel_gs_base = c->msr_kernel_gs_base,
+        .supervisor_rsp = c->msr_supervisor_rsp,
+        .other_as = kc->as[other],
+        .mode = c->mode == PVM_MODE_USER ? PVM_KMOD_MODE_USER : PVM_KMOD_MODE_SUPERVISOR,
+    };
+    kc->run.flags = PVM_KMOD_RUN_PVM;
+    kc->run.pvm = (uintptr_t)&kc->pvm;
+}
+
+uint64_t pvm__kmod_switches(const pvm_vcpu *v)
+{
+    if (!v || v->vm->ops != &pvm_kmod_backend || !v->bdata || !pvm_hv_of(v)->pdata)
+        return 0;
+    return kc_of(pvm_hv_of(v))->switches;
+}
+
 /*
  * ioctl(as, PVM_KMOD_AS_RUN, run) with the guest's FPU state loaded: save
  * the thread's, load the guest's, run, save the guest's, load the thread's.
@@ -293,6 +358,12 @@ static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_re
         return 0;
     }
     memset(trap, 0, sizeof(*trap));
+    if (run->flags & PVM_KMOD_RUN_PVM) {
+        trap->switches = kc->pvm.switches;
+        trap->eretus = kc->pvm.eretus;
+        trap->supervisor_rsp = kc->pvm.supervisor_rsp;
+        kc->switches += kc->pvm.switches;
+    }
     memcpy(regs->gpr, run->regs.gpr, sizeof(regs->gpr));
     regs->rip = run->regs.rip;
     regs->rflags = run->regs.rflags;
@@ -326,7 +397,7 @@ static double kmod_event_us(void)
     double t[24], us = 0;
     int dev = -1, as = -1;
     void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (page == MAP_FAILED || open_dev(&dev) < 0)
+    if (page == MAP_FAILED || open_dev(&dev, NULL) < 0)
         goto out;
     memcpy(page, code, sizeof(code));
     struct pvm_kmod_create_as c = { 0 };
@@ -438,6 +509,7 @@ static const struct pvm_cpu_provider kmod_cpu = {
     .reset = kmod_reset,
     .run = kmod_run_slot,
     .kick = kmod_kick,
+    .prepare = kmod_prepare,
     .get_fpu = kmod_get_fpu,
     .set_fpu = kmod_set_fpu,
     .check_fpu = kmod_check_fpu,
