@@ -28,6 +28,7 @@ struct pvm_as {
 	u64 id;
 	struct list_head node;      /* in as_list while its fd exists */
 	struct pvm_kick kick;       /* PVM_KMOD_AS_KICK: lock-free, any time */
+	struct pvm_pvcs_pin pvcs;   /* PVM_KMOD_RUN_PVM's PVCS page (under lock) */
 };
 
 /* Live address spaces, for the debugfs dump.  Order: as_list_lock, then as->lock. */
@@ -133,12 +134,15 @@ int pvm_pin_pvcs(struct mm_struct *mm, unsigned long uaddr, struct page **page)
 		ret = got == 1 ? 0 : (got == -ENOMEM || got == -EINTR) ? (int)got : -EFAULT;
 	}
 	mmap_read_unlock(mm);
+	if (!ret)
+		atomic_long_inc(&pvm_stats.nr_pinned); /* a leak shows in PVM_KMOD_INFO */
 	return ret;
 }
 
 void pvm_unpin_pvcs(struct page *page)
 {
 	unpin_user_pages_dirty_lock(&page, 1, true);
+	atomic_long_dec(&pvm_stats.nr_pinned);
 }
 
 static long as_map(struct pvm_as *as, const void __user *uarg)
@@ -232,7 +236,7 @@ static long as_run(struct pvm_as *as, void __user *uarg)
 		return -EPERM;
 	if (mutex_lock_killable(&as->lock))
 		return -EINTR;
-	ret = pvm_run(&as->pt, &as->kick, uarg);
+	ret = pvm_run(&as->pt, &as->kick, &as->pvcs, uarg);
 	mutex_unlock(&as->lock);
 	return ret;
 }
@@ -304,6 +308,7 @@ static void as_free(struct pvm_as *as)
 {
 	unsigned long n = as->pt.nr_mapped;
 
+	pvm_pvcs_unpin(&as->pvcs);
 	pvm_pt_fini(&as->pt);
 	if (as->acct) {
 		pvm_acct_uncharge(as->acct, n);

@@ -157,6 +157,26 @@ int pvm_pt_map(struct pvm_pgtable *pt, u64 gva, struct page *page, unsigned int 
 	return 0;
 }
 
+void *pvm_pt_kaddr(struct pvm_pgtable *pt, u64 gva, bool write)
+{
+	u64 *table = pt->pml4, e;
+	int shift;
+
+	if (gva >= PVM_KMOD_GVA_HIGH_END || (gva >= PVM_KMOD_GVA_LOW_END && gva < PVM_KMOD_GVA_HIGH_START))
+		return NULL; /* the switcher's slot, or not canonical */
+	for (shift = 39; shift >= PAGE_SHIFT; shift -= 9) {
+		e = READ_ONCE(table[(gva >> shift) & 511]);
+		if (!(e & _PAGE_PRESENT))
+			return NULL;
+		if (shift == PAGE_SHIFT)
+			break;
+		table = entry_table(e);
+	}
+	if (write && !(e & _PAGE_RW))
+		return NULL;
+	return page_address(entry_page(e)) + (gva & ~PAGE_MASK);
+}
+
 static void unpin_leaf(u64 e)
 {
 	struct page *p = entry_page(e);

@@ -24,6 +24,7 @@
 #include <asm/processor-flags.h>
 #include <asm/segment.h>
 
+#include <pvm/abi.h>
 #include <pvm/kmod.h>
 
 /* Module parameters (read-only once loaded). */
@@ -64,6 +65,8 @@ void pvm_pt_fini(struct pvm_pgtable *pt);
 bool pvm_pt_any_mapped(struct pvm_pgtable *pt, u64 gva, unsigned long n);
 /* Map one page: the leaf must be empty.  0 or -ENOMEM. */
 int pvm_pt_map(struct pvm_pgtable *pt, u64 gva, struct page *page, unsigned int flags);
+/* The kernel address of the mapped byte at @gva (writable if @write), or NULL. */
+void *pvm_pt_kaddr(struct pvm_pgtable *pt, u64 gva, bool write);
 /* Clear the leaves of [gva, end), unpin their pages, free emptied tables. */
 unsigned long pvm_pt_unmap(struct pvm_pgtable *pt, u64 gva, u64 end);
 /* One line per leaf: "id gva pml4e pdpte pde pte". */
@@ -98,22 +101,34 @@ static inline bool pvm_rip_ok(u16 cs, u64 rip)
 }
 
 /* ---- deliver.c: PVM_KMOD_RUN_PVM ------------------------------------------ */
+/* An address space's PVCS page, pinned from one RUN to the next (under its lock). */
+struct pvm_pvcs_pin {
+	u64 uaddr, cookie;
+	struct page *page;         /* NULL: none */
+};
+void pvm_pvcs_unpin(struct pvm_pvcs_pin *pin);
 struct pvm_deliver {
 	struct pvm_kmod_pvm p;     /* the caller's block: mode, supervisor_rsp, counts */
-	struct page *page;         /* the PVCS page, pinned */
-	void *pvcs;                /* the PVCS in it */
+	struct pvm_vcpu_struct *pvcs; /* the PVCS, in its pinned page */
+	bool switch_ok;            /* the other mode's address space is held: switches allowed */
 };
-/* Check @d->p (copied in) and pin its PVCS: 0, -EINVAL or -errno. */
-int pvm_deliver_begin(struct pvm_deliver *d);
-void pvm_deliver_end(struct pvm_deliver *d);
-/* After a SYSCALL trap: deliver it if it is a user SYSCALL or ERETU (true: *g and d->p.mode changed). */
-bool pvm_deliver_syscall(struct pvm_deliver *d, struct pvm_switch_regs *g);
+/* Check @d->p (copied in) and pin its PVCS in @pin (or reuse it); @switch_ok: other_as is held.  0 or -errno. */
+int pvm_deliver_begin(struct pvm_deliver *d, struct pvm_pvcs_pin *pin, bool switch_ok);
+enum { PVM_NOT_DELIVERED, PVM_DELIVERED, PVM_DELIVERED_SWITCHED };
+/*
+ * After a trap with @vector (PVM_SW_SYSCALL or an exception) in @pt: deliver
+ * it if it is one of the module's (*g, d->p updated); PVM_DELIVERED_SWITCHED:
+ * go on in the other mode's address space.
+ */
+int pvm_deliver(struct pvm_deliver *d, struct pvm_switch_regs *g, int vector, struct pvm_pgtable *pt);
 /* An address space's kick: a flag RUN consumes, and the CPU running it (-1: none). */
 struct pvm_kick {
 	atomic_t pending;
 	int cpu;
 };
-long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run __user *urun);
+struct pvm_pvcs_pin;
+long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin *pin,
+	     struct pvm_kmod_run __user *urun);
 void pvm_kick(struct pvm_kick *kick);
 
 /* ---- as.c ---------------------------------------------------------------- */

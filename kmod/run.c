@@ -61,7 +61,8 @@ static u64 root_of(const struct pvm_pgtable *pt)
 	return __pa(pt->pml4) | ((__read_cr4() & X86_CR4_PCIDE) ? PVM_GUEST_PCID : 0);
 }
 
-long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run __user *urun)
+long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin *pin,
+	     struct pvm_kmod_run __user *urun)
 {
 	struct pvm_kmod_run r;
 	struct pvm_switch_regs g;
@@ -91,12 +92,15 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 	if (pvm) {
 		if (copy_from_user(&d.p, u64_to_user_ptr(r.pvm), sizeof(d.p)))
 			return -EFAULT;
-		as[1] = pvm_as_get_peer(d.p.other_as, pt, &peer);
-		if (IS_ERR(as[1]))
-			return PTR_ERR(as[1]);
-		ret = pvm_deliver_begin(&d);
+		if (d.p.other_as != -1) {
+			as[1] = pvm_as_get_peer(d.p.other_as, pt, &peer);
+			if (IS_ERR(as[1]))
+				return PTR_ERR(as[1]);
+		}
+		ret = pvm_deliver_begin(&d, pin, as[1] != NULL);
 		if (ret) {
-			pvm_as_put_peer(peer);
+			if (peer)
+				pvm_as_put_peer(peer);
 			return ret;
 		}
 	}
@@ -148,10 +152,14 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 		/* A SYSCALL from compat mode (AMD; Intel raises #UD): a SYSCALL, CS says which. */
 		if (vector == PVM_SW_SYSCALL32)
 			vector = PVM_SW_SYSCALL;
-		/* A user SYSCALL or ERETU: on in the other mode's address space. */
-		if (pvm && vector == PVM_SW_SYSCALL && pvm_deliver_syscall(&d, &g)) {
-			cur ^= 1;
-			continue;
+		/* A PVM event the module delivers: on, in the other mode's address space after a switch. */
+		if (pvm) {
+			int done = pvm_deliver(&d, &g, vector, as[cur]);
+
+			if (done == PVM_DELIVERED_SWITCHED)
+				cur ^= 1;
+			if (done != PVM_NOT_DELIVERED)
+				continue;
 		}
 		r.exit_reason = vector == PVM_SW_SYSCALL ? PVM_KMOD_EXIT_SYSCALL : PVM_KMOD_EXIT_EXCEPTION;
 		r.vector = vector == PVM_SW_SYSCALL ? 0 : vector;
@@ -167,14 +175,12 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_kmod_run 
 	r.regs.rflags = g.rflags;
 	r.regs.fs_base = g.fs_base;
 	r.regs.gs_base = g.gs_base;
-	if (pvm) {
-		pvm_deliver_end(&d);
+	if (peer)
 		pvm_as_put_peer(peer);
-	}
 	/* Everything before immediate_exit: that one is the kicker's to write. */
 	if ((ret == 0 || ret == -EINTR) &&
 	    (copy_to_user(urun, &r, offsetof(struct pvm_kmod_run, immediate_exit)) ||
-	     (pvm && copy_to_user(u64_to_user_ptr(r.pvm), &d.p, sizeof(d.p)))))
+	     (pvm && d.p.events && copy_to_user(u64_to_user_ptr(r.pvm), &d.p, sizeof(d.p)))))
 		return -EFAULT;
 	return ret;
 }

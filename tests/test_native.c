@@ -193,8 +193,8 @@ static void run_syscall_loop(bool provider_delivers, struct loop_result *out)
     struct pvm_vcpu_struct *p = user_entry(&g);
     p->user_gsbase = 0x5000;
     p->eflags = 0x202 | 0x400; /* DF: kept through every round trip */
-    p->event_flags = PVM_EVENT_FLAGS_IF;
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
+    p->event_flags = PVM_EVENT_FLAGS_IF; /* after set_regs (§5.7); the user event clears it */
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x30);
     memcpy(out->log, g.ram + GVM_DATA + 64, sizeof(out->log));
@@ -264,6 +264,95 @@ START_TEST(user_syscalls_in_one_run)
         ck_assert_uint_eq(a.sup_rsp, b.sup_rsp);
     } else {
         ck_assert_uint_eq(a.switches, 0);
+    }
+}
+END_TEST
+
+/* ---- supervisor events in one run (kmod and native deliver them themselves) ----- */
+
+#define SMOD_N 16
+/*
+ * Kernel loop: a KVM hypercall (VAPIC_POLL_IRQ, RCX := R10 = i), PVM_HC_IRQ_WIN,
+ * 8 bytes less stack, then ud2: #UD through the §5.4 frame to +256 of its own
+ * EVENT_ENTRY (0x100400), whose handler logs the frame, skips the ud2, toggles
+ * CF in the frame and returns with ERETS.  After SMOD_N rounds it reports.
+ */
+extern const uint8_t g_smodl_ud[], g_smodl_win_ret[], g_smodl_entry[];
+GVM_CODE_BLOCK(g_smodl,
+    "xor %r12d, %r12d\n xor %r13d, %r13d\n"
+    "1: mov $1, %eax\n mov %r12, %r10\n syscall\n add %rcx, %r13\n"
+    "movabs $0x17088201, %rax\n syscall\n.globl g_smodl_win_ret\ng_smodl_win_ret:\n"
+    "sub $8, %rsp\n"
+    ".globl g_smodl_ud\ng_smodl_ud:\n ud2\n"
+    "inc %r12\n cmp $" "16" ", %r12\n jb 1b\n" HC(0x31) "ud2\n"
+    ".org 0x400\n.globl g_smodl_entry\ng_smodl_entry:\n ud2\n"
+    ".org 0x500\n"
+    "movabs $0x106000, %r15\n mov (%r15), %rdi\n lea 64(%r15,%rdi), %rdi\n addq $64, (%r15)\n"
+    "mov %rsp, %rsi\n mov $8, %ecx\n rep movsq\n"
+    "addq $2, 8(%rsp)\n xorq $1, 24(%rsp)\n"
+    "movabs $0x104310, %rsi\n jmp *%rsi\n"
+    ".org 0x600\n ud2\n");
+
+struct smod_result {
+    uint64_t log[SMOD_N * 8];
+    struct pvm_regs regs;
+    uint64_t event_flags;
+    uint64_t events;               /* delivered by the kmod module */
+};
+
+static void run_smod_loop(bool provider_delivers, struct smod_result *out)
+{
+    setenv("PVM_KMOD_FASTPATH", provider_delivers ? "1" : "0", 1);
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_boot(&g, g_smodl_start, g_smodl_end);
+    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, MSR_PVM_EVENT_ENTRY, gaddr(g_smodl_start, g_smodl_entry)), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
+    gvm_pvcs(&g)->event_flags = PVM_EVENT_FLAGS_IF; /* after set_regs, whose RFLAGS write sets IF (§5.7) */
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x31);
+    memcpy(out->log, g.ram + GVM_DATA + 64, sizeof(out->log));
+    gvm_regs(&g, &out->regs);
+    out->event_flags = gvm_pvcs(&g)->event_flags;
+    out->events = pvm__kmod_events(g.cpu);
+    gvm_fini(&g);
+    unsetenv("PVM_KMOD_FASTPATH");
+}
+
+/*
+ * SMOD_N rounds of hypercall, IRQ_WIN, #UD and ERETS in one pvm_vcpu_run:
+ * every frame byte is §5.4's, and the kmod module's delivery
+ * (PVM_KMOD_RUN_PVM) leaves exactly what the model does.
+ */
+START_TEST(smod_events_in_one_run)
+{
+    static struct smod_result a, b;
+    run_smod_loop(true, &a);
+    for (unsigned i = 0; i < SMOD_N; i++) {
+        const uint64_t *f = a.log + i * 8;
+        uint64_t rsp = GVM_STACK_TOP - 0x40 - 8 * (i + 1);
+        ck_assert_uint_eq(f[0], 6ull << 32);
+        ck_assert_uint_eq(f[1], gaddr(g_smodl_start, g_smodl_ud));
+        ck_assert_uint_eq(f[2], 0x10);
+        /* IF from the PVCS (ERETS set it again each round), bit 1; arithmetic flags and RF free. */
+        ck_assert_uint_eq(f[3] & ~(uint64_t)0x108d5, 0x202);
+        ck_assert_uint_eq(f[4], rsp);
+        ck_assert_uint_eq(f[5], 0x18);
+        ck_assert_uint_eq(f[6], gaddr(g_smodl_start, g_smodl_win_ret)); /* the CPU's RCX at IRQ_WIN */
+        ck_assert_uint_eq(f[7] & ~(uint64_t)0x108d5, 0x202);            /* R11: RFLAGS there */
+    }
+    ck_assert_uint_eq(a.regs.r12, SMOD_N);
+    ck_assert_uint_eq(a.regs.r13, SMOD_N * (SMOD_N - 1) / 2); /* RCX = R10 after each hypercall */
+    ck_assert_uint_eq(a.regs.rsp, GVM_STACK_TOP - 0x40 - 8 * SMOD_N);
+    ck_assert_uint_eq(a.event_flags, PVM_EVENT_FLAGS_IF);
+    if (gvm_backend() == PVM_BACKEND_KMOD) {
+        /* Hypercall, IRQ_WIN, #UD and ERETS per round; the first run starts before any is there. */
+        ck_assert_msg(a.events >= 4 * SMOD_N - 4, "only %llu events in the module", (unsigned long long)a.events);
+        run_smod_loop(false, &b);
+        ck_assert_uint_eq(b.events, 0);
+        ck_assert_mem_eq(a.log, b.log, sizeof(a.log));
+        ck_assert_mem_eq(&a.regs, &b.regs, sizeof(a.regs));
+        ck_assert_uint_eq(a.event_flags, b.event_flags);
     }
 }
 END_TEST
@@ -2148,6 +2237,7 @@ int main(void)
     tcase_add_test(ev, hypercall_round_trip);
     tcase_add_test(ev, user_syscall_and_eretu);
     tcase_add_test(ev, user_syscalls_in_one_run);
+    tcase_add_test(ev, smod_events_in_one_run);
     tcase_add_test(ev, supervisor_pf_frame_and_erets);
     tcase_add_test(ev, exceptions_delivered);
     tcase_add_test(ev, interrupt_pending_until_irq_win);

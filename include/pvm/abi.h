@@ -2,7 +2,8 @@
  * pvm/abi.h - the PVM "Gen A" guest ABI (RFC kvm-pvm, Feb 2024), byte for byte.
  *
  * Freestanding: includes only the compiler's own <stdint.h> and <stddef.h>, so
- * the same header serves host code and guest (unikernel) code.  Every offset and
+ * the same header serves host code, guest (unikernel) code and the kmod/
+ * module (with the kernel's own types).  Every offset and
  * size is pinned with _Static_assert.  Section numbers (§) refer to
  * shared/docs/pvm-abi.md.
  *
@@ -12,7 +13,10 @@
 #ifndef PVM_ABI_H
 #define PVM_ABI_H
 
-#ifndef __ASSEMBLER__
+#if defined(__KERNEL__)
+#include <linux/stddef.h> /* the kmod/ module (deliver.c) */
+#include <linux/types.h>
+#elif !defined(__ASSEMBLER__)
 #include <stddef.h>
 #include <stdint.h>
 #endif

@@ -63,7 +63,7 @@ struct pvm_kmod_info {
     uint32_t pad0;
     /* Module-wide counters: all 0 once every address space is closed. */
     uint64_t nr_as;              /* live address spaces */
-    uint64_t nr_pinned;          /* user pages pinned by mappings */
+    uint64_t nr_pinned;          /* user pages pinned by mappings and PVCS pins (PVM_KMOD_RUN_PVM) */
     uint64_t nr_tables;          /* page-table pages (PML4s included) */
     uint64_t nr_procs;           /* processes with an address space */
     uint64_t caller_pages;       /* pages the calling process has mapped */
@@ -158,8 +158,10 @@ _Static_assert(sizeof(struct pvm_kmod_as_info) == 64, "pvm_kmod_as_info layout")
  *   FS or GS base, or in compat mode a RIP above 4 GiB; with PVM_KMOD_RUN_PVM
  *   also a bad struct pvm_kmod_pvm: reserved fields, mode, a misaligned PVCS,
  *   a non-canonical lstar or kernel_gs_base, other_as not an address space of
- *   this process or the RUN's own); -EFAULT the run or pvm struct, or the
- *   PVCS page, cannot be read or written;
+ *   this process or the RUN's own); -EBUSY other_as is in use by another
+ *   RUN, MAP or UNMAP; -EFAULT the run or pvm struct, or the PVCS page
+ *   (writable anonymous or tmpfs memory of the caller), cannot be read or
+ *   written;
  *   -EPERM not the creating process; -EOPNOTSUPP this CPU or kernel cannot
  *   (5-level paging, more than 64 CPUs, a Meltdown CPU without PTI).
  * RFLAGS in: only the arithmetic flags, TF, DF, NT, AC, RF and ID are taken;
@@ -181,24 +183,31 @@ _Static_assert(sizeof(struct pvm_kmod_regs) == 160, "pvm_kmod_regs layout");
 
 /*
  * run.flags: PVM_KMOD_RUN_PVM (version 3).  The register file is a PVM Gen A
- * vCPU (docs/pvm-abi.md) and the module delivers, without returning, the two
- * mode switches that need nothing but what struct pvm_kmod_pvm holds:
- *   - in user mode, a SYSCALL from 64-bit code: the user event of §5.3 (the
- *     PVCS fields, IF cleared in event_flags, GS base <- kernel_gs_base, RSP
- *     <- supervisor_rsp, RIP = RCX = lstar, R11 = RFLAGS = 0x202) and
- *     supervisor mode;
- *   - in supervisor mode, a SYSCALL from 64-bit code with RIP = retu_rip_plus2:
- *     ERETU (§6.2: supervisor_rsp <- RSP, IP cleared in event_flags, CS/SS =
- *     user_cs/user_ss | 3, GS base = user_gsbase sign-extended from bit 47,
- *     RFLAGS = eflags | IF, RIP RSP RCX R11 from the PVCS) and user mode;
- * each time going on in the other mode's address space (other_as: the one
- * for the guest's swapped CR3 pair; the guest's CR3 and SWITCH_CR3 are the
- * caller's to swap, once per switch).  An ERETU whose PVCS names a CS or RIP
- * this RUN could not take (CS not 0x33 or 0x23, SS not 0x2b, a RIP the RUN
- * would refuse) is not delivered: it ends the run as a SYSCALL, as any other
- * trap does.  The caller asks for this only while it has no event to deliver
- * first (a KICK ends the run to deliver a new one).  The PVCS page is pinned
- * for the run, so the module never writes through a stale address.
+ * vCPU (docs/pvm-abi.md) and the module delivers, without returning, the
+ * events that need nothing but what struct pvm_kmod_pvm holds, with the
+ * results of the library's machine model:
+ *   in user mode:
+ *     - a SYSCALL from 64-bit code: the user event of §5.3 at lstar;
+ *     - #DE #DB #BP #OF #BR #UD #NM #MF #XM: the user event at event_entry;
+ *     both write the PVCS and go on in supervisor mode in other_as;
+ *   in supervisor mode (CS 0x33):
+ *     - ERETU (a SYSCALL at retu_rip_plus2, §6.2): from the PVCS, on in user
+ *       mode in other_as;
+ *     - ERETS (at rets_rip_plus2, §6.3): from the 64-byte frame at RSP;
+ *     - the same nine exceptions: the §5.4 frame below RSP, at event_entry + 256;
+ *     - hypercalls with no state (§7): PVM_HC_IRQ_WIN, undefined PVM numbers
+ *       and the KVM range (answered as KVM does, by kvm_features).
+ * A frame is read or written only where this RUN's address space maps it
+ * (writable to write), all 64 bytes in one page.  Anything else, or an
+ * event whose result this RUN could not enter (a CS other than 0x33/0x23, SS
+ * other than 0x2b, a RIP the RUN would refuse), ends the run as in version 2,
+ * with nothing changed.  The guest's CR3 pair and the NMI mask are the
+ * caller's: it swaps CR3 and SWITCH_CR3 once per mode switch and releases
+ * the NMI mask if nmi_unmasked.  The caller asks for this only while it has
+ * nothing to deliver first (a KICK ends the run to deliver a new event).
+ * The PVCS page is pinned (and stays pinned for the next RUN of the same
+ * address space while pvcs and pvcs_cookie stay the same, until it closes):
+ * the module never writes through a stale address.
  */
 #define PVM_KMOD_RUN_PVM 0x1u
 
@@ -207,18 +216,30 @@ _Static_assert(sizeof(struct pvm_kmod_regs) == 160, "pvm_kmod_regs layout");
 
 struct pvm_kmod_pvm {
     uint64_t pvcs;               /* in: the caller's address of the 128-byte PVCS (128-byte aligned) */
+    uint64_t pvcs_cookie;        /* in: the address space keeps its PVCS page pinned from one RUN to
+                                    the next while pvcs and this stay the same: change it when
+                                    the memory at pvcs may have been replaced */
     uint64_t lstar;              /* in: MSR_LSTAR (canonical) */
+    uint64_t event_entry;        /* in: MSR_PVM_EVENT_ENTRY */
     uint64_t retu_rip_plus2;     /* in: MSR_PVM_RETU_RIP + 2 */
+    uint64_t rets_rip_plus2;     /* in: MSR_PVM_RETS_RIP + 2 */
+    uint64_t redzone;            /* in: MSR_PVM_SUPERVISOR_REDZONE */
     uint64_t kernel_gs_base;     /* in: MSR_KERNEL_GS_BASE (canonical) */
     uint64_t supervisor_rsp;     /* in and out: MSR_PVM_SUPERVISOR_RSP */
-    int32_t other_as;            /* in: fd of the other mode's address space (of this process) */
+    int32_t other_as;            /* in: fd of the other mode's address space (of this process),
+                                    or -1: no mode switch is delivered */
     uint32_t mode;               /* in and out: PVM_KMOD_MODE_* (the run ends in the RUN's own
                                     address space when it ends in the mode it started in) */
-    uint32_t switches;           /* out: mode switches delivered in the module */
-    uint32_t eretus;             /* out: how many of them were ERETU (the NMI mask is released) */
-    uint64_t reserved[4];        /* 0 */
+    uint32_t kvm_features;       /* in: CPUID 0x40000001 EAX (KVM_FEATURE_PV_SCHED_YIELD) */
+    uint16_t sup_cs;             /* in: the supervisor CS frames show (STAR[47:32] & ~3; SS + 8) */
+    uint16_t pad0;               /* 0 */
+    uint32_t events;             /* out: events delivered in the module (switches included) */
+    uint32_t switches;           /* out: how many of them switched mode */
+    uint32_t nmi_unmasked;       /* out: 1 if an ERETU or ERETS released the NMI mask */
+    uint32_t pad1;               /* 0 */
+    uint64_t reserved[3];        /* 0 */
 };
-_Static_assert(sizeof(struct pvm_kmod_pvm) == 88, "pvm_kmod_pvm layout");
+_Static_assert(sizeof(struct pvm_kmod_pvm) == 128, "pvm_kmod_pvm layout");
 
 struct pvm_kmod_run {
     struct pvm_kmod_regs regs;   /* in and out */
@@ -233,8 +254,8 @@ struct pvm_kmod_run {
                                     never written by the module */
     uint8_t pad0[7];
     uint64_t pvm;                /* in: with PVM_KMOD_RUN_PVM, the caller's address of a struct
-                                    pvm_kmod_pvm (in and out, written back with the registers);
-                                    else 0 */
+                                    pvm_kmod_pvm (in and out: written back with the registers
+                                    when its events are not 0, else left as it was); else 0 */
     uint64_t reserved[5];
 };
 _Static_assert(sizeof(struct pvm_kmod_run) == 248, "pvm_kmod_run layout");

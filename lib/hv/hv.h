@@ -46,15 +46,16 @@ struct pvm_hv_trap {
     uint32_t error_code;
     uint64_t cr2;
     /*
-     * Mode switches the provider delivered itself before this trap, where
-     * its prepare() allowed them (kmod: a user SYSCALL, §5.3, and ERETU,
-     * §6.2), with the model's effects on the PVCS and the registers; the core
-     * applies the rest to the model (the mode and the CR3 swap per switch,
-     * SUPERVISOR_RSP, the NMI mask) and runs the trap in the slot it ended
-     * in.  The core zeroes them before run().
+     * Events the provider delivered itself before this trap, where its
+     * prepare() allowed them (kmod: PVM_KMOD_RUN_PVM), with the model's
+     * effects on guest memory and the registers; the core applies the rest
+     * to the model (per mode switch the mode and the CR3 swap; SUPERVISOR_RSP,
+     * the NMI mask) and handles the trap in the slot it came from.  The core
+     * zeroes events before run(); the rest counts only with events.
      */
-    uint32_t switches;
-    uint32_t eretus;          /* how many of them were ERETU */
+    uint32_t events;
+    uint32_t switches;        /* how many of them switched mode (user event, ERETU) */
+    bool nmi_unmasked;        /* an ERETU or ERETS released the NMI mask */
     uint64_t supervisor_rsp;  /* MSR_PVM_SUPERVISOR_RSP after them */
     char msg[128];
 };

@@ -229,26 +229,25 @@ static enum pvm_m_result handle_trap(struct pvm_hv_vcpu *hv, const struct pvm_hv
 }
 
 /*
- * Mode switches the provider delivered itself (pvm_hv_trap.switches): the
- * model's side of them, as pvm_m_syscall would have left it, before the
- * registers are read back (their IF depends on the mode).  Returns the slot
- * the trap happened in, now the active one.
+ * Events the provider delivered itself (pvm_hv_trap.events): the model's
+ * side of them, as its own delivery would have left it, before the
+ * registers are read back (their IF depends on the mode).  True if the mode
+ * changed: the trap came from the other slot.
  */
-static unsigned apply_switches(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t)
+static bool apply_provider_events(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t)
 {
     struct pvm_cpu *c = &hv->cpu;
+    c->msr_supervisor_rsp = t->supervisor_rsp; /* §6.2: ERETU saves RSP there */
+    if (t->nmi_unmasked)
+        c->nmi_masked = false;                 /* §10.31: ERETU and ERETS */
+    if (!(t->switches & 1))
+        return false;
     /* §1.3: every switch toggles the mode and swaps CR3 with SWITCH_CR3 (§10.25: no flush). */
-    if (t->switches & 1) {
-        uint64_t cr3 = c->cr3;
-        c->mode = c->mode == PVM_MODE_USER ? PVM_MODE_SUPERVISOR : PVM_MODE_USER;
-        c->cr3 = c->msr_switch_cr3;
-        c->msr_switch_cr3 = cr3;
-    }
-    if (t->eretus) {
-        c->msr_supervisor_rsp = t->supervisor_rsp; /* §6.2 */
-        c->nmi_masked = false;                     /* §10.31 */
-    }
-    return pvm_shadow_activate(hv->shadow, c->cr3, c->mode == PVM_MODE_USER);
+    uint64_t cr3 = c->cr3;
+    c->mode = c->mode == PVM_MODE_USER ? PVM_MODE_SUPERVISOR : PVM_MODE_USER;
+    c->cr3 = c->msr_switch_cr3;
+    c->msr_switch_cr3 = cr3;
+    return true;
 }
 
 /* A PVM_EXIT_DEBUG for @vector at the current RIP (pvm_vcpu_set_guest_debug). */
@@ -283,7 +282,7 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     struct pvm_hv_regs regs;
     struct pvm_hv_trap trap;
     regs_to_provider(c, &regs);
-    trap.switches = trap.eretus = 0;
+    trap.events = 0;
     /* pvm_vcpu_set_guest_debug single-step: TF for the provider's run only, the guest keeps its own. */
     const uint64_t guest_tf = c->rflags & PVM_RFLAGS_TF;
     if (hv->dbg.step)
@@ -320,8 +319,8 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         *fatal_rc = fatal(hv, exit, PVM_EINTERNAL, "%s: vCPU %u: %s", p->name, hv->v->id, trap.msg);
         return PVM_M_EXIT;
     }
-    if (trap.switches)
-        hv->ran_slot = (int)(slot = apply_switches(hv, &trap));
+    if (trap.events && apply_provider_events(hv, &trap))
+        hv->ran_slot = (int)(slot = pvm_shadow_activate(hv->shadow, c->cr3, c->mode == PVM_MODE_USER));
     regs_from_provider(hv, &regs);
     if (hv->dbg.step) {
         c->rflags = (c->rflags & ~PVM_RFLAGS_TF) | guest_tf;

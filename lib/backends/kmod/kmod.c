@@ -5,10 +5,11 @@
  * The provider is thin: one module address space per shadow slot, filled
  * with AS_MAP of the library's own mapping of guest RAM; run() is one
  * PVM_KMOD_AS_RUN, which returns at the guest's first trap, except that with
- * a module of ABI version 3 prepare() lets the module deliver a user SYSCALL
- * and ERETU itself (PVM_KMOD_RUN_PVM) when nothing else is due first: a user
- * syscall round trip then never leaves the kernel.  PVM_KMOD_FASTPATH=0 turns
- * that off.  Guest code runs
+ * a module of ABI version 3 prepare() lets the module deliver the common
+ * events itself (PVM_KMOD_RUN_PVM: user SYSCALL and exceptions, ERETU,
+ * ERETS, supervisor exceptions, hypercalls without state) when nothing else
+ * is due first: a user syscall round trip then never leaves the kernel.
+ * PVM_KMOD_FASTPATH=0 turns that off.  Guest code runs
  * at ring 3 on the vCPU thread itself, so the thread's FPU state is the
  * guest's while it runs: run() swaps the two around the ioctl, in one asm
  * statement so that no compiled code runs with the guest's MXCSR.
@@ -42,9 +43,17 @@ struct kmod_cpu {
     int dev;
     int as[PVM_SHADOW_MAX_ROOTS];  /* atomic: -1 until activated */
     bool deliver_on;               /* module ABI >= 3 and PVM_KMOD_FASTPATH != "0" */
-    uint64_t switches;             /* mode switches the module delivered (statistics) */
+    uint64_t events, switches;     /* delivered by the module, of which mode switches (statistics) */
     struct pvm_kmod_run run;
     struct pvm_kmod_pvm pvm;       /* run.pvm points here while prepare() allows it */
+    /* prepare()'s lookups, kept while what they depend on stays (a run costs a few of them). */
+    struct {
+        uint64_t gpa, gen;         /* MSR_PVM_VCPU_STRUCT and the regions' generation it was found in */
+        struct pvm_vcpu_struct *p; /* NULL: look again */
+        uint32_t cpuid_gen;
+        bool feat_ok;
+        uint32_t kvm_features;
+    } memo;
     uint8_t *fpu;                  /* the guest's FPU image (XSAVE or FXSAVE layout) */
     uint8_t *host_fpu;             /* the thread's, while the guest's is loaded */
 };
@@ -115,8 +124,9 @@ static void kmod_vcpu_fini(struct pvm_hv_vcpu *hv)
     struct kmod_cpu *kc = kc_of(hv);
     if (!kc)
         return;
-    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu mode switches delivered by the module, %llu #PF and %llu fetch prefetches",
-             hv->v->id, (unsigned long long)kc->switches, (unsigned long long)hv->prefetches,
+    pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu events delivered by the module (%llu mode switches), "
+             "%llu #PF and %llu fetch prefetches", hv->v->id, (unsigned long long)kc->events,
+             (unsigned long long)kc->switches, (unsigned long long)hv->prefetches,
              (unsigned long long)hv->fetch_prefetches);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         if (kc->as[i] >= 0)
@@ -261,12 +271,12 @@ static bool canonical48(uint64_t va)
 }
 
 /*
- * May the module deliver a user SYSCALL and ERETU itself this run
- * (PVM_KMOD_RUN_PVM)?  Only when the model would do nothing between them but
- * those two: nothing to deliver or hold pending, no halt, no guest debugging
- * or event trace (the core must see every event then), a PVCS in writable
- * RAM, and the other mode's address space already a slot
- * (pvm_shadow_find: no eviction, so the core's view stays exact).
+ * May the module deliver events itself this run (PVM_KMOD_RUN_PVM)?  Only
+ * when the model would do nothing between them but deliver them: nothing to
+ * deliver or hold pending, no halt, no guest debugging or event trace (the
+ * core must see every event then), a PVCS in writable RAM; mode switches
+ * only with the other mode's address space already a slot (pvm_shadow_find:
+ * no eviction, so the core's view stays exact).
  */
 static void kmod_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
 {
@@ -278,28 +288,69 @@ static void kmod_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
         pvm_hv_events_pending(hv) || pvm_hv_irqs_pending(c) || pvm_m_la57(c) || c->ss != PVM_USER_DS ||
         !canonical48(c->msr_lstar) || !canonical48(c->msr_kernel_gs_base))
         return;
-    struct pvm_vcpu_struct *pvcs = pvm_m_pvcs(c, &hv->mem);
-    int other = pvm_shadow_find(hv->shadow, c->msr_switch_cr3, c->mode != PVM_MODE_USER);
-    if (!pvcs || other < 0 || (unsigned)other == slot || kc->as[other] < 0)
+    /* A found PVCS stays where it is until a region goes (regions_gen; a new one cannot cover it). */
+    if (!kc->memo.p || kc->memo.gpa != c->msr_vcpu_struct || kc->memo.gen != hv->regions_gen) {
+        kc->memo.p = pvm_m_pvcs(c, &hv->mem);
+        kc->memo.gpa = c->msr_vcpu_struct;
+        kc->memo.gen = hv->regions_gen;
+    }
+    struct pvm_vcpu_struct *pvcs = kc->memo.p;
+    if (!pvcs)
         return;
+    /*
+     * Mode switches only with the other mode's slot already there (else the
+     * model makes it), and not while a user #PF waits for its retry: the
+     * library's ERETU then installs the page the retry would fault on (run.c
+     * pf_prefetch), which saves a world switch.
+     */
+    int other = pvm_shadow_find(hv->shadow, c->msr_switch_cr3, c->mode != PVM_MODE_USER);
+    if (other >= 0 && ((unsigned)other == slot || kc->as[other] < 0 ||
+                       (hv->pf.pending && hv->pf.mode == PVM_MODE_USER)))
+        other = -1;
+    if (!kc->memo.feat_ok || kc->memo.cpuid_gen != hv->cpuid_gen) {
+        uint32_t feat[4];
+        pvm_m_cpuid(c, PVM_KVM_CPUID_FEATURES, 0, feat);
+        kc->memo.kvm_features = feat[0];
+        kc->memo.cpuid_gen = hv->cpuid_gen;
+        kc->memo.feat_ok = true;
+    }
     kc->pvm = (struct pvm_kmod_pvm){
         .pvcs = (uintptr_t)pvcs,
+        /* A region change may put other memory at the same address: the module then pins it again. */
+        .pvcs_cookie = hv->regions_gen,
         .lstar = c->msr_lstar,
+        .event_entry = c->msr_event_entry,
         .retu_rip_plus2 = c->msr_retu_rip_plus2,
+        .rets_rip_plus2 = c->msr_rets_rip_plus2,
+        .redzone = c->msr_redzone,
         .kernel_gs_base = c->msr_kernel_gs_base,
         .supervisor_rsp = c->msr_supervisor_rsp,
-        .other_as = kc->as[other],
+        .other_as = other >= 0 ? kc->as[other] : -1,
         .mode = c->mode == PVM_MODE_USER ? PVM_KMOD_MODE_USER : PVM_KMOD_MODE_SUPERVISOR,
+        .kvm_features = kc->memo.kvm_features,
+        .sup_cs = (uint16_t)((c->msr_star >> 32) & 0xfffc),
     };
     kc->run.flags = PVM_KMOD_RUN_PVM;
     kc->run.pvm = (uintptr_t)&kc->pvm;
 }
 
+static const struct kmod_cpu *kmod_of(const pvm_vcpu *v)
+{
+    if (!v || v->vm->ops != &pvm_kmod_backend || !v->bdata)
+        return NULL;
+    return kc_of(pvm_hv_of(v));
+}
+
+uint64_t pvm__kmod_events(const pvm_vcpu *v)
+{
+    const struct kmod_cpu *kc = kmod_of(v);
+    return kc ? kc->events : 0;
+}
+
 uint64_t pvm__kmod_switches(const pvm_vcpu *v)
 {
-    if (!v || v->vm->ops != &pvm_kmod_backend || !v->bdata || !pvm_hv_of(v)->pdata)
-        return 0;
-    return kc_of(pvm_hv_of(v))->switches;
+    const struct kmod_cpu *kc = kmod_of(v);
+    return kc ? kc->switches : 0;
 }
 
 /*
@@ -358,10 +409,12 @@ static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_re
         return 0;
     }
     memset(trap, 0, sizeof(*trap));
-    if (run->flags & PVM_KMOD_RUN_PVM) {
+    if ((run->flags & PVM_KMOD_RUN_PVM) && kc->pvm.events) {
+        trap->events = kc->pvm.events;
         trap->switches = kc->pvm.switches;
-        trap->eretus = kc->pvm.eretus;
+        trap->nmi_unmasked = kc->pvm.nmi_unmasked != 0;
         trap->supervisor_rsp = kc->pvm.supervisor_rsp;
+        kc->events += kc->pvm.events;
         kc->switches += kc->pvm.switches;
     }
     memcpy(regs->gpr, run->regs.gpr, sizeof(regs->gpr));
