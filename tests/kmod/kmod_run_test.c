@@ -932,6 +932,17 @@ static void test_close_after_runs(void)
 }
 
 
+/* The median of t[0..n) (sorts it). */
+static double median(double *t, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double x = t[j];
+            t[j] = t[j - 1], t[j - 1] = x;
+        }
+    return t[n / 2];
+}
+
 /* Median of 9 batches of 2000: a RUN of one SYSCALL, one that never enters, and a getpid for scale. */
 static void time_runs(void)
 {
@@ -954,18 +965,8 @@ static void time_runs(void)
             syscall(SYS_getpid);
         pid_ns[b] = (now_ns() - t0) / 2000;
     }
-    for (int i = 0; i < 9; i++)
-        for (int j = i + 1; j < 9; j++) {
-            double t;
-            if (run_ns[j] < run_ns[i])
-                t = run_ns[i], run_ns[i] = run_ns[j], run_ns[j] = t;
-            if (pid_ns[j] < pid_ns[i])
-                t = pid_ns[i], pid_ns[i] = pid_ns[j], pid_ns[j] = t;
-            if (noentry_ns[j] < noentry_ns[i])
-                t = noentry_ns[i], noentry_ns[i] = noentry_ns[j], noentry_ns[j] = t;
-        }
     printf("kmod_run_test: RUN of one guest SYSCALL %.0f ns, RUN that never enters %.0f ns, getpid %.0f ns "
-           "(medians)\n", run_ns[4], noentry_ns[4], pid_ns[4]);
+           "(medians)\n", median(run_ns, 9), median(noentry_ns, 9), median(pid_ns, 9));
     /* PVM_KMOD_RUN_PVM: user SYSCALL -> kernel -> ERETU round trips inside one RUN. */
     pvm_setup();
     double rt_ns[5];
@@ -980,13 +981,7 @@ static void time_runs(void)
         rt_ns[b] = (now_ns() - t0) / 2000;
         CHECK_EQ(p.switches, 4001);
     }
-    for (int i = 0; i < 5; i++)
-        for (int j = i + 1; j < 5; j++)
-            if (rt_ns[j] < rt_ns[i]) {
-                double t = rt_ns[i];
-                rt_ns[i] = rt_ns[j], rt_ns[j] = t;
-            }
-    printf("kmod_run_test: user SYSCALL -> kernel -> ERETU in the module %.0f ns (median of 5 x 2000)\n", rt_ns[2]);
+    printf("kmod_run_test: user SYSCALL -> kernel -> ERETU in the module %.0f ns (median of 5 x 2000)\n", median(rt_ns, 5));
     /* What PVM_KMOD_RUN_PVM adds to a RUN: the block in and out, the other address space, the PVCS pin check. */
     for (int b = 0; b < 5; b++) {
         struct pvm_kmod_run r = prepare(BYTES(0x0f, 0x05));
@@ -999,13 +994,7 @@ static void time_runs(void)
             run(&r);
         rt_ns[b] = (now_ns() - t0) / 2000;
     }
-    for (int i = 0; i < 5; i++)
-        for (int j = i + 1; j < 5; j++)
-            if (rt_ns[j] < rt_ns[i]) {
-                double t = rt_ns[i];
-                rt_ns[i] = rt_ns[j], rt_ns[j] = t;
-            }
-    printf("kmod_run_test: RUN that never enters, with PVM_KMOD_RUN_PVM %.0f ns (median of 5 x 2000)\n", rt_ns[2]);
+    printf("kmod_run_test: RUN that never enters, with PVM_KMOD_RUN_PVM %.0f ns (median of 5 x 2000)\n", median(rt_ns, 5));
 }
 
 #define STEP(fn) (printf("kmod_run_test: %s\n", #fn), fflush(stdout), fn())
