@@ -144,6 +144,7 @@ def main():
     row("VM create -> first instruction, 2 ms after the last destroy (quiet)",
         "pvm.vm_create_to_first_insn_quiet")
     row("create + load ELF + call + destroy (Hyperlight: 0.9 ms)", "pvm.create_load_call_destroy")
+    row("  of which the ELF load (4 MiB of RAM)", "pvm.load_elf_4mib")
     rss = val("pvm.idle_vm_rss_kib")
     row("idle VM: RSS (library + stubs) per VM", "pvm.idle_vm_rss_kib", None, "",
         "<= 1024 KiB", rss is not None and rss <= 1024)
