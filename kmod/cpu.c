@@ -33,7 +33,9 @@ struct pvm_cpu_area {
 	struct desc_ptr host_gdt;
 	u8 pad2[6];
 	struct desc_ptr host_idt;
-	u8 pad3[PC_GDT - PC_HOST_IDT - sizeof(struct desc_ptr)];
+	u8 pad3[PC_FAST - PC_HOST_IDT - sizeof(struct desc_ptr)];
+	u64 fast, mode, sup_rsp, lstar, kgs, retu2, pvcs, peer_cr3, peer_flush, fast_events, fast_eretu;
+	u8 pad5[PC_GDT - PC_FAST_ERETU - 8];
 	struct desc_struct gdt[PVM_GDT_ENTRIES];
 	u8 pad4[PC_TSS - PC_GDT - PVM_GDT_ENTRIES * sizeof(struct desc_struct)];
 	struct x86_hw_tss tss;
@@ -62,6 +64,17 @@ AREA_AT(cs, PC_CS);
 AREA_AT(gdt_desc, PC_GDT_DESC);
 AREA_AT(host_gdt, PC_HOST_GDT);
 AREA_AT(host_idt, PC_HOST_IDT);
+AREA_AT(fast, PC_FAST);
+AREA_AT(mode, PC_MODE);
+AREA_AT(sup_rsp, PC_SUP_RSP);
+AREA_AT(lstar, PC_LSTAR);
+AREA_AT(kgs, PC_KGS);
+AREA_AT(retu2, PC_RETU2);
+AREA_AT(pvcs, PC_PVCS);
+AREA_AT(peer_cr3, PC_PEER_CR3);
+AREA_AT(peer_flush, PC_PEER_FLUSH);
+AREA_AT(fast_events, PC_FAST_EVENTS);
+AREA_AT(fast_eretu, PC_FAST_ERETU);
 AREA_AT(gdt, PC_GDT);
 AREA_AT(tss, PC_TSS);
 AREA_AT(ist, PC_STACK_TOP);
@@ -74,6 +87,14 @@ void pvm_switch_run(struct pvm_cpu_area *pc);
 void pvm_call_host_gate(unsigned long entry);
 
 static struct pvm_cpu_area pvm_areas[PVM_MAX_CPUS];
+/*
+ * Per CPU, the page through which the fast path reaches the PVCS: under the
+ * guest roots (the switcher tables) it maps the pinned PVCS page while a
+ * fast switch runs, and this module page otherwise; under the host root it
+ * is always this module page.  pvm_window_pte: its leaf in the switcher tables.
+ */
+static u8 pvm_windows[PVM_MAX_CPUS][PAGE_SIZE] __aligned(PAGE_SIZE);
+static u64 *pvm_window_pte[PVM_MAX_CPUS], pvm_window_leaf[PVM_MAX_CPUS];
 static gate_desc pvm_idt[IDT_ENTRIES] __aligned(PAGE_SIZE);
 struct desc_ptr pvm_idt_desc; /* read by switch.S's LIDT */
 
@@ -100,7 +121,7 @@ static u64 *switcher_table(void)
  */
 enum switcher_prot { SW_TEXT, SW_RO, SW_RW };
 
-static int switcher_map(unsigned long va, enum switcher_prot prot)
+static int switcher_map(unsigned long va, enum switcher_prot prot, u64 **leaf_out)
 {
 	/* Upper levels: present, writable, supervisor (US clear at every level). */
 	const u64 table_flags = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED;
@@ -129,6 +150,8 @@ static int switcher_map(unsigned long va, enum switcher_prot prot)
 	if (prot == SW_RW)
 		leaf |= _PAGE_RW | _PAGE_DIRTY;
 	table[(va >> PAGE_SHIFT) & 511] = leaf;
+	if (leaf_out)
+		*leaf_out = &table[(va >> PAGE_SHIFT) & 511];
 	return 0;
 }
 
@@ -138,7 +161,7 @@ static int switcher_map_range(const void *start, const void *end, enum switcher_
 	int ret = 0;
 
 	for (; !ret && va < (unsigned long)end; va += PAGE_SIZE)
-		ret = switcher_map(va, prot);
+		ret = switcher_map(va, prot, NULL);
 	return ret;
 }
 
@@ -244,6 +267,10 @@ int pvm_switch_init(void)
 			break;
 		init_area(&pvm_areas[cpu], cpu);
 		ret = switcher_map_range(&pvm_areas[cpu], &pvm_areas[cpu] + 1, SW_RW);
+		if (!ret)
+			ret = switcher_map((unsigned long)pvm_windows[cpu], SW_RW, &pvm_window_pte[cpu]);
+		if (!ret)
+			pvm_window_leaf[cpu] = *pvm_window_pte[cpu];
 	}
 	if (ret) {
 		pr_err("pvm: cannot map the world switch (%d)\n", ret);
@@ -290,9 +317,10 @@ static void reraise_nmi(void)
  * exit was: PVM_SW_SYSCALL or an exception vector (< 32 or 0x80), with @g
  * updated.  External interrupts and NMIs are given to the host here and
  * reported as -1 (the caller decides whether to go on).  @cr3 is the guest
- * root; @flush_global drops global TLB entries under it.
+ * root; @flush_global drops global TLB entries under it.  @fast (or NULL):
+ * the fast path's state, in and out; its roots are swapped per switch.
  */
-int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
+int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global, struct pvm_switch_fast *fast)
 {
 	int cpu = smp_processor_id();
 	struct pvm_cpu_area *pc;
@@ -324,6 +352,22 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 	/* LTR needs an available TSS: clear the busy bit the last LTR set. */
 	pc->gdt[GDT_ENTRY_TSS].type = DESC_TSS;
 	pc->nmi_pending = 0;
+	pc->fast = fast != NULL;
+	if (fast) {
+		/* The PVCS through this CPU's window (the switch's INVLPG drops the host's entry). */
+		WRITE_ONCE(*pvm_window_pte[cpu], __sme_set(page_to_phys(fast->pvcs_page)) | _PAGE_PRESENT |
+			   _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | (_PAGE_NX & __supported_pte_mask));
+		pc->pvcs = (u64)pvm_windows[cpu] + fast->pvcs_off;
+		pc->mode = fast->mode;
+		pc->sup_rsp = fast->sup_rsp;
+		pc->lstar = fast->lstar;
+		pc->kgs = fast->kgs;
+		pc->retu2 = fast->retu2;
+		pc->peer_cr3 = fast->peer_cr3;
+		pc->peer_flush = fast->peer_flush_global && (cr4 & X86_CR4_PGE);
+		pc->fast_events = 0;
+		pc->fast_eretu = 0;
+	}
 
 	savesegment(ds, h_ds);
 	savesegment(es, h_es);
@@ -364,6 +408,14 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 	}
 	wrmsrl(MSR_FS_BASE, fs_base);
 
+	if (fast) {
+		/* Back to this module page: the PVCS page may be unpinned after the run. */
+		WRITE_ONCE(*pvm_window_pte[cpu], pvm_window_leaf[cpu]);
+		fast->mode = pc->mode;
+		fast->sup_rsp = pc->sup_rsp;
+		fast->events = pc->fast_events;
+		fast->eretus = pc->fast_eretu;
+	}
 	memcpy(g->gpr, pc->gpr, sizeof(g->gpr));
 	g->rip = pc->rip;
 	g->rflags = pc->rflags;
@@ -383,6 +435,8 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global)
 		asm volatile("int $0x12");
 		return -1;
 	}
+	if (vector == PVM_SW_DELIVERED)
+		return -1;
 	if (vector >= FIRST_EXTERNAL_VECTOR && vector != IA32_SYSCALL_VECTOR &&
 	    vector != PVM_SW_SYSCALL && vector != PVM_SW_SYSCALL32) {
 		struct desc_ptr idt;

@@ -29,6 +29,7 @@
 
 /* Module parameters (read-only once loaded). */
 extern unsigned long pvm_max_pages_per_as;
+extern bool pvm_fast_switch;
 extern unsigned long pvm_max_pages_per_proc;
 
 /* Module-wide counters for PVM_KMOD_INFO: leaks show as non-zero values. */
@@ -79,12 +80,25 @@ struct pvm_switch_regs {
 	u16 cs;                    /* __USER_CS or __USER32_CS, in and out */
 	u64 error_code, cr2;       /* out */
 };
+/*
+ * PVM_KMOD_RUN_PVM's fast path in the switch: a user SYSCALL and ERETU
+ * delivered on the guest roots (switch.S pvm_fast_syscall), switching
+ * between @cr3 and peer_cr3.  In: the PVCS page and offset, the MSRs; in
+ * and out: mode, sup_rsp; out: events (each swapped the roots), eretus.
+ */
+struct pvm_switch_fast {
+	struct page *pvcs_page;
+	unsigned long pvcs_off;
+	u64 mode, sup_rsp, lstar, kgs, retu2, peer_cr3;
+	bool peer_flush_global;
+	u64 events, eretus;
+};
 int pvm_switch_init(void);
 void pvm_switch_exit(void);
 /* The entry of every guest root's PML4 slot 511: the module's switcher PDPT. */
 u64 pvm_switcher_pml4e(void);
 /* Interrupts off: one switch; PVM_SW_SYSCALL(32), a vector, -1 (host event), -errno. */
-int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global);
+int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global, struct pvm_switch_fast *fast);
 int pvm_run_supported(void);
 /* RFLAGS bits a guest may set (§1.1's user-visible set); IF always, IOPL 0. */
 #define PVM_GUEST_RFLAGS (X86_EFLAGS_CF | X86_EFLAGS_PF | X86_EFLAGS_AF | X86_EFLAGS_ZF | \

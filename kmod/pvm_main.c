@@ -29,6 +29,11 @@ module_param_named(max_pages_per_proc, pvm_max_pages_per_proc, ulong, 0444);
 MODULE_PARM_DESC(max_pages_per_proc,
 		 "most pages one process may map in all (default 1048576 = 4 GiB)");
 
+bool pvm_fast_switch = true;
+module_param_named(fast_switch, pvm_fast_switch, bool, 0644);
+MODULE_PARM_DESC(fast_switch, "deliver a user SYSCALL and ERETU inside the world switch (PVM_KMOD_RUN_PVM; "
+		 "default on; off: in C between two switches, for measurements)");
+
 static int group = -1;
 module_param(group, int, 0444);
 MODULE_PARM_DESC(group, "group that may open /dev/pvm (mode 0660); default -1: root only (0600)");

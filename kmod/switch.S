@@ -59,13 +59,8 @@ SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
 	shrq	$32, %rdx
 	wrmsr
 
-	/* The IRETQ frame on our RSP0 stack (the host stack is not in the guest root). */
+	/* Our RSP0 stack from here (the host stack is not in the guest root). */
 	leaq	PC_STACK_TOP(%rdi), %rsp
-	pushq	$__USER_DS
-	pushq	PC_GPR_RSP(%rdi)
-	pushq	PC_RFLAGS(%rdi)
-	pushq	PC_CS(%rdi)
-	pushq	PC_RIP(%rdi)
 
 	movq	PC_GUEST_CR3(%rdi), %rax
 	movq	%rax, %cr3
@@ -78,6 +73,25 @@ SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
 	movq	%rdx, %cr4
 	movq	%rax, %cr4
 1:
+	/* The PVCS window: the host's (global) entry for its address must not survive here. */
+	cmpq	$0, PC_FAST(%rdi)
+	je	2f
+	movq	PC_PVCS(%rdi), %rax
+	invlpg	(%rax)
+2:
+	jmp	pvm_enter_guest
+
+/*
+ * Into the guest with the registers of the area %rdi, from its RSP0 stack
+ * (the root and the GS bases are set): the IRETQ frame, then every GPR.
+ */
+pvm_enter_guest:
+	leaq	PC_STACK_TOP(%rdi), %rsp
+	pushq	$__USER_DS
+	pushq	PC_GPR_RSP(%rdi)
+	pushq	PC_RFLAGS(%rdi)
+	pushq	PC_CS(%rdi)
+	pushq	PC_RIP(%rdi)
 	movq	PC_GPR_RAX(%rdi), %rax
 	movq	PC_GPR_RCX(%rdi), %rcx
 	movq	PC_GPR_RDX(%rdi), %rdx
@@ -137,6 +151,137 @@ syscall_common:
 	movq	%rcx, %gs:PC_RIP	/* where the CPU put them */
 	movq	%r11, %gs:PC_RFLAGS
 	movq	%gs:PC_SELF, %rdi
+	cmpq	$0, PC_FAST(%rdi)
+	jne	pvm_fast_syscall
+	jmp	pvm_exit_host
+
+/*
+ * PVM_KMOD_RUN_PVM's fast path: a user SYSCALL (§5.3) or ERETU (§6.2)
+ * delivered here, on the guest root, as deliver.c's user_event() and
+ * eretu() do (the same checks, the same writes; anything else goes to C),
+ * then on in the other mode's root without a trip through the host: one
+ * CR3 write per switch instead of two.  %rdi: the area, GS base: the area,
+ * the guest's GS base in MSR_KERNEL_GS_BASE, the guest's GPRs saved;
+ * interrupts off, any register free (all are reloaded from the area).
+ */
+pvm_fast_syscall:
+	cmpq	$PVM_SW_SYSCALL, PC_VECTOR(%rdi)	/* 64-bit code only (§10.19) */
+	jne	pvm_exit_host
+	movq	PC_PVCS(%rdi), %rsi
+	cmpq	$PVM_MODE_USER_, PC_MODE(%rdi)
+	je	pvm_fast_user
+	/* Supervisor mode: ERETU only (§6.3: compared first), else C's. */
+	movq	PC_RIP(%rdi), %rax
+	cmpq	PC_RETU2(%rdi), %rax
+	jne	pvm_exit_host
+	movzwl	PVCS_USER_SS(%rsi), %eax
+	orl	$3, %eax
+	cmpl	$__USER_DS, %eax
+	jne	pvm_exit_host
+	movzwl	PVCS_USER_CS(%rsi), %ecx
+	orl	$3, %ecx		/* §10.26: RPL 3 OR-ed in */
+	movq	PVCS_RIP(%rsi), %rdx	/* read once */
+	cmpl	$__USER_CS, %ecx
+	jne	1f
+	movq	%rdx, %rax		/* canonical (48 bits) */
+	shlq	$16, %rax
+	sarq	$16, %rax
+	cmpq	%rax, %rdx
+	jne	pvm_exit_host
+	jmp	2f
+1:	cmpl	$__USER32_CS, %ecx
+	jne	pvm_exit_host
+	movq	%rdx, %rax		/* compat mode: below 4 GiB */
+	shrq	$32, %rax
+	jnz	pvm_exit_host
+2:	movq	PC_GPR_RSP(%rdi), %rax	/* SUPERVISOR_RSP <- RSP */
+	movq	%rax, PC_SUP_RSP(%rdi)
+	andq	$~PVCS_FLAGS_IP, PVCS_EVENT_FLAGS(%rsi)	/* §5.7 */
+	movq	%rcx, PC_CS(%rdi)	/* the values checked, not a second read */
+	movq	%rdx, PC_RIP(%rdi)
+	movq	PVCS_USER_GSBASE(%rsi), %rax	/* §10.7: canonicalised; the guest's at SWAPGS */
+	shlq	$16, %rax
+	sarq	$16, %rax
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	wrmsr
+	movl	PVCS_EFLAGS(%rsi), %eax	/* §10.8: 32 bits, filtered, IF */
+	andl	$PVM_RFLAGS_GUEST, %eax
+	orl	$(X86_EFLAGS_IF | X86_EFLAGS_FIXED), %eax
+	movq	%rax, PC_RFLAGS(%rdi)
+	movq	PVCS_RSP(%rsi), %rax
+	movq	%rax, PC_GPR_RSP(%rdi)
+	movq	PVCS_RCX(%rsi), %rax
+	movq	%rax, PC_GPR_RCX(%rdi)
+	movq	PVCS_R11(%rsi), %rax
+	movq	%rax, PC_GPR_R11(%rdi)
+	movq	$PVM_MODE_USER_, PC_MODE(%rdi)
+	incq	PC_FAST_ERETU(%rdi)
+	jmp	pvm_fast_switch
+
+/* User mode: the SYSCALL event (§5.3, vector SYSCALL: event_vector, errcode, cr2 untouched). */
+pvm_fast_user:
+	movw	$__USER_CS, PVCS_USER_CS(%rsi)
+	movw	$__USER_DS, PVCS_USER_SS(%rsi)
+	movq	PC_RFLAGS(%rdi), %rax
+	orl	$X86_EFLAGS_IF, %eax
+	movl	%eax, PVCS_EFLAGS(%rsi)	/* §10.8 */
+	movl	$0, PVCS_PKRU(%rsi)	/* §10.6 */
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	rdmsr
+	movl	%eax, PVCS_USER_GSBASE(%rsi)
+	movl	%edx, PVCS_USER_GSBASE+4(%rsi)
+	movq	PC_RIP(%rdi), %rax
+	movq	%rax, PVCS_RIP(%rsi)
+	movq	PC_GPR_RSP(%rdi), %rax
+	movq	%rax, PVCS_RSP(%rsi)
+	movq	PC_GPR_RCX(%rdi), %rax
+	movq	%rax, PVCS_RCX(%rsi)
+	movq	PC_GPR_R11(%rdi), %rax
+	movq	%rax, PVCS_R11(%rsi)
+	andq	$~PVCS_FLAGS_IF, PVCS_EVENT_FLAGS(%rsi)	/* §10.3 */
+	movq	PC_KGS(%rdi), %rax	/* GS base <- MSR_KERNEL_GS_BASE (at SWAPGS) */
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	movl	$MSR_KERNEL_GS_BASE, %ecx
+	wrmsr
+	movq	PC_SUP_RSP(%rdi), %rax	/* no red zone, no alignment */
+	movq	%rax, PC_GPR_RSP(%rdi)
+	movq	$__USER_CS, PC_CS(%rdi)
+	movq	PC_LSTAR(%rdi), %rax	/* §5.6 entry state */
+	movq	%rax, PC_RIP(%rdi)
+	movq	%rax, PC_GPR_RCX(%rdi)
+	movq	$(X86_EFLAGS_IF | X86_EFLAGS_FIXED), PC_GPR_R11(%rdi)
+	movq	$(X86_EFLAGS_IF | X86_EFLAGS_FIXED), PC_RFLAGS(%rdi)
+	movq	$PVM_MODE_SUPERVISOR_, PC_MODE(%rdi)
+	/* fall through */
+
+/* On in the other root (no flush of the host's entries needed: the entry's INVLPG did it). */
+pvm_fast_switch:
+	incq	PC_FAST_EVENTS(%rdi)
+	movq	PC_GUEST_CR3(%rdi), %rax
+	movq	PC_PEER_CR3(%rdi), %rdx
+	movq	%rdx, PC_GUEST_CR3(%rdi)
+	movq	%rax, PC_PEER_CR3(%rdi)
+	movq	PC_FLUSH_GLOBAL(%rdi), %rax
+	movq	PC_PEER_FLUSH(%rdi), %rcx
+	movq	%rcx, PC_FLUSH_GLOBAL(%rdi)
+	movq	%rax, PC_PEER_FLUSH(%rdi)
+	movq	%rdx, %cr3
+	testq	%rcx, %rcx
+	jz	1f
+	movq	PC_CR4(%rdi), %rax
+	movq	%rax, %rdx
+	andq	$~X86_CR4_PGE, %rdx
+	movq	%rdx, %cr4
+	movq	%rax, %cr4
+1:	/* An NMI taken in ring 0 meanwhile: C raises it (the event is done). */
+	cmpq	$0, PC_NMI(%rdi)
+	jne	2f
+	swapgs
+	jmp	pvm_enter_guest
+2:	movq	$PVM_SW_DELIVERED, PC_VECTOR(%rdi)
 	jmp	pvm_exit_host
 
 /*

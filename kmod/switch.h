@@ -54,6 +54,21 @@
 #define PC_GDT_DESC     0x100 /* struct desc_ptr of our GDT */
 #define PC_HOST_GDT     0x110
 #define PC_HOST_IDT     0x120
+/*
+ * PVM_KMOD_RUN_PVM's fast path in the switch (switch.S pvm_fast_syscall): a
+ * user SYSCALL and ERETU delivered without leaving the guest roots.
+ */
+#define PC_FAST         0x140 /* in: 1 = on for this switch */
+#define PC_MODE         0x148 /* in/out: PVM_KMOD_MODE_* */
+#define PC_SUP_RSP      0x150 /* in/out: MSR_PVM_SUPERVISOR_RSP */
+#define PC_LSTAR        0x158
+#define PC_KGS          0x160 /* the guest's MSR_KERNEL_GS_BASE */
+#define PC_RETU2        0x168 /* MSR_PVM_RETU_RIP + 2 */
+#define PC_PVCS         0x170 /* the PVCS, through this CPU's window */
+#define PC_PEER_CR3     0x178 /* in/out: the other mode's root (swapped with PC_GUEST_CR3) */
+#define PC_PEER_FLUSH   0x180 /* in/out: its flush_global (swapped with PC_FLUSH_GLOBAL) */
+#define PC_FAST_EVENTS  0x188 /* out: switches made here */
+#define PC_FAST_ERETU   0x190 /* out: how many were ERETU */
 #define PC_GDT          0x200
 #define PC_TSS          0x300
 #define PC_STACK_TOP    0x1000
@@ -78,6 +93,25 @@
 /* Exit "vectors" of a SYSCALL from 64-bit code and from compat mode (not IDT vectors). */
 #define PVM_SW_SYSCALL   0x100
 #define PVM_SW_SYSCALL32 0x101
+/* An exit after the fast path delivered its event (an NMI came): nothing for C to do. */
+#define PVM_SW_DELIVERED 0x102
+
+/* PVCS offsets (docs/pvm-abi.md §3.1) and values for the fast path (checked in deliver.c). */
+#define PVCS_EVENT_FLAGS 0
+#define PVCS_USER_CS     64
+#define PVCS_USER_SS     66
+#define PVCS_USER_GSBASE 80
+#define PVCS_EFLAGS      88
+#define PVCS_PKRU        92
+#define PVCS_RIP         96
+#define PVCS_RSP         104
+#define PVCS_RCX         112
+#define PVCS_R11         120
+#define PVCS_FLAGS_IP    0x100
+#define PVCS_FLAGS_IF    0x200
+#define PVM_RFLAGS_GUEST 0x254dd5 /* PVM_GUEST_RFLAGS (pvm.h) */
+#define PVM_MODE_SUPERVISOR_ 0    /* PVM_KMOD_MODE_* */
+#define PVM_MODE_USER_       1
 
 /* GDT of the world switch: Linux's selectors (no TLS entries). */
 #define PVM_GDT_ENTRIES 16
