@@ -20,6 +20,29 @@
 
 #include "switch.h"
 
+/* MSR \msr = %rax (clobbers %rcx, %rdx). */
+.macro WRMSR_RAX msr
+	movl	$\msr, %ecx
+	movq	%rax, %rdx
+	shrq	$32, %rdx
+	wrmsr
+.endm
+
+/* Drop global TLB entries (host ones could shadow guest upper-half pages): toggle CR4.PGE. */
+.macro TOGGLE_PGE area
+	movq	PC_CR4(\area), %rax
+	movq	%rax, %rdx
+	andq	$~X86_CR4_PGE, %rdx
+	movq	%rdx, %cr4
+	movq	%rax, %cr4
+.endm
+
+/* Quadword \src -> \dst through %rax. */
+.macro MOVQ_MEM src, dst
+	movq	\src, %rax
+	movq	%rax, \dst
+.endm
+
 	.section .pvm_switch.text, "ax"
 	.balign 4096
 SYM_CODE_START_NOALIGN(pvm_switch_text_start)
@@ -48,16 +71,10 @@ SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
 	lidt	pvm_idt_desc(%rip)
 
 	/* MSR_KERNEL_GS_BASE = the area (for the exit's SWAPGS), GS base = the guest's. */
-	movl	$MSR_KERNEL_GS_BASE, %ecx
 	movq	%rdi, %rax
-	movq	%rdi, %rdx
-	shrq	$32, %rdx
-	wrmsr
-	movl	$MSR_GS_BASE, %ecx
+	WRMSR_RAX MSR_KERNEL_GS_BASE
 	movq	PC_GUEST_GS(%rdi), %rax
-	movq	%rax, %rdx
-	shrq	$32, %rdx
-	wrmsr
+	WRMSR_RAX MSR_GS_BASE
 
 	/* Our RSP0 stack from here (the host stack is not in the guest root). */
 	leaq	PC_STACK_TOP(%rdi), %rsp
@@ -67,11 +84,7 @@ SYM_INNER_LABEL(pvm_switch_run, SYM_L_GLOBAL)
 	/* Host global TLB entries could shadow guest upper-half pages: drop them. */
 	cmpq	$0, PC_FLUSH_GLOBAL(%rdi)
 	je	1f
-	movq	PC_CR4(%rdi), %rax
-	movq	%rax, %rdx
-	andq	$~X86_CR4_PGE, %rdx
-	movq	%rdx, %cr4
-	movq	%rax, %cr4
+	TOGGLE_PGE %rdi
 1:
 	/* The PVCS window: the host's (global) entry for its address must not survive here. */
 	cmpq	$0, PC_FAST(%rdi)
@@ -202,20 +215,14 @@ pvm_fast_syscall:
 	movq	PVCS_USER_GSBASE(%rsi), %rax	/* §10.7: canonicalised; the guest's at SWAPGS */
 	shlq	$16, %rax
 	sarq	$16, %rax
-	movq	%rax, %rdx
-	shrq	$32, %rdx
-	movl	$MSR_KERNEL_GS_BASE, %ecx
-	wrmsr
+	WRMSR_RAX MSR_KERNEL_GS_BASE
 	movl	PVCS_EFLAGS(%rsi), %eax	/* §10.8: 32 bits, filtered, IF */
 	andl	$PVM_RFLAGS_GUEST, %eax
 	orl	$(X86_EFLAGS_IF | X86_EFLAGS_FIXED), %eax
 	movq	%rax, PC_RFLAGS(%rdi)
-	movq	PVCS_RSP(%rsi), %rax
-	movq	%rax, PC_GPR_RSP(%rdi)
-	movq	PVCS_RCX(%rsi), %rax
-	movq	%rax, PC_GPR_RCX(%rdi)
-	movq	PVCS_R11(%rsi), %rax
-	movq	%rax, PC_GPR_R11(%rdi)
+	MOVQ_MEM PVCS_RSP(%rsi), PC_GPR_RSP(%rdi)
+	MOVQ_MEM PVCS_RCX(%rsi), PC_GPR_RCX(%rdi)
+	MOVQ_MEM PVCS_R11(%rsi), PC_GPR_R11(%rdi)
 	movq	$PVM_MODE_USER_, PC_MODE(%rdi)
 	incq	PC_FAST_ERETU(%rdi)
 	jmp	pvm_fast_switch
@@ -232,22 +239,14 @@ pvm_fast_user:
 	rdmsr
 	movl	%eax, PVCS_USER_GSBASE(%rsi)
 	movl	%edx, PVCS_USER_GSBASE+4(%rsi)
-	movq	PC_RIP(%rdi), %rax
-	movq	%rax, PVCS_RIP(%rsi)
-	movq	PC_GPR_RSP(%rdi), %rax
-	movq	%rax, PVCS_RSP(%rsi)
-	movq	PC_GPR_RCX(%rdi), %rax
-	movq	%rax, PVCS_RCX(%rsi)
-	movq	PC_GPR_R11(%rdi), %rax
-	movq	%rax, PVCS_R11(%rsi)
+	MOVQ_MEM PC_RIP(%rdi), PVCS_RIP(%rsi)
+	MOVQ_MEM PC_GPR_RSP(%rdi), PVCS_RSP(%rsi)
+	MOVQ_MEM PC_GPR_RCX(%rdi), PVCS_RCX(%rsi)
+	MOVQ_MEM PC_GPR_R11(%rdi), PVCS_R11(%rsi)
 	andq	$~PVCS_FLAGS_IF, PVCS_EVENT_FLAGS(%rsi)	/* §10.3 */
 	movq	PC_KGS(%rdi), %rax	/* GS base <- MSR_KERNEL_GS_BASE (at SWAPGS) */
-	movq	%rax, %rdx
-	shrq	$32, %rdx
-	movl	$MSR_KERNEL_GS_BASE, %ecx
-	wrmsr
-	movq	PC_SUP_RSP(%rdi), %rax	/* no red zone, no alignment */
-	movq	%rax, PC_GPR_RSP(%rdi)
+	WRMSR_RAX MSR_KERNEL_GS_BASE
+	MOVQ_MEM PC_SUP_RSP(%rdi), PC_GPR_RSP(%rdi)	/* no red zone, no alignment */
 	movq	$__USER_CS, PC_CS(%rdi)
 	movq	PC_LSTAR(%rdi), %rax	/* §5.6 entry state */
 	movq	%rax, PC_RIP(%rdi)
@@ -271,11 +270,7 @@ pvm_fast_switch:
 	movq	%rdx, %cr3
 	testq	%rcx, %rcx
 	jz	1f
-	movq	PC_CR4(%rdi), %rax
-	movq	%rax, %rdx
-	andq	$~X86_CR4_PGE, %rdx
-	movq	%rdx, %cr4
-	movq	%rax, %cr4
+	TOGGLE_PGE %rdi
 1:	/* An NMI taken in ring 0 meanwhile: C raises it (the event is done). */
 	cmpq	$0, PC_NMI(%rdi)
 	jne	2f
@@ -357,14 +352,9 @@ pvm_exit_host:
 	orq	%rdx, %rax
 	movq	%rax, PC_GUEST_GS(%rdi)
 	movq	PC_HOST_KGS(%rdi), %rax
-	movq	%rax, %rdx
-	shrq	$32, %rdx
-	wrmsr
-	movl	$MSR_GS_BASE, %ecx
+	WRMSR_RAX MSR_KERNEL_GS_BASE
 	movq	PC_HOST_GS(%rdi), %rax
-	movq	%rax, %rdx
-	shrq	$32, %rdx
-	wrmsr
+	WRMSR_RAX MSR_GS_BASE
 	lgdt	PC_HOST_GDT(%rdi)
 	lidt	PC_HOST_IDT(%rdi)
 	movq	PC_HOST_RSP(%rdi), %rsp
