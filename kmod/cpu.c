@@ -35,7 +35,8 @@ struct pvm_cpu_area {
 	struct desc_ptr host_idt;
 	u8 pad3[PC_FAST - PC_HOST_IDT - sizeof(struct desc_ptr)];
 	u64 fast, mode, sup_rsp, lstar, kgs, retu2, pvcs, peer_cr3, peer_flush, fast_events, fast_eretu;
-	u8 pad5[PC_GDT - PC_FAST_ERETU - 8];
+	u64 rets2, kvm_feat, fast_other;
+	u8 pad5[PC_GDT - PC_FAST_OTHER - 8];
 	struct desc_struct gdt[PVM_GDT_ENTRIES];
 	u8 pad4[PC_TSS - PC_GDT - PVM_GDT_ENTRIES * sizeof(struct desc_struct)];
 	struct x86_hw_tss tss;
@@ -75,6 +76,9 @@ AREA_AT(peer_cr3, PC_PEER_CR3);
 AREA_AT(peer_flush, PC_PEER_FLUSH);
 AREA_AT(fast_events, PC_FAST_EVENTS);
 AREA_AT(fast_eretu, PC_FAST_ERETU);
+AREA_AT(rets2, PC_RETS2);
+AREA_AT(kvm_feat, PC_KVM_FEAT);
+AREA_AT(fast_other, PC_FAST_OTHER);
 AREA_AT(gdt, PC_GDT);
 AREA_AT(tss, PC_TSS);
 AREA_AT(ist, PC_STACK_TOP);
@@ -363,6 +367,9 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global, struc
 		pc->lstar = fast->lstar;
 		pc->kgs = fast->kgs;
 		pc->retu2 = fast->retu2;
+		pc->rets2 = fast->rets2;
+		pc->kvm_feat = fast->kvm_features;
+		pc->fast_other = 0;
 		pc->peer_cr3 = fast->peer_cr3;
 		pc->peer_flush = fast->peer_flush_global && (cr4 & X86_CR4_PGE);
 		pc->fast_events = 0;
@@ -415,6 +422,7 @@ int pvm_switch_once(struct pvm_switch_regs *g, u64 cr3, bool flush_global, struc
 		fast->sup_rsp = pc->sup_rsp;
 		fast->events = pc->fast_events;
 		fast->eretus = pc->fast_eretu;
+		fast->other = pc->fast_other;
 	}
 	memcpy(g->gpr, pc->gpr, sizeof(g->gpr));
 	g->rip = pc->rip;

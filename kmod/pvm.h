@@ -81,17 +81,20 @@ struct pvm_switch_regs {
 	u64 error_code, cr2;       /* out */
 };
 /*
- * PVM_KMOD_RUN_PVM's fast path in the switch: a user SYSCALL and ERETU
- * delivered on the guest roots (switch.S pvm_fast_syscall), switching
- * between @cr3 and peer_cr3.  In: the PVCS page and offset, the MSRs; in
- * and out: mode, sup_rsp; out: events (each swapped the roots), eretus.
+ * PVM_KMOD_RUN_PVM's fast path in the switch: a user SYSCALL, ERETU and the
+ * hypercalls without state delivered on the guest roots (switch.S
+ * pvm_fast_syscall), a mode switch going from @cr3 to peer_cr3 (0: none).
+ * In: the PVCS page and offset, the MSRs, the KVM features; in and out:
+ * mode, sup_rsp; out: events (mode switches: each swapped the roots),
+ * eretus among them, other (hypercalls).
  */
 struct pvm_switch_fast {
 	struct page *pvcs_page;
 	unsigned long pvcs_off;
-	u64 mode, sup_rsp, lstar, kgs, retu2, peer_cr3;
+	u64 mode, sup_rsp, lstar, kgs, retu2, rets2, peer_cr3;
+	u32 kvm_features;
 	bool peer_flush_global;
-	u64 events, eretus;
+	u64 events, eretus, other;
 };
 int pvm_switch_init(void);
 void pvm_switch_exit(void);

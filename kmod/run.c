@@ -140,22 +140,27 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin 
 		/* The thread's user FPU state is the guest's: in the registers. */
 		if (test_thread_flag(TIF_NEED_FPU_LOAD))
 			switch_fpu_return();
-		/* A user SYSCALL and ERETU inside the switch: one CR3 write each instead of two. */
+		/*
+		 * A user SYSCALL, ERETU and plain hypercalls inside the switch:
+		 * no trip through the host, one CR3 write per mode switch.
+		 */
 		fp = NULL;
-		if (pvm && d.switch_ok && READ_ONCE(pvm_fast_switch)) {
+		if (pvm && READ_ONCE(pvm_fast_switch)) {
 			fast = (struct pvm_switch_fast){
 				.pvcs_page = pin->page, .pvcs_off = offset_in_page(d.p.pvcs),
 				.mode = d.p.mode, .sup_rsp = d.p.supervisor_rsp, .lstar = d.p.lstar,
 				.kgs = d.p.kernel_gs_base, .retu2 = d.p.retu_rip_plus2,
-				.peer_cr3 = root_of(as[cur ^ 1]), .peer_flush_global = as[cur ^ 1]->high,
+				.rets2 = d.p.rets_rip_plus2, .kvm_features = d.p.kvm_features,
+				.peer_cr3 = as[1] ? root_of(as[cur ^ 1]) : 0,
+				.peer_flush_global = as[1] && as[cur ^ 1]->high,
 			};
 			fp = &fast;
 		}
 		vector = pvm_switch_once(&g, root_of(as[cur]), as[cur]->high, fp);
-		if (fp && fast.events) {
+		if (fp && (fast.events || fast.other)) {
 			d.p.mode = fast.mode;
 			d.p.supervisor_rsp = fast.sup_rsp;
-			d.p.events += fast.events;
+			d.p.events += fast.events + fast.other;
 			d.p.switches += fast.events;
 			if (fast.eretus)
 				d.p.nmi_unmasked = 1;

@@ -169,13 +169,14 @@ syscall_common:
 	jmp	pvm_exit_host
 
 /*
- * PVM_KMOD_RUN_PVM's fast path: a user SYSCALL (§5.3) or ERETU (§6.2)
- * delivered here, on the guest root, as deliver.c's user_event() and
- * eretu() do (the same checks, the same writes; anything else goes to C),
- * then on in the other mode's root without a trip through the host: one
- * CR3 write per switch instead of two.  %rdi: the area, GS base: the area,
- * the guest's GS base in MSR_KERNEL_GS_BASE, the guest's GPRs saved;
- * interrupts off, any register free (all are reloaded from the area).
+ * PVM_KMOD_RUN_PVM's fast path: a user SYSCALL (§5.3), ERETU (§6.2) and
+ * the hypercalls without state delivered here, on the guest root, as
+ * deliver.c's user_event(), eretu() and smod_syscall() do (the same checks,
+ * the same writes; anything else goes to C); a mode switch goes on in the
+ * other mode's root without a trip through the host: one CR3 write instead
+ * of two.  %rdi: the area, GS base: the area, the guest's GS base in
+ * MSR_KERNEL_GS_BASE, the guest's GPRs saved; interrupts off, any register
+ * free (all are reloaded from the area).
  */
 pvm_fast_syscall:
 	cmpq	$PVM_SW_SYSCALL, PC_VECTOR(%rdi)	/* 64-bit code only (§10.19) */
@@ -183,10 +184,52 @@ pvm_fast_syscall:
 	movq	PC_PVCS(%rdi), %rsi
 	cmpq	$PVM_MODE_USER_, PC_MODE(%rdi)
 	je	pvm_fast_user
-	/* Supervisor mode: ERETU only (§6.3: compared first), else C's. */
+	/* Supervisor mode: ERETU (§6.3: compared first), ERETS (C's), else a hypercall. */
 	movq	PC_RIP(%rdi), %rax
 	cmpq	PC_RETU2(%rdi), %rax
-	jne	pvm_exit_host
+	je	pvm_fast_eretu
+	cmpq	PC_RETS2(%rdi), %rax
+	je	pvm_exit_host
+	movq	PC_GPR_RAX(%rdi), %rax
+	movq	%rax, %rdx
+	subq	$PVM_HC_BASE_, %rdx
+	cmpq	$256, %rdx
+	jae	1f
+	cmpq	$1, %rdx		/* PVM_HC_IRQ_WIN: IP cleared, RAX kept (§10.9) */
+	jne	2f
+	andq	$~PVCS_FLAGS_IP, PVCS_EVENT_FLAGS(%rsi)
+	jmp	pvm_fast_done
+2:	cmpq	$9, %rdx		/* the other defined ones are the library's */
+	jbe	pvm_exit_host
+	jmp	3f			/* §7.2: undefined numbers fall through */
+1:	cmpq	$PVM_KVM_HC_END_, %rax
+	jae	pvm_exit_host		/* a host call: an exit to the application */
+3:	/* §7.3 a KVM hypercall: RCX := R10, RAX := the result, R10 := RCX. */
+	movq	$-1000, %rdx		/* -KVM_ENOSYS */
+	cmpq	$1, %rax		/* VAPIC_POLL_IRQ */
+	je	4f
+	cmpq	$11, %rax		/* SCHED_YIELD, with KVM_FEATURE_PV_SCHED_YIELD */
+	jne	5f
+	testl	$(1 << 13), PC_KVM_FEAT(%rdi)
+	jz	6f
+4:	xorl	%edx, %edx
+	jmp	6f
+5:	cmpq	$9, %rax		/* CLOCK_PAIRING */
+	jne	6f
+	movq	$-95, %rdx		/* -KVM_EOPNOTSUPP */
+6:	movq	%rdx, PC_GPR_RAX(%rdi)
+	MOVQ_MEM PC_GPR_R10(%rdi), PC_GPR_RCX(%rdi)
+pvm_fast_done:
+	movl	PC_RFLAGS(%rdi), %eax	/* as a RUN takes them */
+	andl	$PVM_RFLAGS_GUEST, %eax
+	orl	$(X86_EFLAGS_IF | X86_EFLAGS_FIXED), %eax
+	movq	%rax, PC_RFLAGS(%rdi)
+	incq	PC_FAST_OTHER(%rdi)
+	jmp	pvm_fast_return
+
+pvm_fast_eretu:
+	cmpq	$0, PC_PEER_CR3(%rdi)	/* no other address space: C's */
+	je	pvm_exit_host
 	movzwl	PVCS_USER_SS(%rsi), %eax
 	orl	$3, %eax
 	cmpl	$__USER_DS, %eax
@@ -229,6 +272,8 @@ pvm_fast_syscall:
 
 /* User mode: the SYSCALL event (§5.3, vector SYSCALL: event_vector, errcode, cr2 untouched). */
 pvm_fast_user:
+	cmpq	$0, PC_PEER_CR3(%rdi)
+	je	pvm_exit_host
 	movw	$__USER_CS, PVCS_USER_CS(%rsi)
 	movw	$__USER_DS, PVCS_USER_SS(%rsi)
 	movq	PC_RFLAGS(%rdi), %rax
@@ -271,7 +316,9 @@ pvm_fast_switch:
 	testq	%rcx, %rcx
 	jz	1f
 	TOGGLE_PGE %rdi
-1:	/* An NMI taken in ring 0 meanwhile: C raises it (the event is done). */
+1:
+pvm_fast_return:
+	/* An NMI taken in ring 0 meanwhile: C raises it (the event is done). */
 	cmpq	$0, PC_NMI(%rdi)
 	jne	2f
 	swapgs

@@ -58,7 +58,7 @@
  * PVM_KMOD_RUN_PVM's fast path in the switch (switch.S pvm_fast_syscall): a
  * user SYSCALL and ERETU delivered without leaving the guest roots.
  */
-#define PC_FAST         0x140 /* in: 1 = on for this switch */
+#define PC_FAST         0x140 /* in: 1 = on for this switch (PC_PEER_CR3 0: no mode switch) */
 #define PC_MODE         0x148 /* in/out: PVM_KMOD_MODE_* */
 #define PC_SUP_RSP      0x150 /* in/out: MSR_PVM_SUPERVISOR_RSP */
 #define PC_LSTAR        0x158
@@ -69,6 +69,9 @@
 #define PC_PEER_FLUSH   0x180 /* in/out: its flush_global (swapped with PC_FLUSH_GLOBAL) */
 #define PC_FAST_EVENTS  0x188 /* out: switches made here */
 #define PC_FAST_ERETU   0x190 /* out: how many were ERETU */
+#define PC_RETS2        0x198 /* MSR_PVM_RETS_RIP + 2 */
+#define PC_KVM_FEAT     0x1a0 /* CPUID 0x40000001 EAX */
+#define PC_FAST_OTHER   0x1a8 /* out: hypercalls answered here (no switch) */
 #define PC_GDT          0x200
 #define PC_TSS          0x300
 #define PC_STACK_TOP    0x1000
@@ -110,6 +113,8 @@
 #define PVCS_FLAGS_IP    0x100
 #define PVCS_FLAGS_IF    0x200
 #define PVM_RFLAGS_GUEST 0x254dd5 /* PVM_GUEST_RFLAGS (pvm.h) */
+#define PVM_HC_BASE_     0x17088200 /* PVM_HC_SPECIAL_BASE; + 1 IRQ_WIN, + 9 LOAD_TLS (last defined) */
+#define PVM_KVM_HC_END_  0x10000    /* PVM_KVM_HC_RANGE_END */
 #define PVM_MODE_SUPERVISOR_ 0    /* PVM_KMOD_MODE_* */
 #define PVM_MODE_USER_       1
 
