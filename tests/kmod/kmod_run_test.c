@@ -879,6 +879,49 @@ static void *vdso_page(void)
     return (void *)getauxval(AT_SYSINFO_EHDR);
 }
 
+/*
+ * The hypercalls without state, one of each kind, answered in the module (in
+ * the switch itself with fast_switch on, the default), then a defined PVM
+ * hypercall (LOAD_TLS) that is the caller's: CLOCK_PAIRING -EOPNOTSUPP,
+ * SCHED_YIELD 0 with its feature bit, IRQ_WIN (RAX kept, IP cleared), an
+ * undefined PVM number -KVM_ENOSYS with RCX = R10 (§7.3).
+ */
+static void test_pvm_hypercalls(void)
+{
+    static const uint8_t body[] = {
+        0xb8, 0x09, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x89, 0xc3, 0xb8, 0x0b,
+        0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x89, 0xc5, 0xb8, 0x01, 0x82, 0x08,
+        0x17, 0x0f, 0x05, 0x49, 0x89, 0xc4, 0xb8, 0x50, 0x82, 0x08, 0x17, 0x0f,
+        0x05, 0x49, 0x89, 0xc5, 0x49, 0x89, 0xce, 0xb8, 0x09, 0x82, 0x08, 0x17,
+        0x0f, 0x05
+    };
+    struct pvcs *v = (struct pvcs *)pvcs_page;
+    memset(pvcs_page, 0, 128);
+    v->event_flags = 0x300;
+    for (int yield = 0; yield < 2; yield++) {
+        struct pvm_kmod_run r = prepare(body, sizeof(body));
+        struct pvm_kmod_pvm p = pvm_block(PVM_KMOD_MODE_SUPERVISOR);
+        p.other_as = -1;
+        p.kvm_features = yield ? 1u << 13 : 0;
+        r.flags = PVM_KMOD_RUN_PVM;
+        r.pvm = (uintptr_t)&p;
+        r.regs.gpr[R10] = 0x77;
+        CHECK_EQ(run(&r), 0);
+        CHECK_EQ(r.exit_reason, PVM_KMOD_EXIT_SYSCALL);
+        CHECK_EQ(r.regs.rip, CODE + sizeof(body));
+        CHECK_EQ(r.regs.gpr[RAX], 0x17088209);
+        CHECK_EQ(p.events, 4);
+        CHECK_EQ(p.switches, 0);
+        CHECK_EQ(r.regs.gpr[RBX], (uint64_t)-95);
+        CHECK_EQ(r.regs.gpr[RBP], yield ? 0 : (uint64_t)-1000);
+        CHECK_EQ(r.regs.gpr[R12], 0x17088201);
+        CHECK_EQ(r.regs.gpr[R13], (uint64_t)-1000);
+        CHECK_EQ(r.regs.gpr[R14], 0x77);
+        CHECK_EQ(r.regs.gpr[R10], 0x77);
+        CHECK_EQ(v->event_flags, 0x200); /* IP cleared, IF kept */
+    }
+}
+
 static void test_pvm_bad_args(void)
 {
     struct pvm_kmod_run r = prepare(BYTES(0x0f, 0x05));
@@ -999,6 +1042,18 @@ static void time_runs(void)
 
 #define STEP(fn) (printf("kmod_run_test: %s\n", #fn), fflush(stdout), fn())
 
+/* The module's fast_switch parameter (root): true if set. */
+static bool set_fast_switch(int on)
+{
+    FILE *f = fopen("/sys/module/pvm/parameters/fast_switch", "w");
+    if (!f)
+        return false;
+    bool ok = fprintf(f, "%d\n", on) > 0;
+    ok = fclose(f) == 0 && ok;
+    printf("kmod_run_test: fast_switch=%d\n", on);
+    return ok;
+}
+
 int main(int argc, char **argv)
 {
     dev = open(PVM_KMOD_DEVICE, O_RDWR | O_CLOEXEC);
@@ -1041,6 +1096,15 @@ int main(int argc, char **argv)
     STEP(test_pvm_switches);
     STEP(test_pvm_not_delivered);
     STEP(test_pvm_smod_events);
+    STEP(test_pvm_hypercalls);
+    /* The same with the switch's fast path off: the module's C path (deliver.c) must agree. */
+    if (set_fast_switch(0)) {
+        STEP(test_pvm_switches);
+        STEP(test_pvm_not_delivered);
+        STEP(test_pvm_smod_events);
+        STEP(test_pvm_hypercalls);
+        CHECK(set_fast_switch(1));
+    }
     STEP(test_pvm_bad_args);
     STEP(test_close_after_runs);
     close(dev);
