@@ -31,8 +31,8 @@ MODULE_PARM_DESC(max_pages_per_proc,
 
 bool pvm_fast_switch = true;
 module_param_named(fast_switch, pvm_fast_switch, bool, 0644);
-MODULE_PARM_DESC(fast_switch, "deliver a user SYSCALL and ERETU inside the world switch (PVM_KMOD_RUN_PVM; "
-		 "default on; off: in C between two switches, for measurements)");
+MODULE_PARM_DESC(fast_switch, "deliver a user SYSCALL, ERETU and plain hypercalls inside the world switch "
+		 "(PVM_KMOD_RUN_PVM; default on; off: in C between two switches, for measurements)");
 
 static int group = -1;
 module_param(group, int, 0444);
