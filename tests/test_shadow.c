@@ -286,6 +286,32 @@ START_TEST(t_slots_lru)
 }
 END_TEST
 
+/* pvm_shadow_find: the slot of a resident root, -1 otherwise, and no effect on the LRU or the active slot. */
+START_TEST(t_find_has_no_effect)
+{
+    const uint64_t A = 0x100000, B = 0x200000, C = 0x300000;
+    ck_assert_int_eq(pvm_shadow_find(sh, A, false), -1); /* nothing resident yet */
+    ck_assert_uint_eq(pvm_shadow_activate(sh, A, false), 0);
+    ck_assert_uint_eq(pvm_shadow_activate(sh, A, true), 1);
+    ck_assert_uint_eq(pvm_shadow_activate(sh, B, false), 2);
+    ck_assert_uint_eq(pvm_shadow_activate(sh, C, false), 3);
+    ck_assert_int_eq(pvm_shadow_find(sh, A | 0x18 | (1ull << 63), false), 0);
+    ck_assert_int_eq(pvm_shadow_find(sh, A, true), 1);
+    ck_assert_int_eq(pvm_shadow_find(sh, B, true), -1); /* B is resident for supervisor mode only */
+    ck_assert_int_eq(pvm_shadow_find(sh, root, false), -1);
+    EXPECT_NONE();
+    /* Finding A (the least recently used) did not refresh it: the next root still evicts it. */
+    ck_assert_uint_eq(pvm_shadow_activate(sh, root, false), 0);
+    EXPECT(RST(0));
+    ck_assert_int_eq(pvm_shadow_find(sh, A, false), -1);
+    /* Nor does it change the active slot: a fault still installs in root's. */
+    map(0x400000, 0x5000, KiB4, E_P);
+    ck_assert_int_eq(pvm_shadow_find(sh, C, false), 3);
+    ck_assert_int_eq(fault(0x400000, 0), PVM_SHADOW_FIXED);
+    EXPECT(INS(0, 0x400000, KiB4, 0x5000, R_ | X_));
+}
+END_TEST
+
 START_TEST(t_no_active_slot)
 {
     map(0x400000, 0x5000, KiB4, E_P);
@@ -869,6 +895,7 @@ int main(void)
     TCase *tc = tcase_create("shadow");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, t_slots_lru);
+    tcase_add_test(tc, t_find_has_no_effect);
     tcase_add_test(tc, t_no_active_slot);
     tcase_add_test(tc, t_fault_4k_then_write);
     tcase_add_test(tc, t_fault_large);
