@@ -300,6 +300,30 @@ static long as_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 			return -EPERM;
 		pvm_kick(&as->kick);
 		return 0;
+	case PVM_KMOD_AS_POST_IRQ:
+		if (arg < 32 || arg > 255)
+			return -EINVAL;
+		if (current->mm != as->mm)
+			return -EPERM;
+		pvm_post_irq(&as->kick, (unsigned int)arg);
+		return 0;
+	case PVM_KMOD_AS_TAKE_IRQS: {
+		u64 bits[4];
+
+		if (current->mm != as->mm)
+			return -EPERM;
+		pvm_take_irqs(&as->kick, bits);
+		if (copy_to_user(uarg, bits, sizeof(bits))) {
+			/* Not lost: post them again. */
+			unsigned int v;
+
+			for (v = 32; v < 256; v++)
+				if (bits[v / 64] & (1ull << (v % 64)))
+					set_bit(v, as->kick.irqs);
+			return -EFAULT;
+		}
+		return 0;
+	}
 	}
 	return -ENOTTY;
 }

@@ -7,6 +7,7 @@
  *
  *   user event (§5.3)              lib/machine/event.c user_event
  *   supervisor exception (§5.4)    event.c supervisor_exception
+ *   supervisor interrupt (§5.5)    event.c supervisor_interrupt (a posted IRQ)
  *   ERETU (§6.2), ERETS (§6.3)      lib/machine/eret.c
  *   hypercalls without state (§7)  lib/machine/hypercall.c smod_syscall
  *
@@ -230,6 +231,46 @@ static int supervisor_exception(struct pvm_deliver *d, struct pvm_switch_regs *g
 	set_virtual_if(d, PVM_ENTRY_RFLAGS);
 	enter_handler(g, entry);
 	return PVM_DELIVERED;
+}
+
+/* §5.5: smod, a posted interrupt with the PVCS IF set: state to the PVCS, nothing pushed, entry + 512. */
+static int supervisor_interrupt(struct pvm_deliver *d, struct pvm_switch_regs *g, unsigned int vector)
+{
+	struct pvm_vcpu_struct *p = d->pvcs;
+	u64 rflags = guest_rflags(d, g);
+	u64 entry = d->p.event_entry + PVM_ENTRY_SUPERVISOR_INTERRUPT;
+
+	/* irq.c: IF = 0 holds it (the model then sets IP): the caller's. */
+	if (!(rflags & RF_IF) || !pvm_canonical48(entry))
+		return PVM_NOT_DELIVERED;
+	WRITE_ONCE(p->eflags, (u32)rflags); /* §10.8, with the virtual IF */
+	WRITE_ONCE(p->rip, g->rip);
+	WRITE_ONCE(p->rsp, g->gpr[RSP]);
+	WRITE_ONCE(p->rcx, g->gpr[RCX]);
+	WRITE_ONCE(p->r11, g->gpr[R11]);
+	WRITE_ONCE(p->event_vector, vector); /* §10.4: no error code, event_errcode stays */
+	g->gpr[RSP] = (g->gpr[RSP] - d->p.redzone) & ~0xfull;
+	set_virtual_if(d, PVM_ENTRY_RFLAGS);
+	enter_handler(g, entry);
+	return PVM_DELIVERED;
+}
+
+int pvm_deliver_irq(struct pvm_deliver *d, struct pvm_switch_regs *g, unsigned int vector)
+{
+	int done;
+
+	/* Compat-mode user code and smod on another CS (§10.18) are the library's. */
+	if (g->cs != __USER_CS)
+		return PVM_NOT_DELIVERED;
+	if (d->p.mode == PVM_KMOD_MODE_USER)
+		done = user_event(d, g, (int)vector); /* umod: IF is always 1 (§1.2) */
+	else
+		done = supervisor_interrupt(d, g, vector);
+	if (done != PVM_NOT_DELIVERED)
+		d->p.events++;
+	if (done == PVM_DELIVERED_SWITCHED)
+		d->p.switches++;
+	return done;
 }
 
 /* §7.3 a generic KVM hypercall: RCX := R10, RAX := the result, R10 := RCX (hypercall.c kvm_hypercall). */

@@ -138,15 +138,21 @@ enum { PVM_NOT_DELIVERED, PVM_DELIVERED, PVM_DELIVERED_SWITCHED };
  * go on in the other mode's address space.
  */
 int pvm_deliver(struct pvm_deliver *d, struct pvm_switch_regs *g, int vector, struct pvm_pgtable *pt);
+/* A posted external interrupt @vector, where the model would deliver it now (same results). */
+int pvm_deliver_irq(struct pvm_deliver *d, struct pvm_switch_regs *g, unsigned int vector);
 /* An address space's kick: a flag RUN consumes, and the CPU running it (-1: none). */
 struct pvm_kick {
 	atomic_t pending;
 	int cpu;
+	unsigned long irqs[256 / BITS_PER_LONG]; /* PVM_KMOD_AS_POST_IRQ: posted vectors */
 };
 struct pvm_pvcs_pin;
 long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin *pin,
 	     struct pvm_kmod_run __user *urun);
 void pvm_kick(struct pvm_kick *kick);
+/* PVM_KMOD_AS_POST_IRQ / TAKE_IRQS. */
+void pvm_post_irq(struct pvm_kick *kick, unsigned int vector);
+void pvm_take_irqs(struct pvm_kick *kick, u64 bits[4]);
 
 /* ---- as.c ---------------------------------------------------------------- */
 long pvm_as_create(const struct pvm_kmod_create_as __user *uarg);

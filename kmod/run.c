@@ -61,6 +61,60 @@ static u64 root_of(const struct pvm_pgtable *pt)
 	return __pa(pt->pml4) | ((__read_cr4() & X86_CR4_PCIDE) ? PVM_GUEST_PCID : 0);
 }
 
+/*
+ * PVM_KMOD_AS_POST_IRQ: the bit first, then an IPI to the RUN's CPU (the
+ * kick's protocol: RUN publishes its CPU, then looks at the bits).
+ */
+void pvm_post_irq(struct pvm_kick *kick, unsigned int vector)
+{
+	int cpu;
+
+	set_bit(vector, kick->irqs);
+	smp_mb__after_atomic();
+	cpu = READ_ONCE(kick->cpu);
+	if (cpu >= 0)
+		smp_call_function_single(cpu, kick_nop, NULL, 0);
+}
+
+void pvm_take_irqs(struct pvm_kick *kick, u64 bits[4])
+{
+	unsigned int i;
+
+	BUILD_BUG_ON(sizeof(kick->irqs) != 4 * sizeof(u64));
+	for (i = 0; i < ARRAY_SIZE(kick->irqs); i++)
+		((unsigned long *)bits)[i] = xchg(&kick->irqs[i], 0);
+}
+
+static bool irqs_posted(const struct pvm_kick *kick)
+{
+	return !bitmap_empty(kick->irqs, 256);
+}
+
+/*
+ * Posted interrupts before the next entry: the highest one delivered where
+ * the model would deliver it now (then the next turn looks again), else the
+ * RUN ends (they stay posted for the caller).  0 or -EINTR.
+ */
+static int posted_irqs(struct pvm_kick *kick, bool pvm, struct pvm_deliver *d, struct pvm_switch_regs *g,
+		       unsigned int *cur)
+{
+	unsigned int v = find_last_bit(kick->irqs, 256);
+	int done;
+
+	if (v >= 256)
+		return 0;
+	if (!pvm || v < 32 || !test_and_clear_bit(v, kick->irqs))
+		return -EINTR;
+	done = pvm_deliver_irq(d, g, v);
+	if (done == PVM_NOT_DELIVERED) {
+		set_bit(v, kick->irqs);
+		return -EINTR;
+	}
+	if (done == PVM_DELIVERED_SWITCHED)
+		*cur ^= 1;
+	return 0;
+}
+
 long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin *pin,
 	     struct pvm_kmod_run __user *urun)
 {
@@ -120,6 +174,10 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin 
 			ret = -EINTR;
 			break;
 		}
+		if (irqs_posted(kick) && posted_irqs(kick, pvm, &d, &g, &cur) < 0) {
+			ret = -EINTR;
+			break;
+		}
 		cond_resched();
 		preempt_disable();
 		local_irq_disable();
@@ -136,6 +194,13 @@ long pvm_run(struct pvm_pgtable *pt, struct pvm_kick *kick, struct pvm_pvcs_pin 
 			preempt_enable();
 			ret = -EINTR;
 			break;
+		}
+		/* An interrupt posted before the CPU was published: the top of the loop takes it. */
+		if (irqs_posted(kick)) {
+			WRITE_ONCE(kick->cpu, -1);
+			local_irq_enable();
+			preempt_enable();
+			continue;
 		}
 		/* The thread's user FPU state is the guest's: in the registers. */
 		if (test_thread_flag(TIF_NEED_FPU_LOAD))

@@ -14,7 +14,8 @@
  *
  *   /dev/pvm fd:  PVM_KMOD_GET_VERSION, PVM_KMOD_INFO, PVM_KMOD_CREATE_AS
  *   AS fd:        PVM_KMOD_AS_MAP, PVM_KMOD_AS_UNMAP, PVM_KMOD_AS_INFO,
- *                 PVM_KMOD_AS_RUN, PVM_KMOD_AS_KICK
+ *                 PVM_KMOD_AS_RUN, PVM_KMOD_AS_KICK, PVM_KMOD_AS_POST_IRQ,
+ *                 PVM_KMOD_AS_TAKE_IRQS
  *
  * An unknown ioctl on either fd returns -ENOTTY.
  */
@@ -270,5 +271,22 @@ _Static_assert(sizeof(struct pvm_kmod_run) == 248, "pvm_kmod_run layout");
  *   0; -EINVAL argument not 0; -EPERM not the creating process.
  */
 #define PVM_KMOD_AS_KICK _IO(PVM_KMOD_IOC_MAGIC, 0x14)
+
+/*
+ * ioctl(as, PVM_KMOD_AS_POST_IRQ, vector) (version 3): an external interrupt
+ * (vector 32..255) for the guest of this address space's RUN.  It is kept
+ * in the address space (a bit per vector) and the running CPU, if any, gets
+ * an IPI.  A RUN with PVM_KMOD_RUN_PVM delivers the highest posted vector
+ * itself where the machine model would deliver it at once (§5.3 in user
+ * mode, with other_as; §5.5 in supervisor mode with the PVCS IF set), as an
+ * event; one it cannot deliver ends the RUN with -EINTR and stays posted,
+ * and so does any posted vector for a RUN without PVM_KMOD_RUN_PVM.  Any
+ * thread of the creating process (async-signal-safe: one syscall).
+ *   0; -EINVAL vector outside 32..255; -EPERM not the creating process.
+ * ioctl(as, PVM_KMOD_AS_TAKE_IRQS, uint64_t bits[4]): take every posted
+ * vector back (bit v of bits[v / 64]) and clear them.  0; -EFAULT; -EPERM.
+ */
+#define PVM_KMOD_AS_POST_IRQ  _IO(PVM_KMOD_IOC_MAGIC, 0x15)
+#define PVM_KMOD_AS_TAKE_IRQS _IOR(PVM_KMOD_IOC_MAGIC, 0x16, uint64_t[4])
 
 #endif /* PVM_KMOD_H */

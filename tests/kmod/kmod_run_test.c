@@ -922,6 +922,150 @@ static void test_pvm_hypercalls(void)
     }
 }
 
+/* Post @vector to @as from another thread once @delay_ms has passed. */
+struct poster {
+    int as;
+    unsigned vector, delay_ms;
+};
+
+static void *post_later(void *arg)
+{
+    const struct poster *p = arg;
+    struct timespec ts = { 0, (long)p->delay_ms * 1000000L };
+    nanosleep(&ts, NULL);
+    CHECK_EQ(ioctl(p->as, PVM_KMOD_AS_POST_IRQ, (unsigned long)p->vector), 0);
+    return NULL;
+}
+
+static void take_irqs(int fd, uint64_t want0, uint64_t want1)
+{
+    uint64_t bits[4] = { 1, 1, 1, 1 };
+    CHECK_EQ(ioctl(fd, PVM_KMOD_AS_TAKE_IRQS, bits), 0);
+    CHECK_EQ(bits[0], want0);
+    CHECK_EQ(bits[1], want1);
+    CHECK_EQ(bits[2], 0);
+    CHECK_EQ(bits[3], 0);
+}
+
+/*
+ * PVM_KMOD_AS_POST_IRQ: delivered by the module where the model would
+ * deliver it at once (§5.5 in supervisor mode with IF set, the highest
+ * vector first; §5.3 in user mode), left posted (the RUN ends with -EINTR)
+ * where it would be held, and taken back with TAKE_IRQS.
+ */
+static void test_pvm_post_irq(void)
+{
+    struct pvcs *v = (struct pvcs *)pvcs_page;
+    uint64_t bits[4];
+    /* Bad arguments, and a failed TAKE loses nothing. */
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 31ul), -1);
+    CHECK_EQ(errno, EINVAL);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 256ul), -1);
+    CHECK_EQ(errno, EINVAL);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 0x40ul), 0);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_TAKE_IRQS, (void *)8), -1);
+    CHECK_EQ(errno, EFAULT);
+    take_irqs(kas, 0, 1ull << 0);
+    take_irqs(kas, 0, 0);
+    (void)bits;
+
+    /* kcode: a spin at KCODE, hlt at the user entry (EVENT_ENTRY) and at +512. */
+    memset(kcode, 0xcc, PG);
+    kcode[0] = 0xeb, kcode[1] = 0xfe;                 /* 1: jmp 1b */
+    kcode[EVENT_ENTRY - KCODE] = 0xf4;
+    kcode[EVENT_ENTRY - KCODE + 512] = 0xf4;
+    struct pvm_kmod_run k;
+    struct pvm_kmod_pvm kp;
+#define SMOD_RUN()                                                                                 \
+    do {                                                                                           \
+        memset(&k, 0, sizeof(k));                                                                  \
+        k.regs.rip = KCODE, k.cs = 0x33, k.regs.rflags = 0x2, k.regs.gpr[RSP] = KSTACK + 0x808;    \
+        k.regs.gpr[RCX] = 0x1111, k.regs.gpr[R11] = 0x2222;                                        \
+        kp = pvm_block(PVM_KMOD_MODE_SUPERVISOR);                                                  \
+        kp.other_as = -1, kp.event_entry = EVENT_ENTRY, kp.redzone = 16;                           \
+        k.flags = PVM_KMOD_RUN_PVM, k.pvm = (uintptr_t)&kp;                                        \
+    } while (0)
+
+    /* Supervisor mode, IF set: posted while the guest spins, delivered at +512. */
+    memset(pvcs_page, 0, 128);
+    v->event_flags = 0x200;
+    SMOD_RUN();
+    struct poster ps = { kas, 0x40, 20 };
+    pthread_t t;
+    pthread_create(&t, NULL, post_later, &ps);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_RUN, &k), 0);
+    pthread_join(t, NULL);
+    CHECK_EQ(k.exit_reason, PVM_KMOD_EXIT_EXCEPTION);
+    CHECK_EQ(k.vector, 13);                            /* the handler's hlt */
+    CHECK_EQ(k.regs.rip, EVENT_ENTRY + 512);
+    CHECK_EQ(kp.events, 1);
+    CHECK_EQ(k.regs.gpr[RSP], (KSTACK + 0x808 - 16) & ~15ull);
+    CHECK_EQ(k.regs.gpr[RCX], EVENT_ENTRY + 512);
+    CHECK_EQ(k.regs.gpr[R11], 0x202);
+    CHECK_EQ(v->event_vector, 0x40);
+    CHECK_EQ(v->rip, KCODE);
+    CHECK_EQ(v->rsp, KSTACK + 0x808);
+    CHECK_EQ(v->rcx, 0x1111);
+    CHECK_EQ(v->r11, 0x2222);
+    CHECK_EQ(v->eflags, 0x202);                        /* with the virtual IF */
+    CHECK_EQ(v->event_flags, 0);                       /* IF cleared by the entry */
+    take_irqs(kas, 0, 0);
+
+    /* Two posted before the RUN: the higher first; then IF is 0, the other stays posted. */
+    memset(pvcs_page, 0, 128);
+    v->event_flags = 0x200;
+    SMOD_RUN();
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 0x41ul), 0);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 0x90ul), 0);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_RUN, &k), -1);
+    CHECK_EQ(errno, EINTR);
+    CHECK_EQ(kp.events, 1);
+    CHECK_EQ(k.regs.rip, EVENT_ENTRY + 512);
+    CHECK_EQ(v->event_vector, 0x90);
+    take_irqs(kas, 0, 1ull << 1);                      /* 0x41 */
+
+    /* IF clear: nothing delivered, the RUN ends at once, the vector stays posted. */
+    memset(pvcs_page, 0, 128);
+    SMOD_RUN();
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 0x42ul), 0);
+    CHECK_EQ(ioctl(kas, PVM_KMOD_AS_RUN, &k), -1);
+    CHECK_EQ(errno, EINTR);
+    CHECK_EQ(k.regs.rip, KCODE);
+    take_irqs(kas, 0, 1ull << 2);
+    /* A RUN without PVM_KMOD_RUN_PVM never delivers one. */
+    CHECK_EQ(ioctl(as, PVM_KMOD_AS_POST_IRQ, 0x43ul), 0);
+    struct pvm_kmod_run plain = prepare(BYTES(0xeb, 0xfe));
+    CHECK_EQ(run(&plain), -1);
+    CHECK_EQ(errno, EINTR);
+    take_irqs(as, 0, 1ull << 3);
+
+    /* User mode: the user event of §5.3 with the vector, at EVENT_ENTRY in the kernel's address space. */
+    memset(pvcs_page, 0, 128);
+    struct pvm_kmod_run u = prepare(BYTES(0xeb, 0xfe));
+    struct pvm_kmod_pvm up = pvm_block(PVM_KMOD_MODE_USER);
+    up.event_entry = EVENT_ENTRY;
+    u.flags = PVM_KMOD_RUN_PVM, u.pvm = (uintptr_t)&up;
+    u.regs.gs_base = UGS;
+    struct poster pu = { as, 0x60, 20 };
+    pthread_create(&t, NULL, post_later, &pu);
+    CHECK_EQ(run(&u), 0);
+    pthread_join(t, NULL);
+    CHECK_EQ(u.exit_reason, PVM_KMOD_EXIT_EXCEPTION);
+    CHECK_EQ(u.vector, 13);
+    CHECK_EQ(u.regs.rip, EVENT_ENTRY);
+    CHECK_EQ(up.mode, PVM_KMOD_MODE_SUPERVISOR);
+    CHECK_EQ(up.switches, 1);
+    CHECK_EQ(u.regs.gpr[RSP], SUP_RSP);
+    CHECK_EQ(u.regs.gs_base, KGS);
+    CHECK_EQ(v->event_vector, 0x60);
+    CHECK_EQ(v->rip, CODE);
+    CHECK_EQ(v->user_cs, 0x33);
+    CHECK_EQ(v->user_gsbase, UGS);
+    take_irqs(as, 0, 0);
+    memcpy(kcode, kernel_entry, sizeof(kernel_entry));
+    memset(kcode + 0x200, 0xcc, PG - 0x200);
+}
+
 static void test_pvm_bad_args(void)
 {
     struct pvm_kmod_run r = prepare(BYTES(0x0f, 0x05));
@@ -1097,6 +1241,7 @@ int main(int argc, char **argv)
     STEP(test_pvm_not_delivered);
     STEP(test_pvm_smod_events);
     STEP(test_pvm_hypercalls);
+    STEP(test_pvm_post_irq);
     /* The same with the switch's fast path off: the module's C path (deliver.c) must agree. */
     if (set_fast_switch(0)) {
         STEP(test_pvm_switches);

@@ -43,6 +43,9 @@ struct kmod_cpu {
     int dev;
     int as[PVM_SHADOW_MAX_ROOTS];  /* atomic: -1 until activated */
     bool deliver_on;               /* module ABI >= 3 and PVM_KMOD_FASTPATH != "0" */
+    /* Under hv->inbox_lock: the slot whose RUN takes posted interrupts (-1: none), and whether any was. */
+    int irq_slot;
+    bool posted;
     uint64_t events, switches;     /* delivered by the module, of which mode switches (statistics) */
     struct pvm_kmod_run run;
     struct pvm_kmod_pvm pvm;       /* run.pvm points here while prepare() allows it */
@@ -146,6 +149,7 @@ static int kmod_vcpu_init(struct pvm_hv_vcpu *hv)
         return pvm__error(PVM_ENOMEM, "pvm_vcpu_create: out of memory");
     hv->pdata = kc; /* on failure the core calls kmod_vcpu_fini */
     kc->dev = -1;
+    kc->irq_slot = -1;
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         kc->as[i] = -1;
     /* A fault costs a world switch and a return to user space: prefetch what the retry would fault. */
@@ -332,6 +336,42 @@ static void kmod_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
     };
     kc->run.flags = PVM_KMOD_RUN_PVM;
     kc->run.pvm = (uintptr_t)&kc->pvm;
+    /* From now until the run's end an injected interrupt goes to the module (kmod_post_irq). */
+    pthread_mutex_lock(&hv->inbox_lock);
+    kc->irq_slot = (int)slot;
+    pthread_mutex_unlock(&hv->inbox_lock);
+}
+
+/*
+ * An interrupt injected while a run with PVM_KMOD_RUN_PVM may be going on
+ * (under inbox_lock): posted to the module, which delivers it as the model
+ * would or leaves it posted and ends the run; kmod_take_irqs() then moves
+ * what is left into the model.  Each one is delivered exactly once.
+ */
+static bool kmod_post_irq(struct pvm_hv_vcpu *hv, unsigned vector)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    if (kc->irq_slot < 0 || ioctl(kc->as[kc->irq_slot], PVM_KMOD_AS_POST_IRQ, (unsigned long)vector) < 0)
+        return false;
+    kc->posted = true;
+    return true;
+}
+
+/* After a run: no more posting; what the module did not deliver becomes the model's again. */
+static void kmod_take_irqs(struct pvm_hv_vcpu *hv, unsigned slot, bool interrupted)
+{
+    struct kmod_cpu *kc = kc_of(hv);
+    pthread_mutex_lock(&hv->inbox_lock);
+    kc->irq_slot = -1;
+    /* An ended run may also have met a vector posted some other way: take those too. */
+    if (kc->posted || interrupted) {
+        uint64_t bits[4] = { 0 };
+        if (ioctl(kc->as[slot], PVM_KMOD_AS_TAKE_IRQS, bits) == 0)
+            for (unsigned w = 0; w < 4; w++)
+                hv->cpu.irq_pending[w] |= bits[w] & (w ? ~0ull : ~0xffffffffull);
+        kc->posted = false;
+    }
+    pthread_mutex_unlock(&hv->inbox_lock);
 }
 
 static const struct kmod_cpu *kmod_of(const pvm_vcpu *v)
@@ -404,6 +444,8 @@ static int kmod_run_slot(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_re
     run->regs.gs_base = regs->gs_base;
 
     long rc = run_with_guest_fpu(kc, kc->as[slot]);
+    if ((run->flags & PVM_KMOD_RUN_PVM) || rc == -EINTR)
+        kmod_take_irqs(hv, slot, rc == -EINTR);
     if (rc < 0 && rc != -EINTR) {
         pvm_hv_trap_died(trap, "kmod: PVM_KMOD_AS_RUN failed: %s", strerror((int)-rc));
         return 0;
@@ -563,6 +605,7 @@ static const struct pvm_cpu_provider kmod_cpu = {
     .run = kmod_run_slot,
     .kick = kmod_kick,
     .prepare = kmod_prepare,
+    .post_irq = kmod_post_irq,
     .get_fpu = kmod_get_fpu,
     .set_fpu = kmod_set_fpu,
     .check_fpu = kmod_check_fpu,
