@@ -255,22 +255,24 @@ static int supervisor_interrupt(struct pvm_deliver *d, struct pvm_switch_regs *g
 	return PVM_DELIVERED;
 }
 
-int pvm_deliver_irq(struct pvm_deliver *d, struct pvm_switch_regs *g, unsigned int vector)
+/* Count what was delivered (the block's events and switches); returns @done. */
+static int counted(struct pvm_deliver *d, int done)
 {
-	int done;
-
-	/* Compat-mode user code and smod on another CS (§10.18) are the library's. */
-	if (g->cs != __USER_CS)
-		return PVM_NOT_DELIVERED;
-	if (d->p.mode == PVM_KMOD_MODE_USER)
-		done = user_event(d, g, (int)vector); /* umod: IF is always 1 (§1.2) */
-	else
-		done = supervisor_interrupt(d, g, vector);
 	if (done != PVM_NOT_DELIVERED)
 		d->p.events++;
 	if (done == PVM_DELIVERED_SWITCHED)
 		d->p.switches++;
 	return done;
+}
+
+int pvm_deliver_irq(struct pvm_deliver *d, struct pvm_switch_regs *g, unsigned int vector)
+{
+	/* Compat-mode user code and smod on another CS (§10.18) are the library's. */
+	if (g->cs != __USER_CS)
+		return PVM_NOT_DELIVERED;
+	if (d->p.mode == PVM_KMOD_MODE_USER)
+		return counted(d, user_event(d, g, (int)vector)); /* umod: IF is always 1 (§1.2) */
+	return counted(d, supervisor_interrupt(d, g, vector));
 }
 
 /* §7.3 a generic KVM hypercall: RCX := R10, RAX := the result, R10 := RCX (hypercall.c kvm_hypercall). */
@@ -317,8 +319,6 @@ static int smod_syscall(struct pvm_deliver *d, struct pvm_switch_regs *g, struct
 
 int pvm_deliver(struct pvm_deliver *d, struct pvm_switch_regs *g, int vector, struct pvm_pgtable *pt)
 {
-	int done;
-
 	/*
 	 * A compat-mode SYSCALL (§10.19) and anything in smod on another CS
 	 * (§10.18: a triple fault) are the library's.
@@ -328,17 +328,11 @@ int pvm_deliver(struct pvm_deliver *d, struct pvm_switch_regs *g, int vector, st
 	if (d->p.mode == PVM_KMOD_MODE_USER) {
 		if (vector != PVM_SW_SYSCALL && !reflected(vector))
 			return PVM_NOT_DELIVERED;
-		done = user_event(d, g, vector == PVM_SW_SYSCALL ? -1 : vector);
-	} else if (vector == PVM_SW_SYSCALL) {
-		done = smod_syscall(d, g, pt);
-	} else if (reflected(vector)) {
-		done = supervisor_exception(d, g, vector, pt);
-	} else {
-		return PVM_NOT_DELIVERED;
+		return counted(d, user_event(d, g, vector == PVM_SW_SYSCALL ? -1 : vector));
 	}
-	if (done != PVM_NOT_DELIVERED)
-		d->p.events++;
-	if (done == PVM_DELIVERED_SWITCHED)
-		d->p.switches++;
-	return done;
+	if (vector == PVM_SW_SYSCALL)
+		return counted(d, smod_syscall(d, g, pt));
+	if (reflected(vector))
+		return counted(d, supervisor_exception(d, g, vector, pt));
+	return PVM_NOT_DELIVERED;
 }
