@@ -367,18 +367,12 @@ pvm_exit_common:
 	jz	pvm_switch_bug
 	swapgs
 	SAVE_GPRS
-	movq	0(%rsp), %rax
-	movq	%rax, %gs:PC_VECTOR
-	movq	8(%rsp), %rax
-	movq	%rax, %gs:PC_ERROR
-	movq	16(%rsp), %rax
-	movq	%rax, %gs:PC_RIP
-	movq	24(%rsp), %rax
-	movq	%rax, %gs:PC_CS
-	movq	32(%rsp), %rax
-	movq	%rax, %gs:PC_RFLAGS
-	movq	40(%rsp), %rax
-	movq	%rax, %gs:PC_GPR_RSP
+	MOVQ_MEM 0(%rsp), %gs:PC_VECTOR
+	MOVQ_MEM 8(%rsp), %gs:PC_ERROR
+	MOVQ_MEM 16(%rsp), %gs:PC_RIP
+	MOVQ_MEM 24(%rsp), %gs:PC_CS
+	MOVQ_MEM 32(%rsp), %gs:PC_RFLAGS
+	MOVQ_MEM 40(%rsp), %gs:PC_GPR_RSP
 	movq	%cr2, %rax
 	movq	%rax, %gs:PC_CR2
 	movq	%gs:PC_SELF, %rdi

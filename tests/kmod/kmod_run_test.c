@@ -522,49 +522,28 @@ static void test_migration(void)
     sched_setaffinity(0, sizeof(all), &all);
 }
 
+/* A RUN of `syscall` with @change applied must fail with EINVAL. */
+#define BAD_RUN(change)                                                                             \
+    do {                                                                                            \
+        r = prepare(BYTES(0x0f, 0x05));                                                             \
+        change;                                                                                     \
+        CHECK_EQ(run(&r), -1);                                                                      \
+        CHECK_EQ(errno, EINVAL);                                                                    \
+    } while (0)
+
 static void test_bad_args(void)
 {
-    struct pvm_kmod_run r = prepare(BYTES(0x0f, 0x05));
-    r.regs.rip = 0x0000800000000000ull;
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.cs = 0x23;
-    r.regs.rip = 0x100000000ull; /* beyond the 32-bit limit */
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.regs.gs_base = 0x0000800000000000ull; /* non-canonical: WRMSR would fault in ring 0 */
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.regs.fs_base = 0x8000000000000000ull;
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.cs = 0x10; /* kernel code */
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.pad1 = 1;
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.flags = 2;
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.pvm = 8; /* without PVM_KMOD_RUN_PVM */
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.reserved[4] = 1;
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
-    r = prepare(BYTES(0x0f, 0x05));
-    r.pad0[0] = 1;
-    CHECK_EQ(run(&r), -1);
-    CHECK_EQ(errno, EINVAL);
+    struct pvm_kmod_run r;
+    BAD_RUN(r.regs.rip = 0x0000800000000000ull);
+    BAD_RUN((r.cs = 0x23, r.regs.rip = 0x100000000ull)); /* beyond the 32-bit limit */
+    BAD_RUN(r.regs.gs_base = 0x0000800000000000ull);     /* non-canonical: WRMSR would fault in ring 0 */
+    BAD_RUN(r.regs.fs_base = 0x8000000000000000ull);
+    BAD_RUN(r.cs = 0x10);                                /* kernel code */
+    BAD_RUN(r.pad1 = 1);
+    BAD_RUN(r.flags = 2);
+    BAD_RUN(r.pvm = 8);                                  /* without PVM_KMOD_RUN_PVM */
+    BAD_RUN(r.reserved[4] = 1);
+    BAD_RUN(r.pad0[0] = 1);
     CHECK_EQ(ioctl(as, PVM_KMOD_AS_RUN, (void *)8), -1);
     CHECK_EQ(errno, EFAULT);
     CHECK_EQ(ioctl(dev, PVM_KMOD_AS_RUN, &r), -1); /* not on /dev/pvm */
@@ -956,7 +935,6 @@ static void take_irqs(int fd, uint64_t want0, uint64_t want1)
 static void test_pvm_post_irq(void)
 {
     struct pvcs *v = (struct pvcs *)pvcs_page;
-    uint64_t bits[4];
     /* Bad arguments, and a failed TAKE loses nothing. */
     CHECK_EQ(ioctl(kas, PVM_KMOD_AS_POST_IRQ, 31ul), -1);
     CHECK_EQ(errno, EINVAL);
@@ -967,7 +945,6 @@ static void test_pvm_post_irq(void)
     CHECK_EQ(errno, EFAULT);
     take_irqs(kas, 0, 1ull << 0);
     take_irqs(kas, 0, 0);
-    (void)bits;
 
     /* kcode: a spin at KCODE, hlt at the user entry (EVENT_ENTRY) and at +512. */
     memset(kcode, 0xcc, PG);
