@@ -1701,6 +1701,45 @@ START_TEST(first_fetch_prefetched)
 }
 END_TEST
 
+GVM_CODE_BLOCK(g_push, "push $0x5a\n pop %rbx\n" HC(7) "ud2\n");
+
+/*
+ * ... and the stack page with it, as a write, only where the guest's PTE is
+ * already dirty: the guest sees what its push would have done (the same
+ * exit, registers, A and D bits), and a clean page keeps its D bit for the
+ * write itself.
+ */
+START_TEST(first_stack_prefetched)
+{
+    for (int dirty = 0; dirty < 2; dirty++) {
+        uint64_t pte_after[2], rbx[2];
+        for (int on = 0; on < 2; on++) {
+            struct gvm g;
+            struct pvm_exit e;
+            gvm_init_fast(&g, on);
+            gvm_load(&g, GVM_CODE, g_push_start, g_push_end);
+            gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+            uint64_t *pte = gvm_pte(&g, g.kroot, GVM_STACK_TOP - 8);
+            *pte = (*pte & ~(uint64_t)(PVM_PTE_A | PVM_PTE_D)) | (dirty ? PVM_PTE_A | PVM_PTE_D : 0);
+            gvm_run(&g, &e);
+            gvm_expect_hc(&e, 7);
+            /* The fetch, plus the stack where its D bit was set. */
+            ck_assert_uint_eq(pvm__native_fetch_prefetches(g.cpu), on ? 1u + (unsigned)dirty : 0u);
+            pte_after[on] = *pte;
+            struct pvm_regs r;
+            ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &r), 0);
+            rbx[on] = r.rbx;
+            ck_assert_uint_eq(r.rsp, GVM_STACK_TOP);
+            gvm_fini(&g);
+        }
+        ck_assert_uint_eq(pte_after[0], pte_after[1]);
+        ck_assert_uint_eq(pte_after[1] & (PVM_PTE_A | PVM_PTE_D), PVM_PTE_A | PVM_PTE_D);
+        ck_assert_uint_eq(rbx[0], 0x5a);
+        ck_assert_uint_eq(rbx[1], 0x5a);
+    }
+}
+END_TEST
+
 START_TEST(user_pf_prefetch_matches_model)
 {
     static struct pf_snapshot fast, slow;
@@ -2275,6 +2314,7 @@ int main(void)
     tcase_add_test(tc, fast_msr_readback_checked);
     tcase_add_test(tc, user_pf_prefetch_matches_model);
     tcase_add_test(tc, first_fetch_prefetched);
+    tcase_add_test(tc, first_stack_prefetched);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
     tcase_add_test(tc, pokes_coalesced_when_blocked);

@@ -175,6 +175,16 @@ void pvm_hv_fetch_prefetch(struct pvm_hv_vcpu *hv)
     pvm_hv_refresh_env(hv);
     if (pvm_shadow_prefetch(hv->shadow, &hv->env, c->rip, PVM_PFEC_I))
         hv->fetch_prefetches++;
+    /*
+     * The stack is the next access of most first instructions (a call's or a
+     * prologue's push): its page too, as a write, where the guest's tables
+     * already hold it dirty (pvm_shadow_prefetch sets no D bit ahead).  Only
+     * with the fetch's: a fresh address space, so at most one walk more.
+     */
+    uint64_t sp = c->gpr[PVM_RSP] - 8;
+    if (sp >= hv->p->window_lo && sp < hv->p->window_hi && !pvm_shadow_lookup(hv->shadow, sp, &start, &len, &prot) &&
+        pvm_shadow_prefetch(hv->shadow, &hv->env, sp, PVM_PFEC_W))
+        hv->fetch_prefetches++;
 }
 
 static enum pvm_m_result handle_fault(struct pvm_hv_vcpu *hv, const struct pvm_hv_trap *t, bool *provider_error,
