@@ -1538,6 +1538,83 @@ START_TEST(forged_stop_refused)
 }
 END_TEST
 
+/*
+ * A forged user syscall: the user program writes a SYSCALL report into its
+ * own stub's control page and keeps running, counting at R9 (its stack page,
+ * written once before, so that the loop takes no fault: a fault is a genuine stop).
+ * The library delivers the "syscall" to the kernel, which runs in another
+ * stub.  RDI/RSI/RDX/R8 as for g_forge_stop; the kernel sets them before its
+ * ERETU.  A user program must never run beside its kernel (docs/design.md
+ * "Stops between address spaces"): the vCPU is lost before its kernel gets
+ * past its next trap, and never reaches an exit.
+ */
+GVM_CODE_BLOCK(g_forge_user,
+    "incq (%r9)\n"   /* a genuine #PF first: the counter's page must be mapped before the forgery */
+    "mov $0x77, %eax\n mov %rax, (%rdi,%rsi)\n"
+    "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
+    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
+    "movl $31, (%rdi,%r8)\n movl $2, (%rdi,%rdx)\n"
+    "1: incq (%r9)\n jmp 1b\n"
+    "2: ud2\n");
+/* The kernel: ERETU to the user program; its syscall entry flushes (a trap), then marks GVM_DATA and reports. */
+extern const uint8_t g_k_forge_lstar[];
+GVM_CODE_BLOCK(g_k_forge,
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_k_forge_lstar\ng_k_forge_lstar:\n"
+    "mov $0x17088203, %eax\n syscall\n"          /* PVM_HC_TLB_FLUSH: handled by the library */
+    "movabs $0x106000, %rax\n movq $1, (%rax)\n" HC(0x44) "ud2\n");
+
+static void forge_user_run(bool flush_first, struct pvm_exit *e, uint64_t *count, uint64_t *marker)
+{
+    _Static_assert(PVM_HC_TLB_FLUSH == 0x17088203 && GVM_DATA == 0x106000 && GVM_RETU_SITE == 0x104300,
+                   "values used by g_k_forge");
+    struct gvm g;
+    struct pvm_regs r;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_k_forge_start, g_k_forge_end);
+    gvm_load(&g, GVM_USER_CODE, g_forge_user_start, g_forge_user_end);
+    user_entry(&g);
+    uint64_t *counter = (uint64_t *)(g.ram + GVM_USER_STACK_TOP - 0x100);
+    uint64_t *mark = (uint64_t *)(g.ram + GVM_DATA);
+    *counter = *mark = 0;
+    if (flush_first)
+        ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_k_forge_lstar - g_k_forge_start)), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
+    gvm_regs(&g, &r);
+    r.rdi = NSTUB_CTL_ADDR;
+    r.rsi = offsetof(struct nstub_ctl, regs);
+    r.rdx = offsetof(struct nstub_ctl, state);
+    r.r8 = offsetof(struct nstub_ctl, signo);
+    r.r9 = GVM_USER_STACK_TOP - 0x100;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, e), 0);
+    /* Whatever the exit: is the user program still counting? */
+    uint64_t c0 = __atomic_load_n(counter, __ATOMIC_RELAXED);
+    sleep_ms(20);
+    *count = __atomic_load_n(counter, __ATOMIC_RELAXED) - c0;
+    *marker = *mark;
+    gvm_fini(&g);
+}
+
+START_TEST(forged_user_syscall_refused)
+{
+    struct pvm_exit e;
+    uint64_t moved, marker;
+    /* The kernel's entry reports at once (an exit): the exit must not come while its user program runs. */
+    forge_user_run(false, &e, &moved, &marker);
+    ck_assert_msg(e.reason == PVM_EXIT_INTERNAL_ERROR, "exit %u (the user program counted %llu more)", e.reason,
+                  (unsigned long long)moved);
+    ck_assert_msg(strstr(e.u.internal.msg, "keeps running guest code (a forged report)"), "%s", e.u.internal.msg);
+    ck_assert_uint_eq(moved, 0);
+    /* The kernel's entry traps first (a TLB flush): stopped there, before it marks GVM_DATA. */
+    forge_user_run(true, &e, &moved, &marker);
+    ck_assert_msg(e.reason == PVM_EXIT_INTERNAL_ERROR, "exit %u", e.reason);
+    ck_assert_msg(strstr(e.u.internal.msg, "keeps running guest code (a forged report)"), "%s", e.u.internal.msg);
+    ck_assert_uint_eq(marker, 0);
+    ck_assert_uint_eq(moved, 0);
+}
+END_TEST
+
 /* §10.12: a non-canonical EVENT_ENTRY block (here only +512 is) is a triple fault, fast path or not. */
 GVM_CODE_BLOCK(g_wrmsr_entry_bad,
     "mov $0x4b564df3, %ecx\n mov $0x40, %eax\n xor %edx, %edx\n wrmsr\n"   /* fast */
@@ -2310,6 +2387,7 @@ int main(void)
     tcase_add_test(tc, fast_erets_and_nmi);
     tcase_add_test(tc, fast_block_forgery_contained);
     tcase_add_test(tc, forged_stop_refused);
+    tcase_add_test(tc, forged_user_syscall_refused);
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
     tcase_add_test(tc, fast_msr_readback_checked);
     tcase_add_test(tc, user_pf_prefetch_matches_model);

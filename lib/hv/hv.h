@@ -105,9 +105,12 @@ struct pvm_cpu_provider {
 
     /*
      * Optional: make sure the guest that ran in @slot cannot run again until
-     * the next run(), before the application sees an exit or a host call runs
-     * (a provider whose trap reports the guest could forge).  0, or <0 with a
-     * reason in err: the vCPU is then lost (INTERNAL_ERROR).
+     * the next run() there (a provider whose trap reports the guest could
+     * forge).  The core asks before the application sees an exit or a host
+     * call runs (every slot that ran since its last confirm), and before guest
+     * code runs in another slot while a user slot is unconfirmed (run.c
+     * others_stopped).  0, or <0 with a reason in err: the vCPU is then lost
+     * (INTERNAL_ERROR).
      */
     int (*stopped)(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen);
 
@@ -169,6 +172,8 @@ struct pvm_hv_vcpu {
     int attention;               /* atomic: inbox non-empty or kick */
     int running_slot;            /* atomic: slot running guest code, or -1 */
     int ran_slot;                /* slot of the last run() in this pvm_vcpu_run, or -1 */
+    uint32_t unconfirmed;        /* slots that ran since provider.stopped() last confirmed them (bit per slot) */
+    uint32_t unconfirmed_user;   /* ... of which the last run was in user mode */
     uint32_t wake;               /* futex word for halt waits */
 
     bool dead;                   /* SHUTDOWN or INTERNAL_ERROR reached */

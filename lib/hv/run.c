@@ -270,6 +270,48 @@ static void debug_exit(struct pvm_cpu *c, unsigned vector)
 }
 
 /* Run guest code once: the provider's part of one loop turn. */
+/*
+ * Stops between address spaces (docs/design.md "Stops between address
+ * spaces").  A provider whose trap reports the guest can forge (native: the
+ * stub's control page) may still be running the guest in the slot that
+ * "reported".  Guest code in a user address space must never run beside
+ * other guest code of its vCPU: its kernel may unmap a page there, flush and
+ * reuse it, and the user's stale mapping would reach it.  So before guest
+ * code runs in @slot, every other user slot that ran since it was confirmed
+ * is confirmed stopped, with one exception: the slot whose event this run
+ * delivers to its kernel (@slot supervisor, ran_slot that user slot).  Its
+ * kernel cannot reuse a page the user maps without a flush first, and a
+ * flush is a trap: the next resume confirms it then; an ERETU straight back
+ * (the common user syscall) costs nothing.  A user slot resumed in
+ * supervisor mode (the shadow gave its root to the kernel) is confirmed
+ * first too: its forged report must not receive the kernel's mappings.
+ */
+_Static_assert(PVM_SHADOW_MAX_ROOTS <= 32, "one bit per slot in pvm_hv_vcpu.unconfirmed");
+
+static bool confirm_slot(struct pvm_hv_vcpu *hv, unsigned s, char *err, size_t errlen)
+{
+    if (hv->p->stopped(hv, s, err, errlen) < 0)
+        return false;
+    hv->unconfirmed &= ~(1u << s);
+    hv->unconfirmed_user &= ~(1u << s);
+    return true;
+}
+
+static bool others_stopped(struct pvm_hv_vcpu *hv, unsigned slot, bool user, char *err, size_t errlen)
+{
+    if (!hv->p->stopped)
+        return true;
+    uint32_t m = hv->unconfirmed_user;
+    if (user)
+        m &= ~(1u << slot);
+    else if (hv->ran_slot >= 0 && (unsigned)hv->ran_slot != slot)
+        m &= ~(1u << hv->ran_slot);   /* the event being delivered: its free leg */
+    for (unsigned s = 0; m; s++, m >>= 1)
+        if ((m & 1) && !confirm_slot(hv, s, err, errlen))
+            return false;
+    return true;
+}
+
 static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int *fatal_rc)
 {
     const struct pvm_cpu_provider *p = hv->p;
@@ -314,6 +356,12 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         pvm_hv_cow_flush(hv);
     pf_prefetch(hv);
     pvm_hv_fetch_prefetch(hv);
+    const bool user = c->mode == PVM_MODE_USER;
+    if (!others_stopped(hv, slot, user, err, sizeof(err))) {
+        __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
+        *fatal_rc = fatal(hv, exit, PVM_EINTERNAL, "%s: vCPU %u: %s", p->name, hv->v->id, err);
+        return PVM_M_EXIT;
+    }
     if (p->prepare)
         p->prepare(hv, slot);
     pvm__mem_leave(vm); /* guest code runs: pvm_vm_free_memory() may proceed */
@@ -321,6 +369,11 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     pvm__mem_enter(vm);
     __atomic_store_n(&hv->running_slot, -1, __ATOMIC_SEQ_CST);
     hv->ran_slot = (int)slot;
+    hv->unconfirmed |= 1u << slot;
+    if (user)
+        hv->unconfirmed_user |= 1u << slot;
+    else
+        hv->unconfirmed_user &= ~(1u << slot);
     if (rc < 0) {
         *fatal_rc = fatal(hv, exit, rc, "%s: run failed: %s", p->name, pvm_last_error());
         return PVM_M_EXIT;
@@ -363,14 +416,16 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
 static bool guest_stopped(struct pvm_hv_vcpu *hv, struct pvm_exit *exit)
 {
     char err[160];
-    if (!hv->p->stopped || hv->ran_slot < 0)
+    if (!hv->p->stopped)
         return true;
-    if (hv->p->stopped(hv, (unsigned)hv->ran_slot, err, sizeof(err)) == 0) {
-        hv->ran_slot = -1; /* confirmed: nothing ran since */
-        return true;
-    }
-    fatal(hv, exit, PVM_EINTERNAL, "%s: vCPU %u: %s", hv->p->name, hv->v->id, err);
-    return false;
+    /* Every slot that ran since its last confirm: a forged report elsewhere must not outlive the exit either. */
+    for (unsigned s = 0, m = hv->unconfirmed; m; s++, m >>= 1)
+        if ((m & 1) && !confirm_slot(hv, s, err, sizeof(err))) {
+            fatal(hv, exit, PVM_EINTERNAL, "%s: vCPU %u: %s", hv->p->name, hv->v->id, err);
+            return false;
+        }
+    hv->ran_slot = -1; /* confirmed: nothing ran since */
+    return true;
 }
 
 static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
