@@ -1747,6 +1747,33 @@ static uint64_t *gvm_pte(struct gvm *g, uint64_t root, uint64_t gva)
     return (uint64_t *)(g->ram + table) + ((gva >> 12) & 511);
 }
 
+/* A fresh vCPU runs @code (ending in HC(7)) with the PTE of @gva set to (pte & ~clear) | set: what it saw. */
+struct first_run {
+    uint64_t prefetches, pte, rbx, rsp;
+};
+static struct first_run first_run(bool on, const uint8_t *start, const uint8_t *end, uint64_t gva, uint64_t clear,
+                                  uint64_t set)
+{
+    struct gvm g;
+    struct pvm_exit e;
+    struct pvm_regs r;
+    struct first_run f;
+    gvm_init_fast(&g, on);
+    gvm_load(&g, GVM_CODE, start, end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
+    uint64_t *pte = gvm_pte(&g, g.kroot, gva);
+    *pte = (*pte & ~clear) | set;
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 7);
+    f.prefetches = pvm__native_fetch_prefetches(g.cpu);
+    f.pte = *pte;
+    ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &r), 0);
+    f.rbx = r.rbx;
+    f.rsp = r.rsp;
+    gvm_fini(&g);
+    return f;
+}
+
 /*
  * A fresh vCPU's first fetch: the library installs its page before the first
  * run (run.c fetch_prefetch) instead of taking the #PF, and the guest sees
@@ -1754,27 +1781,13 @@ static uint64_t *gvm_pte(struct gvm *g, uint64_t root, uint64_t gva)
  */
 START_TEST(first_fetch_prefetched)
 {
-    uint64_t a_bit[2], rbx[2];
+    struct first_run f[2];
     for (int on = 0; on < 2; on++) {
-        struct gvm g;
-        struct pvm_exit e;
-        gvm_init_fast(&g, on);
-        gvm_load(&g, GVM_CODE, g_hc_start, g_hc_end);
-        gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
-        uint64_t *pte = gvm_pte(&g, g.kroot, GVM_CODE);
-        *pte &= ~(uint64_t)PVM_PTE_A;
-        gvm_run(&g, &e);
-        gvm_expect_hc(&e, 7);
-        ck_assert_uint_eq(pvm__native_fetch_prefetches(g.cpu), on ? 1 : 0);
-        a_bit[on] = *pte & PVM_PTE_A;
-        struct pvm_regs r;
-        ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &r), 0);
-        rbx[on] = r.rbx;
-        gvm_fini(&g);
+        f[on] = first_run(on, g_hc_start, g_hc_end, GVM_CODE, PVM_PTE_A, 0);
+        ck_assert_uint_eq(f[on].prefetches, on ? 1 : 0);
+        ck_assert_uint_eq(f[on].pte & PVM_PTE_A, PVM_PTE_A);
     }
-    ck_assert_uint_eq(a_bit[0], PVM_PTE_A);
-    ck_assert_uint_eq(a_bit[1], PVM_PTE_A);
-    ck_assert_uint_eq(rbx[0], rbx[1]);
+    ck_assert_uint_eq(f[0].rbx, f[1].rbx);
 }
 END_TEST
 
@@ -1788,31 +1801,18 @@ GVM_CODE_BLOCK(g_push, "push $0x5a\n pop %rbx\n" HC(7) "ud2\n");
  */
 START_TEST(first_stack_prefetched)
 {
+    const uint64_t AD = PVM_PTE_A | PVM_PTE_D;
     for (int dirty = 0; dirty < 2; dirty++) {
-        uint64_t pte_after[2], rbx[2];
+        struct first_run f[2];
         for (int on = 0; on < 2; on++) {
-            struct gvm g;
-            struct pvm_exit e;
-            gvm_init_fast(&g, on);
-            gvm_load(&g, GVM_CODE, g_push_start, g_push_end);
-            gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
-            uint64_t *pte = gvm_pte(&g, g.kroot, GVM_STACK_TOP - 8);
-            *pte = (*pte & ~(uint64_t)(PVM_PTE_A | PVM_PTE_D)) | (dirty ? PVM_PTE_A | PVM_PTE_D : 0);
-            gvm_run(&g, &e);
-            gvm_expect_hc(&e, 7);
+            f[on] = first_run(on, g_push_start, g_push_end, GVM_STACK_TOP - 8, AD, dirty ? AD : 0);
             /* The fetch, plus the stack where its D bit was set. */
-            ck_assert_uint_eq(pvm__native_fetch_prefetches(g.cpu), on ? 1u + (unsigned)dirty : 0u);
-            pte_after[on] = *pte;
-            struct pvm_regs r;
-            ck_assert_int_eq(pvm_vcpu_get_regs(g.cpu, &r), 0);
-            rbx[on] = r.rbx;
-            ck_assert_uint_eq(r.rsp, GVM_STACK_TOP);
-            gvm_fini(&g);
+            ck_assert_uint_eq(f[on].prefetches, on ? 1u + (unsigned)dirty : 0u);
+            ck_assert_uint_eq(f[on].pte & AD, AD);
+            ck_assert_uint_eq(f[on].rbx, 0x5a);
+            ck_assert_uint_eq(f[on].rsp, GVM_STACK_TOP);
         }
-        ck_assert_uint_eq(pte_after[0], pte_after[1]);
-        ck_assert_uint_eq(pte_after[1] & (PVM_PTE_A | PVM_PTE_D), PVM_PTE_A | PVM_PTE_D);
-        ck_assert_uint_eq(rbx[0], 0x5a);
-        ck_assert_uint_eq(rbx[1], 0x5a);
+        ck_assert_uint_eq(f[0].pte, f[1].pte);
     }
 }
 END_TEST
