@@ -50,6 +50,7 @@
 #define DEFAULT_SPIN_NS 30000u             /* ARCHITECTURE.md: never wait on a cross-CPU wake */
 #define BOOT_SPIN_NS 1000000ull           /* stub start-up: spin, a cross-CPU wake costs 20-85 us */
 #define BOOT_TIMEOUT_NS 2000000000ull      /* stub start-up, generous for loaded machines */
+#define REFILL_WAIT_NS 1000000ull          /* a guest running this long without a trap: time for the pool's requests */
 #define CHECK_PERIOD_NS 100000000ull       /* how often a long wait checks the stub is alive */
 #define KICK_TIMEOUT_NS 2000000000ull      /* a stub that ignores a kick this long is wedged */
 #define VSYSCALL_PAGE 0xffffffffff600000ull /* the one mapping a stub cannot remove */
@@ -338,6 +339,7 @@ static void refuse_escape(struct nstub *s)
 }
 
 static void pool_refill_wanted(void);
+static bool pool_refill_pending(void);
 static void stub_free(struct nstub *s);
 
 static int futex_waitv_ok = 1;
@@ -392,15 +394,23 @@ static int wait_trapped(struct nstub *s, bool boot)
     }
     return 0;
 
-sleep:
-    if (!boot)
-        pool_refill_wanted();   /* the guest runs: a good time for the pool's requests */
+sleep:;
+    /*
+     * A guest that has run for REFILL_WAIT_NS is computing: a good time for
+     * the pool's requests (the zygote's fork takes ~1 ms of CPU; during a
+     * short call it would take the CPUs the call needs: docs/benchmarks.md).
+     */
+    uint64_t refill_at = !boot && pool_refill_pending() ? t0 + REFILL_WAIT_NS : UINT64_MAX;
     for (;;) {
         __atomic_store_n(&c->lib_sleeping, 1, __ATOMIC_SEQ_CST);
         st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
         if (st == NSTUB_ST_TRAPPED)
             break;
         uint64_t now = now_ns();
+        if (now >= refill_at) {
+            refill_at = UINT64_MAX;
+            pool_refill_wanted();
+        }
         if (now >= next_check) {
             next_check = now + CHECK_PERIOD_NS;
             if (stub_exited(s)) {
@@ -444,7 +454,7 @@ sleep:
                 return -1;
             }
         }
-        sleep_on_state(s, st, next_check);
+        sleep_on_state(s, st, refill_at < next_check ? refill_at : next_check);
     }
     __atomic_store_n(&c->lib_sleeping, 0, __ATOMIC_RELAXED);
     return 0;
@@ -716,9 +726,11 @@ static void pool_refill(int kick_signal)
 /*
  * Not on the create path: on a busy machine the zygote that a request wakes
  * preempts the requester and forks on its CPU, which would put the fork's
- * time right back into the create.  A create only notes that the pool wants
- * stubs; the request goes out when this thread next waits anyway (for its
- * guest, wait_trapped) or destroys a stub.
+ * time right back into the create.  Nor during a short run: the fork and the
+ * new stub's set-up (~1 ms of CPU) would take the CPUs the guest and this
+ * thread need.  A create only notes that the pool wants stubs; the request
+ * goes out at the end of a stub's destroy, or once this thread has waited
+ * REFILL_WAIT_NS for a guest that computes (wait_trapped).
  */
 static int pool_wanted;   /* atomic: the kick signal of the stubs to request, 0 = none */
 
@@ -732,6 +744,11 @@ static void pool_refill_wanted(void)
     int kick = __atomic_exchange_n(&pool_wanted, 0, __ATOMIC_RELAXED);
     if (kick)
         pool_refill(kick);
+}
+
+static bool pool_refill_pending(void)
+{
+    return __atomic_load_n(&pool_wanted, __ATOMIC_RELAXED) != 0;
 }
 
 static struct nstub *pool_take(int kick_signal)
@@ -905,8 +922,8 @@ void nstub_destroy(struct nstub *s)
 {
     if (!s)
         return;
-    pool_refill_wanted();
     stub_free(s);
+    pool_refill_wanted();   /* after the kill and unmaps: the woken zygote would preempt them */
 }
 
 /* ---- mapping commands -------------------------------------------------- */
