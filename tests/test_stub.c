@@ -352,6 +352,65 @@ static void *kill_later(void *p)
     return NULL;
 }
 
+/* The state letter of /proc/<pid>/stat ("S" asleep, "R" running). */
+static char stub_state(struct guest *g)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", nstub_pid(g->s));
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return p ? p[2] : 0;
+}
+
+static bool wait_state(struct guest *g, char want)
+{
+    for (int i = 0; i < 1000; i++) {
+        if (stub_state(g) == want)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+/*
+ * nstub_prewake: a stub asleep in its wait wakes, spins and sleeps again,
+ * and runs no guest code until the next nstub_run (a pre-wake is not a
+ * resume); the next run then runs the guest exactly once to its next trap.
+ */
+START_TEST(test_prewake)
+{
+    /* incq (DATA); syscall; jmp back */
+    static const uint8_t code[] = { 0x48, 0xff, 0x04, 0x25, 0x00, 0x00, 0x60, 0x00, 0x0f, 0x05, 0xeb, 0xf4 };
+    _Static_assert(DATA == 0x600000, "the address in code[]");
+    struct guest g;
+    guest_init(&g, code, sizeof(code));
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.ram[DATA_OFF], 1);
+    ck_assert_msg(wait_state(&g, 'S'), "the stub never slept after its spin");
+    for (int i = 0; i < 3; i++) {
+        nstub_prewake(g.s);
+        usleep(20000);
+        ck_assert_msg(wait_state(&g, 'S'), "the stub did not sleep again after a pre-wake");
+        ck_assert_uint_eq(g.ram[DATA_OFF], 1);   /* no guest code ran */
+    }
+    char err[160] = "";
+    ck_assert_msg(nstub_confirm_stopped(g.s, 1000, err, sizeof(err)) == 0, "%s", err);
+    run(&g);
+    ck_assert_uint_eq(g.t.kind, NSTUB_TRAP_SYSCALL);
+    ck_assert_uint_eq(g.r.rip, CODE + 10);
+    ck_assert_uint_eq(g.ram[DATA_OFF], 2);
+    nstub_prewake(g.s);   /* awake or not: harmless */
+    run(&g);
+    ck_assert_uint_eq(g.ram[DATA_OFF], 3);
+    guest_fini(&g);
+}
+END_TEST
+
 START_TEST(test_kick)
 {
     struct guest g;
@@ -1764,6 +1823,7 @@ int main(void)
     tcase_add_test(tc, test_resume_modified);
     tcase_add_test(tc, test_fpu_preserved);
     tcase_add_test(tc, test_kick);
+    tcase_add_test(tc, test_prewake);
     tcase_add_test(tc, test_killed_is_died);
     tcase_add_test(tc, test_stub_process_state);
     tcase_add_test(tc, test_map_args_and_batching);

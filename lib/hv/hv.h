@@ -102,6 +102,12 @@ struct pvm_cpu_provider {
     int (*run)(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap);
     /* End run() on @slot promptly with PVM_HV_TRAP_KICK.  Any thread, async-signal-safe. */
     void (*kick)(struct pvm_hv_vcpu *hv, unsigned slot);
+    /*
+     * Optional: the vCPU waits halted and an event just woke its thread; the
+     * guest resumes in @slot (where it halted) in a moment.  Start waking
+     * what runs it now, so that its wake-up overlaps the thread's.  Any thread.
+     */
+    void (*halt_wake)(struct pvm_hv_vcpu *hv, unsigned slot);
 
     /*
      * Optional: make sure the guest that ran in @slot cannot run again until
@@ -175,6 +181,7 @@ struct pvm_hv_vcpu {
     uint32_t unconfirmed;        /* slots that ran since provider.stopped() last confirmed them (bit per slot) */
     uint32_t unconfirmed_user;   /* ... of which the last run was in user mode */
     uint32_t wake;               /* futex word for halt waits */
+    int halt_slot;               /* atomic: while halt_wait() sleeps, the slot the guest halted in, else -1 */
 
     bool dead;                   /* SHUTDOWN or INTERNAL_ERROR reached */
     struct pvm_exit fatal;

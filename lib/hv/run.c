@@ -468,7 +468,9 @@ static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
                 return 0;
             }
             pvm__mem_leave(v->vm);
+            __atomic_store_n(&hv->halt_slot, hv->ran_slot, __ATOMIC_SEQ_CST);
             halt_wait(hv);
+            __atomic_store_n(&hv->halt_slot, -1, __ATOMIC_SEQ_CST);
             pvm__mem_enter(v->vm);
             continue;
         }

@@ -294,6 +294,7 @@ int pvm_hv_vcpu_init(pvm_vcpu *v)
     hv->v = v;
     hv->p = provider_of(v->vm);
     hv->running_slot = -1;
+    hv->halt_slot = -1;
     hv->cpuid_gen = 1;
     pthread_mutex_init(&hv->inbox_lock, NULL);
     pvm_m_reset(&hv->cpu, hv->p->linear_range);
@@ -328,6 +329,8 @@ static void wake_vcpu(struct pvm_hv_vcpu *hv)
     int slot = __atomic_load_n(&hv->running_slot, __ATOMIC_SEQ_CST);
     if (slot >= 0)
         hv->p->kick(hv, (unsigned)slot);
+    else if (hv->p->halt_wake && (slot = __atomic_exchange_n(&hv->halt_slot, -1, __ATOMIC_SEQ_CST)) >= 0)
+        hv->p->halt_wake(hv, (unsigned)slot);   /* once per halt: the first event's */
 }
 
 /* Unmapped memory must leave every shadow before the guest runs on: interrupt the vCPUs. */

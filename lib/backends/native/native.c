@@ -314,6 +314,12 @@ static void native_kick(struct pvm_hv_vcpu *hv, unsigned slot)
         nstub_kick(nc->stubs[slot]);
 }
 
+/* A halted vCPU's event: its stub, asleep since the halt, wakes while the vCPU thread does (one wake-up, not two in a row). */
+static void native_halt_wake(struct pvm_hv_vcpu *hv, unsigned slot)
+{
+    nstub_prewake(nc_of(hv)->stubs[slot]);
+}
+
 /*
  * Interrupts and the stub (stub/fast.c irq_check): while the stub of @slot
  * runs with the fast path on, the model's pending interrupts and every new
@@ -631,6 +637,7 @@ static const struct pvm_cpu_provider native_cpu = {
     .run = native_run,
     .kick = native_kick,
     .stopped = native_stopped,
+    .halt_wake = native_halt_wake,
     .prepare = native_prepare,
     .finish = native_finish,
     .post_irq = native_post_irq,

@@ -1371,6 +1371,15 @@ int nstub_confirm_stopped(struct nstub *s, unsigned timeout_ms, char *err, size_
     return set_err(err, errlen, "%s", s->dead_msg), -1;
 }
 
+void nstub_prewake(struct nstub *s)
+{
+    if (s && !s->dead && __atomic_load_n(&s->ctl->stub_sleeping, __ATOMIC_SEQ_CST)) {
+        int saved = errno;
+        futex_op(&s->ctl->state, FUTEX_WAKE, 1, NULL);
+        errno = saved;
+    }
+}
+
 int nstub_kick(struct nstub *s)
 {
     if (!s)

@@ -151,6 +151,13 @@ int nstub_confirm_stopped(struct nstub *s, unsigned timeout_ms, char *err, size_
 
 /* Interrupt nstub_run() promptly (NSTUB_TRAP_KICK).  Any thread, async-signal-safe. */
 int nstub_kick(struct nstub *s);
+/*
+ * Wake a stub asleep in its wait without a request: it spins again for the
+ * spin time (nstub_set_spin), so that a resume the library is about to
+ * publish (a halted vCPU's injection) finds it awake.  Any thread; only
+ * while @s exists.
+ */
+void nstub_prewake(struct nstub *s);
 
 /*
  * The guest's FPU/SSE/AVX state (XSAVE image of the last trap's signal

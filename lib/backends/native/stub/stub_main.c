@@ -136,29 +136,33 @@ static void publish(uint32_t st)
         SYS(__NR_futex, &c->state, FUTEX_WAKE, 1, 0, 0, 0);
 }
 
-/* Wait until ctl->state is no longer @old: spin for spin_tsc ticks, then sleep. */
+/*
+ * Wait until ctl->state is no longer @old: spin for spin_tsc ticks, then
+ * sleep; woken with the state unchanged (a pre-wake: nstub_prewake, the
+ * library about to answer), spin again first.
+ */
 static uint32_t wait_change(uint32_t old)
 {
     volatile struct nstub_ctl *c = CTL;
-    uint64_t spin = c->spin_tsc, t0 = rdtsc();
     uint32_t st;
-    for (unsigned n = 1;; n++) {
-        st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
-        if (st != old)
-            return st;
-        if (rdtsc() - t0 >= spin || __atomic_load_n(&c->park, __ATOMIC_ACQUIRE))
-            break;
-        /* spin_tsc sits in the guest-writable page: do not let a huge value hide a dead library. */
-        if (!(n & 1023))
-            exit_if_orphaned();
-        /*
-         * sched_yield, not PAUSE: if the library shares our CPU it must run to
-         * answer (measured: PAUSE spins cost 22 T there, yields 3 T; across
-         * CPUs both about 1.7 T).
-         */
-        SYS(__NR_sched_yield, 0, 0, 0, 0, 0, 0);
-    }
     for (;;) {
+        uint64_t spin = c->spin_tsc, t0 = rdtsc();
+        for (unsigned n = 1;; n++) {
+            st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+            if (st != old)
+                return st;
+            if (rdtsc() - t0 >= spin || __atomic_load_n(&c->park, __ATOMIC_ACQUIRE))
+                break;
+            /* spin_tsc sits in the guest-writable page: do not let a huge value hide a dead library. */
+            if (!(n & 1023))
+                exit_if_orphaned();
+            /*
+             * sched_yield, not PAUSE: if the library shares our CPU it must run to
+             * answer (measured: PAUSE spins cost 22 T there, yields 3 T; across
+             * CPUs both about 1.7 T).
+             */
+            SYS(__NR_sched_yield, 0, 0, 0, 0, 0, 0);
+        }
         __atomic_store_n(&c->stub_sleeping, 1, __ATOMIC_SEQ_CST);
         st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
         if (st != old)
@@ -171,6 +175,7 @@ static uint32_t wait_change(uint32_t old)
          */
         SYS(__NR_futex, &c->state, FUTEX_WAIT, old, 0, 0, 0);
         exit_if_orphaned();
+        __atomic_store_n(&c->stub_sleeping, 0, __ATOMIC_SEQ_CST);
     }
     __atomic_store_n(&c->stub_sleeping, 0, __ATOMIC_RELAXED);
     return st;
