@@ -1615,6 +1615,80 @@ START_TEST(forged_user_syscall_refused)
 }
 END_TEST
 
+/*
+ * A forged sleeper: the user program touches its page P (so that its stub
+ * maps it), forges a SYSCALL report and then sleeps on its stub's own word
+ * through the stub's SYSCALL (a confirm sees a sleeper).  Its kernel unmaps P
+ * (PTE, INVLPG), writes a secret into P's page (reuse) and ERETUs; the user
+ * program, woken, reads P and makes a genuine syscall, whose entry reports
+ * RBX.  The unmap must be applied before the kernel runs on: the user program
+ * must never see the secret (docs/design.md "Stops between address spaces").
+ * Kernel: R12 = P's PTE, R13 = P, R14 = P's page (identity-mapped for it).
+ */
+static uint64_t *gvm_pte(struct gvm *g, uint64_t root, uint64_t gva);
+extern const uint8_t g_k_sleeper_lstar[];
+GVM_CODE_BLOCK(g_k_sleeper,
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_k_sleeper_lstar\ng_k_sleeper_lstar:\n"
+    "movabs $0x106000, %rax\n incq (%rax)\n cmpq $1, (%rax)\n jne 2f\n"
+    "movq $0, (%r12)\n mov %r13, %rbx\n mov $0x17088205, %eax\n syscall\n"   /* PVM_HC_TLB_INVLPG(P) */
+    "movabs $0x5ec7e75ec7e75ec7, %rax\n mov %rax, (%r14)\n"
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    "2:\n" HC(0x44) "ud2\n");
+GVM_CODE_BLOCK(g_u_sleeper,
+    "push %rax\n pop %rax\n mov (%r13), %rax\n"          /* genuine faults first: the stack and P */
+    "mov $0x77, %eax\n mov %rax, (%rdi,%rsi)\n"
+    "lea 3f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
+    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
+    "movl $31, (%rdi,%r8)\n lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n"
+    "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n"
+    "movabs $0x7f0000000000, %rcx\n call *%rcx\n"        /* FUTEX_WAIT through the stub's syscall; ret */
+    "mov (%r13), %rbx\n syscall\n"
+    "3: ud2\n");
+
+START_TEST(forged_sleeper_keeps_no_unmapped_page)
+{
+    _Static_assert(NSTUB_SYSCALL_INSN == 0x7f0000000000ull && PVM_HC_TLB_INVLPG == 0x17088205,
+                   "values used by g_u_sleeper and g_k_sleeper");
+    const uint64_t P = GVM_USER_STACK_TOP - 0x2000, SECRET = 0x5ec7e75ec7e75ec7ull;
+    struct gvm g;
+    struct pvm_regs r;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_k_sleeper_start, g_k_sleeper_end);
+    gvm_load(&g, GVM_USER_CODE, g_u_sleeper_start, g_u_sleeper_end);
+    user_entry(&g);
+    uint64_t pte_gpa = (uint64_t)((uint8_t *)gvm_pte(&g, g.uroot, P) - g.ram);
+    const uint64_t PT_VA = 0x200000;   /* the page tables sit below the lowest address a stub maps */
+    gvm_map(&g, g.kroot, PT_VA, pte_gpa & ~0xfffull, PVM_PTE_W | PVM_PTE_NX);
+    gvm_map(&g, g.kroot, P, P, PVM_PTE_W | PVM_PTE_NX);
+    memset(g.ram + P, 0x11, 8);
+    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_k_sleeper_lstar - g_k_sleeper_start)), 0);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
+    gvm_regs(&g, &r);
+    r.rdi = NSTUB_CTL_ADDR;
+    r.rsi = offsetof(struct nstub_ctl, regs);
+    r.rdx = offsetof(struct nstub_ctl, state);
+    r.r8 = offsetof(struct nstub_ctl, signo);
+    r.r12 = PT_VA + (pte_gpa & 0xfff);
+    r.r13 = P;
+    r.r14 = P;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+    if (e.reason == PVM_EXIT_HYPERCALL) {
+        gvm_regs(&g, &r);
+        ck_abort_msg("the user program ran on its forged sleep and read 0x%llx through an unmapped page",
+                     (unsigned long long)r.rbx);
+    }
+    ck_assert_msg(e.reason == PVM_EXIT_INTERNAL_ERROR, "exit %u", e.reason);
+    /* Lost before its kernel ran on: P was never reused. */
+    uint64_t v;
+    memcpy(&v, g.ram + P, 8);
+    ck_assert_uint_ne(v, SECRET);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* §10.12: a non-canonical EVENT_ENTRY block (here only +512 is) is a triple fault, fast path or not. */
 GVM_CODE_BLOCK(g_wrmsr_entry_bad,
     "mov $0x4b564df3, %ecx\n mov $0x40, %eax\n xor %edx, %edx\n wrmsr\n"   /* fast */
@@ -2388,6 +2462,7 @@ int main(void)
     tcase_add_test(tc, fast_block_forgery_contained);
     tcase_add_test(tc, forged_stop_refused);
     tcase_add_test(tc, forged_user_syscall_refused);
+    tcase_add_test(tc, forged_sleeper_keeps_no_unmapped_page);
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
     tcase_add_test(tc, fast_msr_readback_checked);
     tcase_add_test(tc, user_pf_prefetch_matches_model);

@@ -119,6 +119,14 @@ struct pvm_cpu_provider {
      * (INTERNAL_ERROR).
      */
     int (*stopped)(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen);
+    /*
+     * Optional, with stopped(): apply the unmaps queued for @slot now, where
+     * only the guest itself could skip them (a forged sleeper), verified; the
+     * slot's guest is stopped.  The core calls it before guest code runs in
+     * another slot.  1 applied, 0 none queued, <0 with a reason in err: the
+     * vCPU is then lost.
+     */
+    int (*sync)(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen);
 
     /* Optional hooks (the native fast path). */
     /* Before run(), guest RAM held: what may the provider handle itself this run? */
@@ -178,8 +186,8 @@ struct pvm_hv_vcpu {
     int attention;               /* atomic: inbox non-empty or kick */
     int running_slot;            /* atomic: slot running guest code, or -1 */
     int ran_slot;                /* slot of the last run() in this pvm_vcpu_run, or -1 */
-    uint32_t unconfirmed;        /* slots that ran since provider.stopped() last confirmed them (bit per slot) */
-    uint32_t unconfirmed_user;   /* ... of which the last run was in user mode */
+    uint32_t unconfirmed;        /* slots that ran or woke since provider.stopped() last confirmed them (bit per slot) */
+    uint32_t slot_user;          /* slots whose last run was in user mode */
     uint32_t wake;               /* futex word for halt waits */
     int halt_slot;               /* atomic: while halt_wait() sleeps, the slot the guest halted in, else -1 */
 

@@ -293,7 +293,6 @@ static bool confirm_slot(struct pvm_hv_vcpu *hv, unsigned s, char *err, size_t e
     if (hv->p->stopped(hv, s, err, errlen) < 0)
         return false;
     hv->unconfirmed &= ~(1u << s);
-    hv->unconfirmed_user &= ~(1u << s);
     return true;
 }
 
@@ -301,7 +300,7 @@ static bool others_stopped(struct pvm_hv_vcpu *hv, unsigned slot, bool user, cha
 {
     if (!hv->p->stopped)
         return true;
-    uint32_t m = hv->unconfirmed_user;
+    uint32_t m = hv->unconfirmed & hv->slot_user;
     if (user)
         m &= ~(1u << slot);
     else if (hv->ran_slot >= 0 && (unsigned)hv->ran_slot != slot)
@@ -309,6 +308,23 @@ static bool others_stopped(struct pvm_hv_vcpu *hv, unsigned slot, bool user, cha
     for (unsigned s = 0; m; s++, m >>= 1)
         if ((m & 1) && !confirm_slot(hv, s, err, errlen))
             return false;
+    /*
+     * A confirm proves a sleeper, not whose: guest code can sleep on its
+     * stub's word itself and, woken by a resume, skip the unmaps queued with
+     * it.  So another slot's dropped mappings are applied (verified) before
+     * guest code runs here: its kernel cannot reuse a page before it runs.
+     * The woken slot is unconfirmed again.
+     */
+    if (hv->p->sync)
+        for (unsigned s = 0; s < PVM_SHADOW_MAX_ROOTS; s++) {
+            if (s == slot)
+                continue;
+            int r = hv->p->sync(hv, s, err, errlen);
+            if (r < 0)
+                return false;
+            if (r > 0)
+                hv->unconfirmed |= 1u << s;
+        }
     return true;
 }
 
@@ -371,9 +387,9 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     hv->ran_slot = (int)slot;
     hv->unconfirmed |= 1u << slot;
     if (user)
-        hv->unconfirmed_user |= 1u << slot;
+        hv->slot_user |= 1u << slot;
     else
-        hv->unconfirmed_user &= ~(1u << slot);
+        hv->slot_user &= ~(1u << slot);
     if (rc < 0) {
         *fatal_rc = fatal(hv, exit, rc, "%s: run failed: %s", p->name, pvm_last_error());
         return PVM_M_EXIT;

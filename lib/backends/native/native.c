@@ -554,6 +554,13 @@ static int native_stopped(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size
     return nstub_confirm_stopped(nc->stubs[slot], STOP_TIMEOUT_MS, err, errlen);
 }
 
+/* Unmaps count once the stub asked for them (stub.c approve_cmds): apply a stopped slot's now. */
+static int native_sync(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen)
+{
+    struct native_cpu *nc = nc_of(hv);
+    return nc->trust_exits ? 0 : nstub_sync_unmaps(nc->stubs[slot], err, errlen);
+}
+
 static void native_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
 {
     struct native_cpu *nc = nc_of(hv);
@@ -638,6 +645,7 @@ static const struct pvm_cpu_provider native_cpu = {
     .kick = native_kick,
     .stopped = native_stopped,
     .halt_wake = native_halt_wake,
+    .sync = native_sync,
     .prepare = native_prepare,
     .finish = native_finish,
     .post_irq = native_post_irq,

@@ -274,10 +274,13 @@ static int notif_wait(struct nstub *s, union notif_buf *b, uint64_t deadline)
 }
 
 /*
- * After a resume with commands: let each mmap of them through, in order, and
- * nothing else.  The stub applies them before it runs guest code; a request
- * that is not the next command can only come from guest code running on a
- * forged report: the stub is killed.  Returns 0, or -1 with the stub dead.
+ * After a resume with commands: let each mmap and munmap of them through, in
+ * order, and nothing else.  The stub applies them before it runs guest code;
+ * a request that is not the next command can only come from guest code
+ * running on a forged report: the stub is killed.  An unmap counts as done
+ * only once asked for: a forged sleeper that a resume wakes would return to
+ * guest code without it (docs/design.md "Stops between address spaces").
+ * Returns 0, or -1 with the stub dead.
  */
 static int approve_cmds(struct nstub *s)
 {
@@ -285,12 +288,12 @@ static int approve_cmds(struct nstub *s)
         return 0;
     for (uint32_t i = 0; i < s->nr_sent; i++) {
         const struct nstub_cmd *c = &s->sent[i];
-        if (c->op == NSTUB_CMD_UNMAP)
-            continue;
+        const bool unmap = c->op == NSTUB_CMD_UNMAP;
         const uint64_t want[6] = { c->op == NSTUB_CMD_PVCS ? NSTUB_PVCS_ADDR : c->gva,
                                    c->op == NSTUB_CMD_PVCS ? 4096 : c->len,
-                                   c->op == NSTUB_CMD_PVCS ? (PROT_READ | PROT_WRITE) : c->prot,
-                                   MAP_SHARED | MAP_FIXED, c->op == NSTUB_CMD_PVCS ? NSTUB_FD_RAM : c->fd, c->off };
+                                   unmap ? 0 : c->op == NSTUB_CMD_PVCS ? (PROT_READ | PROT_WRITE) : c->prot,
+                                   unmap ? 0 : MAP_SHARED | MAP_FIXED,
+                                   unmap ? 0 : c->op == NSTUB_CMD_PVCS ? NSTUB_FD_RAM : c->fd, unmap ? 0 : c->off };
         union notif_buf b;
         /* Per request: a batch may hold 256 mappings, each a round trip on a loaded machine. */
         int r = notif_wait(s, &b, now_ns() + APPROVE_TIMEOUT_NS);
@@ -305,13 +308,14 @@ static int approve_cmds(struct nstub *s)
             return 0;
         }
         const struct seccomp_data *d = &b.n.data;
-        if (d->nr != __NR_mmap || d->arch != AUDIT_ARCH_X86_64 || memcmp(d->args, want, sizeof(want))) {
+        if (d->nr != (unmap ? __NR_munmap : __NR_mmap) || d->arch != AUDIT_ARCH_X86_64 ||
+            memcmp(d->args, want, sizeof(want))) {
             notif_answer(s, b.n.id, EPERM);
             make_dead(s, "stub process %d asked to map what the library did not queue (a hostile guest)", (int)s->pid);
             return -1;
         }
         notif_answer(s, b.n.id, 0);
-        s->approved++;
+        s->approved += !unmap;
     }
     return 0;
 }
@@ -1027,6 +1031,23 @@ int nstub_sync(struct nstub *s)
         return e == -ENOMEM ? PVM_ENOMEM : PVM_EINVAL;
     }
     return 0;
+}
+
+int nstub_sync_unmaps(struct nstub *s, char *err, size_t errlen)
+{
+    if (!s)
+        return 0;
+    bool any = false;
+    for (uint32_t i = 0; i < s->nr_cmds && !any; i++)
+        any = s->cmds[i].op == NSTUB_CMD_UNMAP;
+    if (!any && !s->dead)
+        return 0;
+    int rc = s->dead ? 0 : nstub_sync(s);
+    if (s->dead)
+        return set_err(err, errlen, "%s", s->dead_msg), -1;
+    if (rc < 0)
+        return set_err(err, errlen, "stub process %d: applying its unmaps: %s", (int)s->pid, pvm_strerror(rc)), -1;
+    return 1;
 }
 
 /* ---- running ------------------------------------------------------------- */

@@ -132,6 +132,12 @@ int nstub_unmap(struct nstub *s, uint64_t gva, uint64_t len);
 int nstub_unmap_all(struct nstub *s);
 /* Apply queued mapping changes now (the stub must not be running guest code). */
 int nstub_sync(struct nstub *s);
+/*
+ * If unmaps are queued: apply the queue now (nstub_sync), verified, and
+ * return 1; 0 if none are queued; -1 with the reason in err if the stub is
+ * dead or does not apply them (it is then dead).  Wakes the stub.
+ */
+int nstub_sync_unmaps(struct nstub *s, char *err, size_t errlen);
 
 /*
  * Resume the guest with *regs until the next trap; *regs receives the

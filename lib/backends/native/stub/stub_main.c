@@ -597,8 +597,15 @@ static void receive_ram(void)
 /* @keep_socket: a pooled stub still takes its RAM memfd over it (receive_ram). */
 static void install_map_approval(bool keep_socket)
 {
+    /*
+     * munmap too: an unmap the library queued counts as done only once the
+     * stub asked for exactly it (a forged sleeper woken with unmaps queued
+     * would skip them; docs/design.md "Mapping approval").  The main filter's
+     * TRAP for munmap outside the guest range is stricter and still wins.
+     */
     static struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_NR),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munmap, 4, 0),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 4),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_ARG_LO(4)),   /* the kernel reads the fd as 32 bits */
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_RAM, 1, 0),
