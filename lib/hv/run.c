@@ -269,7 +269,6 @@ static void debug_exit(struct pvm_cpu *c, unsigned vector)
     c->exit.u.debug.rip = c->rip;
 }
 
-/* Run guest code once: the provider's part of one loop turn. */
 /*
  * Stops between address spaces (docs/design.md "Stops between address
  * spaces").  A provider whose trap reports the guest can forge (native: the
@@ -284,7 +283,8 @@ static void debug_exit(struct pvm_cpu *c, unsigned vector)
  * flush is a trap: the next resume confirms it then; an ERETU straight back
  * (the common user syscall) costs nothing.  A user slot resumed in
  * supervisor mode (the shadow gave its root to the kernel) is confirmed
- * first too: its forged report must not receive the kernel's mappings.
+ * first too: its forged report must not receive the kernel's mappings.  And
+ * every other slot's queued unmaps are applied, verified, first (below).
  */
 _Static_assert(PVM_SHADOW_MAX_ROOTS <= 32, "one bit per slot in pvm_hv_vcpu.unconfirmed");
 
@@ -328,6 +328,7 @@ static bool others_stopped(struct pvm_hv_vcpu *hv, unsigned slot, bool user, cha
     return true;
 }
 
+/* Run guest code once: the provider's part of one loop turn. */
 static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int *fatal_rc)
 {
     const struct pvm_cpu_provider *p = hv->p;

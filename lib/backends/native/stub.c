@@ -311,7 +311,8 @@ static int approve_cmds(struct nstub *s)
         if (d->nr != (unmap ? __NR_munmap : __NR_mmap) || d->arch != AUDIT_ARCH_X86_64 ||
             memcmp(d->args, want, sizeof(want))) {
             notif_answer(s, b.n.id, EPERM);
-            make_dead(s, "stub process %d asked to map what the library did not queue (a hostile guest)", (int)s->pid);
+            make_dead(s, "stub process %d asked to map or unmap what the library did not queue (a hostile guest)",
+                      (int)s->pid);
             return -1;
         }
         notif_answer(s, b.n.id, 0);
@@ -1040,8 +1041,8 @@ int nstub_sync_unmaps(struct nstub *s, char *err, size_t errlen)
     bool any = false;
     for (uint32_t i = 0; i < s->nr_cmds && !any; i++)
         any = s->cmds[i].op == NSTUB_CMD_UNMAP;
-    if (!any && !s->dead)
-        return 0;
+    if (!any)
+        return 0;   /* a dead stub without unmaps queued reports DIED when it runs */
     int rc = s->dead ? 0 : nstub_sync(s);
     if (s->dead)
         return set_err(err, errlen, "%s", s->dead_msg), -1;
