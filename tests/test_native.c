@@ -1500,6 +1500,15 @@ START_TEST(fast_block_forgery_contained)
 }
 END_TEST
 
+/* What the forging guests below need: RDI = control page, RSI/RDX/R8 = offsets of regs, state, signo. */
+static void forge_regs(struct pvm_regs *r)
+{
+    r->rdi = NSTUB_CTL_ADDR;
+    r->rsi = offsetof(struct nstub_ctl, regs);
+    r->rdx = offsetof(struct nstub_ctl, state);
+    r->r8 = offsetof(struct nstub_ctl, signo);
+}
+
 /*
  * A forged stop: guest code writes a host-call report into its control page
  * and keeps counting (the library's wait sees the state word change without a
@@ -1525,10 +1534,7 @@ START_TEST(forged_stop_refused)
     struct pvm_regs r;
     gvm_boot(&g, g_forge_stop_start, g_forge_stop_end);
     gvm_regs(&g, &r);
-    r.rdi = NSTUB_CTL_ADDR;
-    r.rsi = offsetof(struct nstub_ctl, regs);
-    r.rdx = offsetof(struct nstub_ctl, state);
-    r.r8 = offsetof(struct nstub_ctl, signo);
+    forge_regs(&r);
     ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
     ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
     /* Never the forged host call: the guest kept running, so the vCPU is lost, with the reason. */
@@ -1581,10 +1587,7 @@ static void forge_user_run(bool flush_first, struct pvm_exit *e, uint64_t *count
         ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_k_forge_lstar - g_k_forge_start)), 0);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_regs(&g, &r);
-    r.rdi = NSTUB_CTL_ADDR;
-    r.rsi = offsetof(struct nstub_ctl, regs);
-    r.rdx = offsetof(struct nstub_ctl, state);
-    r.r8 = offsetof(struct nstub_ctl, signo);
+    forge_regs(&r);
     r.r9 = GVM_USER_STACK_TOP - 0x100;
     ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
     ck_assert_int_eq(pvm_vcpu_run(g.cpu, e), 0);
@@ -1666,10 +1669,7 @@ START_TEST(forged_sleeper_keeps_no_unmapped_page)
     ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_k_sleeper_lstar - g_k_sleeper_start)), 0);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_regs(&g, &r);
-    r.rdi = NSTUB_CTL_ADDR;
-    r.rsi = offsetof(struct nstub_ctl, regs);
-    r.rdx = offsetof(struct nstub_ctl, state);
-    r.r8 = offsetof(struct nstub_ctl, signo);
+    forge_regs(&r);
     r.r12 = PT_VA + (pte_gpa & 0xfff);
     r.r13 = P;
     r.r14 = P;
