@@ -1689,6 +1689,55 @@ START_TEST(forged_sleeper_keeps_no_unmapped_page)
 }
 END_TEST
 
+/*
+ * A forged sleeper and the application's own unmap: the guest kernel writes
+ * to a second region R (so that its stub maps it), forges a host-call report
+ * and sleeps on its stub's word itself.  The application takes the "host
+ * call", removes R and reuses its memory; the next run must not let the
+ * guest reach it: the stub is replaced, not woken with the unmap
+ * (native_discard).  R13 = R's address (identity-mapped).
+ */
+GVM_CODE_BLOCK(g_app_sleeper,
+    "push %rax\n pop %rax\n movq $1, (%r13)\n"   /* genuine faults first: the stack and R */
+    "movabs $0x4c50564d00000046, %rax\n mov %rax, (%rdi,%rsi)\n"
+    "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
+    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
+    "movl $31, (%rdi,%r8)\n lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n"
+    "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n"
+    "movabs $0x7f0000000000, %rcx\n call *%rcx\n"
+    "2: movq $2, (%r13)\n" HC(0x47) "ud2\n");
+
+START_TEST(forged_sleeper_loses_removed_region)
+{
+    const uint64_t R = 0x500000, RSIZE = 0x10000;
+    struct gvm g;
+    struct pvm_regs r;
+    struct pvm_exit e;
+    uint8_t *host;
+    gvm_init(&g);
+    ck_assert_int_eq(pvm_vm_alloc_memory(g.vm, RSIZE, (void **)&host), 0);
+    ck_assert_int_eq(pvm_vm_map_memory(g.vm, R, host, RSIZE, 0), 0);
+    gvm_map(&g, g.kroot, R, R, PVM_PTE_W | PVM_PTE_NX);
+    gvm_load(&g, GVM_CODE, g_app_sleeper_start, g_app_sleeper_end);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
+    gvm_regs(&g, &r);
+    forge_regs(&r);
+    r.r13 = R;
+    ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x46);   /* the forged host call: the stub is asleep, so it passes */
+    ck_assert_uint_eq(host[0], 1);
+    ck_assert_int_eq(pvm_vm_unmap_memory(g.vm, R, RSIZE), 0);
+    memset(host, 0x22, RSIZE);   /* the application's memory again */
+    e.u.hypercall.ret = 0;
+    ck_assert_int_eq(pvm_vcpu_run(g.cpu, &e), 0);
+    ck_assert_msg(host[0] == 0x22 && host[7] == 0x22, "the guest wrote %#x into memory it no longer has", host[0]);
+    /* Its store reaches no memory: an MMIO exit for an address with no region. */
+    ck_assert_msg(e.reason == PVM_EXIT_MMIO, "exit %u", e.reason);
+    gvm_fini(&g);
+}
+END_TEST
+
 /* §10.12: a non-canonical EVENT_ENTRY block (here only +512 is) is a triple fault, fast path or not. */
 GVM_CODE_BLOCK(g_wrmsr_entry_bad,
     "mov $0x4b564df3, %ecx\n mov $0x40, %eax\n xor %edx, %edx\n wrmsr\n"   /* fast */
@@ -2463,6 +2512,7 @@ int main(void)
     tcase_add_test(tc, forged_stop_refused);
     tcase_add_test(tc, forged_user_syscall_refused);
     tcase_add_test(tc, forged_sleeper_keeps_no_unmapped_page);
+    tcase_add_test(tc, forged_sleeper_loses_removed_region);
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
     tcase_add_test(tc, fast_msr_readback_checked);
     tcase_add_test(tc, user_pf_prefetch_matches_model);

@@ -127,6 +127,14 @@ struct pvm_cpu_provider {
      * vCPU is then lost.
      */
     int (*sync)(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t errlen);
+    /*
+     * Optional: the application removed guest memory (regions_gen moved),
+     * between runs.  Forget every slot's address space instead of waking
+     * its guest with the unmaps (the guest's FPU state kept); the core then
+     * flushes the shadow.  1 done (nothing ran since), 0 left to the flush,
+     * <0 an error (the vCPU is lost).
+     */
+    int (*discard)(struct pvm_hv_vcpu *hv);
 
     /* Optional hooks (the native fast path). */
     /* Before run(), guest RAM held: what may the provider handle itself this run? */

@@ -340,6 +340,13 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     uint64_t gen = __atomic_load_n(&vm->regions_gen, __ATOMIC_ACQUIRE);
     if (gen != hv->regions_gen) {
         hv->regions_gen = gen;
+        int d = p->discard ? p->discard(hv) : 0;
+        if (d < 0) {
+            *fatal_rc = fatal(hv, exit, d, "%s: vCPU %u: discarding its address spaces failed", p->name, hv->v->id);
+            return PVM_M_EXIT;
+        }
+        if (d > 0)
+            hv->unconfirmed = 0;   /* the stubs that ran are gone */
         pvm_shadow_flush_all(hv->shadow);
     }
     unsigned slot = pvm_shadow_activate(hv->shadow, c->cr3, c->mode == PVM_MODE_USER);

@@ -252,6 +252,39 @@ static int native_get_fpu(struct pvm_hv_vcpu *hv, void *buf, size_t *len)
     return rc;
 }
 
+static int native_set_fpu(struct pvm_hv_vcpu *hv, const void *buf, size_t len);
+
+/*
+ * The application removed guest memory: no stub is woken with the unmaps,
+ * each is replaced (a forged sleeper would skip them: docs/design.md
+ * "Known limits"), the guest's FPU image kept as a restore keeps it.
+ */
+static int native_discard(struct pvm_hv_vcpu *hv)
+{
+    struct native_cpu *nc = nc_of(hv);
+    if (nc->trust_exits)
+        return 0;   /* cooperative guests: the unmaps as before */
+    if (!nc->fpu_pending && nc->fpu_slot >= 0) {
+        size_t len = nstub_fpu_size(nc->stubs[nc->fpu_slot]);
+        void *img = malloc(len ? len : 1);
+        if (!img)
+            return PVM_ENOMEM;
+        int rc = native_get_fpu(hv, img, &len);
+        if (rc == 0)
+            rc = native_set_fpu(hv, img, len);
+        free(img);
+        if (rc < 0)
+            return rc;
+    }
+    for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++) {
+        nstub_destroy(nc->stubs[i]);
+        nc->stubs[i] = NULL;
+        nc->cpuid_pub[i] = 0;
+    }
+    nc->fpu_slot = -1;
+    return 1;
+}
+
 static int native_check_fpu(struct pvm_hv_vcpu *hv, size_t len)
 {
     (void)hv;
@@ -646,6 +679,7 @@ static const struct pvm_cpu_provider native_cpu = {
     .stopped = native_stopped,
     .halt_wake = native_halt_wake,
     .sync = native_sync,
+    .discard = native_discard,
     .prepare = native_prepare,
     .finish = native_finish,
     .post_irq = native_post_irq,
