@@ -1621,12 +1621,14 @@ END_TEST
 /*
  * A forged sleeper: the user program touches its page P (so that its stub
  * maps it), forges a SYSCALL report and then sleeps on its stub's own word
- * through the stub's SYSCALL (a confirm sees a sleeper).  Its kernel unmaps P
+ * through the stub's SYSCALL, flagged asleep as the stub's own wait would
+ * (a confirm sees a sleeper; the library's next publish wakes it).  Its kernel unmaps P
  * (PTE, INVLPG), writes a secret into P's page (reuse) and ERETUs; the user
  * program, woken, reads P and makes a genuine syscall, whose entry reports
  * RBX.  The unmap must be applied before the kernel runs on: the user program
  * must never see the secret (docs/design.md "Stops between address spaces").
- * Kernel: R12 = P's PTE, R13 = P, R14 = P's page (identity-mapped for it).
+ * Kernel: R12 = P's PTE, R13 = P, R14 = P's page (identity-mapped for it);
+ * R9 = offset of the control page's stub_sleeping.
  */
 static uint64_t *gvm_pte(struct gvm *g, uint64_t root, uint64_t gva);
 extern const uint8_t g_k_sleeper_lstar[];
@@ -1644,6 +1646,7 @@ GVM_CODE_BLOCK(g_u_sleeper,
     "lea 3f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
     "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
     "movl $31, (%rdi,%r8)\n lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n"
+    "movl $1, (%rdi,%r9)\n"                              /* "asleep": the library's resume wakes it */
     "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n"
     "movabs $0x7f0000000000, %rcx\n call *%rcx\n"        /* FUTEX_WAIT through the stub's syscall; ret */
     "mov (%r13), %rbx\n syscall\n"
@@ -1670,6 +1673,7 @@ START_TEST(forged_sleeper_keeps_no_unmapped_page)
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_regs(&g, &r);
     forge_regs(&r);
+    r.r9 = offsetof(struct nstub_ctl, stub_sleeping);
     r.r12 = PT_VA + (pte_gpa & 0xfff);
     r.r13 = P;
     r.r14 = P;
@@ -1695,7 +1699,8 @@ END_TEST
  * and sleeps on its stub's word itself.  The application takes the "host
  * call", removes R and reuses its memory; the next run must not let the
  * guest reach it: the stub is replaced, not woken with the unmap
- * (native_discard).  R13 = R's address (identity-mapped).
+ * (native_discard).  R13 = R's address (identity-mapped), R9 as for
+ * g_u_sleeper.
  */
 GVM_CODE_BLOCK(g_app_sleeper,
     "push %rax\n pop %rax\n movq $1, (%r13)\n"   /* genuine faults first: the stack and R */
@@ -1703,6 +1708,7 @@ GVM_CODE_BLOCK(g_app_sleeper,
     "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
     "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
     "movl $31, (%rdi,%r8)\n lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n"
+    "movl $1, (%rdi,%r9)\n"                              /* "asleep": the library's resume wakes it */
     "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n"
     "movabs $0x7f0000000000, %rcx\n call *%rcx\n"
     "2: movq $2, (%r13)\n" HC(0x47) "ud2\n");
@@ -1722,6 +1728,7 @@ START_TEST(forged_sleeper_loses_removed_region)
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_regs(&g, &r);
     forge_regs(&r);
+    r.r9 = offsetof(struct nstub_ctl, stub_sleeping);
     r.r13 = R;
     ck_assert_int_eq(pvm_vcpu_set_regs(g.cpu, &r), 0);
     gvm_run(&g, &e);
