@@ -197,7 +197,7 @@ struct pvm_hv_vcpu {
     uint32_t unconfirmed;        /* slots that ran or woke since provider.stopped() last confirmed them (bit per slot) */
     uint32_t slot_user;          /* slots whose last run was in user mode */
     uint32_t wake;               /* futex word for halt waits */
-    int halt_slot;               /* atomic: while halt_wait() sleeps, the slot the guest halted in, else -1 */
+    int halt_slot;               /* atomic: while halt_wait() sleeps, the slot the guest halted in; -2 being pre-woken; else -1 */
 
     bool dead;                   /* SHUTDOWN or INTERNAL_ERROR reached */
     struct pvm_exit fatal;

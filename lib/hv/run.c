@@ -54,6 +54,24 @@ static void halt_wait(struct pvm_hv_vcpu *hv)
     syscall(SYS_futex, &hv->wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
 }
 
+/*
+ * After halt_wait: no event thread may pre-wake a stub from now on, and one
+ * that is doing so (halt_slot -2, vcpu.c wake_vcpu) finishes first: a stub
+ * may be replaced before the next run (provider.discard).
+ */
+static void halt_end(struct pvm_hv_vcpu *hv)
+{
+    for (;;) {
+        int v = __atomic_load_n(&hv->halt_slot, __ATOMIC_SEQ_CST);
+        if (v == -2) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        if (__atomic_compare_exchange_n(&hv->halt_slot, &v, -1, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return;
+    }
+}
+
 static int fatal(struct pvm_hv_vcpu *hv, struct pvm_exit *exit, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -494,7 +512,7 @@ static int run_loop(pvm_vcpu *v, struct pvm_exit *exit)
             pvm__mem_leave(v->vm);
             __atomic_store_n(&hv->halt_slot, hv->ran_slot, __ATOMIC_SEQ_CST);
             halt_wait(hv);
-            __atomic_store_n(&hv->halt_slot, -1, __ATOMIC_SEQ_CST);
+            halt_end(hv);
             pvm__mem_enter(v->vm);
             continue;
         }

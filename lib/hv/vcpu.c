@@ -329,8 +329,12 @@ static void wake_vcpu(struct pvm_hv_vcpu *hv)
     int slot = __atomic_load_n(&hv->running_slot, __ATOMIC_SEQ_CST);
     if (slot >= 0)
         hv->p->kick(hv, (unsigned)slot);
-    else if (hv->p->halt_wake && (slot = __atomic_exchange_n(&hv->halt_slot, -1, __ATOMIC_SEQ_CST)) >= 0)
-        hv->p->halt_wake(hv, (unsigned)slot);   /* once per halt: the first event's */
+    else if (hv->p->halt_wake && (slot = __atomic_load_n(&hv->halt_slot, __ATOMIC_SEQ_CST)) >= 0 &&
+             __atomic_compare_exchange_n(&hv->halt_slot, &slot, -2, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        /* Once per halt, the first event's; -2 holds the vCPU thread off its stubs meanwhile (run.c). */
+        hv->p->halt_wake(hv, (unsigned)slot);
+        __atomic_store_n(&hv->halt_slot, -1, __ATOMIC_SEQ_CST);
+    }
 }
 
 /* Unmapped memory must leave every shadow before the guest runs on: interrupt the vCPUs. */
