@@ -1510,6 +1510,24 @@ static void forge_regs(struct pvm_regs *r)
 }
 
 /*
+ * A forged report: RAX from @set_rax, RIP @label, user selectors, SIGSYS
+ * (RDI = control page, RSI/R8 = offsets of regs and signo; forge_regs).
+ * FORGE_SLEEP then marks it TRAPPED and sleeps on the stub's word itself,
+ * through the stub's SYSCALL (FUTEX_WAIT; ret), flagged asleep as the stub's
+ * own wait would be (R9 = offset of stub_sleeping), so that the library's
+ * next publish wakes it.
+ */
+#define FORGE_REPORT(set_rax, label)                                                \
+    set_rax " mov %rax, (%rdi,%rsi)\n"                                              \
+    "lea " label "(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n" \
+    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"                    \
+    "movl $31, (%rdi,%r8)\n"
+#define FORGE_SLEEP                                                                   \
+    "lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n movl $1, (%rdi,%r9)\n"               \
+    "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n" \
+    "movabs $0x7f0000000000, %rcx\n call *%rcx\n"
+
+/*
  * A forged stop: guest code writes a host-call report into its control page
  * and keeps counting (the library's wait sees the state word change without a
  * wake-up).  The exit must not reach the application while the guest runs.
@@ -1518,10 +1536,7 @@ static void forge_regs(struct pvm_regs *r)
  * stub report it genuinely, and a genuine report is a genuine stop.
  */
 GVM_CODE_BLOCK(g_forge_stop,
-    "movabs $0x4c50564d00000046, %rax\n mov %rax, (%rdi,%rsi)\n"
-    "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
-    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
-    "movl $31, (%rdi,%r8)\n movl $2, (%rdi,%rdx)\n"
+    FORGE_REPORT("movabs $0x4c50564d00000046, %rax\n", "2f") "movl $2, (%rdi,%rdx)\n"
     "1: inc %rbx\n jmp 1b\n"
     "2: ud2\n");
 
@@ -1556,10 +1571,7 @@ END_TEST
  */
 GVM_CODE_BLOCK(g_forge_user,
     "incq (%r9)\n"   /* a genuine #PF first: the counter's page must be mapped before the forgery */
-    "mov $0x77, %eax\n mov %rax, (%rdi,%rsi)\n"
-    "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
-    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
-    "movl $31, (%rdi,%r8)\n movl $2, (%rdi,%rdx)\n"
+    FORGE_REPORT("mov $0x77, %eax\n", "2f") "movl $2, (%rdi,%rdx)\n"
     "1: incq (%r9)\n jmp 1b\n"
     "2: ud2\n");
 /* The kernel: ERETU to the user program; its syscall entry flushes (a trap), then marks GVM_DATA and reports. */
@@ -1642,13 +1654,7 @@ GVM_CODE_BLOCK(g_k_sleeper,
     "2:\n" HC(0x44) "ud2\n");
 GVM_CODE_BLOCK(g_u_sleeper,
     "push %rax\n pop %rax\n mov (%r13), %rax\n"          /* genuine faults first: the stack and P */
-    "mov $0x77, %eax\n mov %rax, (%rdi,%rsi)\n"
-    "lea 3f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
-    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
-    "movl $31, (%rdi,%r8)\n lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n"
-    "movl $1, (%rdi,%r9)\n"                              /* "asleep": the library's resume wakes it */
-    "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n"
-    "movabs $0x7f0000000000, %rcx\n call *%rcx\n"        /* FUTEX_WAIT through the stub's syscall; ret */
+    FORGE_REPORT("mov $0x77, %eax\n", "3f") FORGE_SLEEP
     "mov (%r13), %rbx\n syscall\n"
     "3: ud2\n");
 
@@ -1704,13 +1710,7 @@ END_TEST
  */
 GVM_CODE_BLOCK(g_app_sleeper,
     "push %rax\n pop %rax\n movq $1, (%r13)\n"   /* genuine faults first: the stack and R */
-    "movabs $0x4c50564d00000046, %rax\n mov %rax, (%rdi,%rsi)\n"
-    "lea 2f(%rip), %rax\n mov %rax, 128(%rdi,%rsi)\n movq $0x202, 136(%rdi,%rsi)\n"
-    "movw $0x33, 160(%rdi,%rsi)\n movw $0x2b, 162(%rdi,%rsi)\n"
-    "movl $31, (%rdi,%r8)\n lea (%rdi,%rdx), %r15\n movl $2, (%r15)\n"
-    "movl $1, (%rdi,%r9)\n"                              /* "asleep": the library's resume wakes it */
-    "mov $202, %eax\n mov %r15, %rdi\n xor %esi, %esi\n mov $2, %edx\n xor %r10d, %r10d\n"
-    "movabs $0x7f0000000000, %rcx\n call *%rcx\n"
+    FORGE_REPORT("movabs $0x4c50564d00000046, %rax\n", "2f") FORGE_SLEEP
     "2: movq $2, (%r13)\n" HC(0x47) "ud2\n");
 
 START_TEST(forged_sleeper_loses_removed_region)

@@ -273,6 +273,20 @@ static int notif_wait(struct nstub *s, union notif_buf *b, uint64_t deadline)
     }
 }
 
+/* The six arguments of the syscall that applies @c (stub_main.c apply_cmds). */
+static void cmd_args(const struct nstub_cmd *c, uint64_t a[6])
+{
+    memset(a, 0, 6 * sizeof(a[0]));
+    if (c->op == NSTUB_CMD_UNMAP) {   /* munmap(gva, len) */
+        a[0] = c->gva, a[1] = c->len;
+    } else if (c->op == NSTUB_CMD_PVCS) {
+        a[0] = NSTUB_PVCS_ADDR, a[1] = 4096, a[2] = PROT_READ | PROT_WRITE, a[3] = MAP_SHARED | MAP_FIXED;
+        a[4] = NSTUB_FD_RAM, a[5] = c->off;
+    } else {
+        a[0] = c->gva, a[1] = c->len, a[2] = c->prot, a[3] = MAP_SHARED | MAP_FIXED, a[4] = c->fd, a[5] = c->off;
+    }
+}
+
 /*
  * After a resume with commands: let each mmap and munmap of them through, in
  * order, and nothing else.  The stub applies them before it runs guest code;
@@ -289,11 +303,8 @@ static int approve_cmds(struct nstub *s)
     for (uint32_t i = 0; i < s->nr_sent; i++) {
         const struct nstub_cmd *c = &s->sent[i];
         const bool unmap = c->op == NSTUB_CMD_UNMAP;
-        const uint64_t want[6] = { c->op == NSTUB_CMD_PVCS ? NSTUB_PVCS_ADDR : c->gva,
-                                   c->op == NSTUB_CMD_PVCS ? 4096 : c->len,
-                                   unmap ? 0 : c->op == NSTUB_CMD_PVCS ? (PROT_READ | PROT_WRITE) : c->prot,
-                                   unmap ? 0 : MAP_SHARED | MAP_FIXED,
-                                   unmap ? 0 : c->op == NSTUB_CMD_PVCS ? NSTUB_FD_RAM : c->fd, unmap ? 0 : c->off };
+        uint64_t want[6];
+        cmd_args(c, want);
         union notif_buf b;
         /* Per request: a batch may hold 256 mappings, each a round trip on a loaded machine. */
         int r = notif_wait(s, &b, now_ns() + APPROVE_TIMEOUT_NS);
