@@ -42,6 +42,7 @@ enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, 
 
 struct guest {
     int memfd;
+    int linkfd;         /* the VM's link memfd (stub_abi.h NSTUB_FD_LINK): a pooled stub needs one */
     uint8_t *ram;
     struct nstub *s;
     struct nstub_regs r;
@@ -65,7 +66,11 @@ static void guest_init_ex(struct guest *g, const void *code, size_t len, bool tr
     g->ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
     ck_assert_ptr_ne(g->ram, MAP_FAILED);
     guest_code(g, code, len);
-    struct nstub_config cfg = { .memfd = g->memfd, .kick_signal = KICK, .trust_maps = trust_maps };
+    g->linkfd = memfd_create("test-link", MFD_CLOEXEC);
+    ck_assert_int_ge(g->linkfd, 0);
+    ck_assert_int_eq(ftruncate(g->linkfd, NSTUB_LINK_SIZE), 0);
+    struct nstub_config cfg = { .memfd = g->memfd, .kick_signal = KICK, .trust_maps = trust_maps,
+                                .link_memfd = g->linkfd };
     int rc = nstub_create(&g->s, &cfg, err, sizeof(err));
     ck_assert_msg(rc == 0, "nstub_create: %d %s", rc, err);
     ck_assert_int_eq(nstub_map(g->s, CODE, 0x1000, 0, PROT_READ | PROT_EXEC), 0);
@@ -88,6 +93,7 @@ static void guest_fini(struct guest *g)
     nstub_destroy(g->s);
     munmap(g->ram, RAM_SIZE);
     close(g->memfd);
+    close(g->linkfd);
 }
 
 static void run(struct guest *g)

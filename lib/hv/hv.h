@@ -57,6 +57,13 @@ struct pvm_hv_trap {
     uint32_t switches;        /* how many of them switched mode (user event, ERETU) */
     bool nmi_unmasked;        /* an ERETU or ERETS released the NMI mask */
     uint64_t supervisor_rsp;  /* MSR_PVM_SUPERVISOR_RSP after them */
+    /*
+     * Slots besides the one run() was given whose guest code may have run
+     * during it (bit per slot; native: a kernel stub that answered user
+     * SYSCALLs itself): the core confirms them stopped at the next exit.
+     * They ran in supervisor mode.  Counts without events too.
+     */
+    uint32_t ran_slots;
     char msg[128];
 };
 

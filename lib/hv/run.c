@@ -377,6 +377,7 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
     struct pvm_hv_trap trap;
     regs_to_provider(c, &regs);
     trap.events = 0;
+    trap.ran_slots = 0;
     /* pvm_vcpu_set_guest_debug single-step: TF for the provider's run only, the guest keeps its own. */
     const uint64_t guest_tf = c->rflags & PVM_RFLAGS_TF;
     if (hv->dbg.step)
@@ -416,6 +417,8 @@ static enum pvm_m_result run_guest(struct pvm_hv_vcpu *hv, struct pvm_exit *exit
         hv->slot_user |= 1u << slot;
     else
         hv->slot_user &= ~(1u << slot);
+    hv->unconfirmed |= trap.ran_slots;
+    hv->slot_user &= ~trap.ran_slots;
     if (rc < 0) {
         *fatal_rc = fatal(hv, exit, rc, "%s: run failed: %s", p->name, pvm_last_error());
         return PVM_M_EXIT;

@@ -44,6 +44,21 @@ struct native_cpu {
     uint64_t fast_irqs;          /* of which interrupts delivered in the stubs */
     uint32_t cpuid_pub[PVM_SHADOW_MAX_ROOTS]; /* hv->cpuid_gen each stub's table has */
     bool fpu_pending;            /* fpu_buf holds an image (a restore) for the next activated stub */
+
+    /* The user/kernel hand-off (stub/link.c, link_arm). */
+    volatile struct nstub_link *link;  /* this vCPU's link area (mapped), or NULL: none */
+    uint64_t link_off;           /* its offset in the VM's link memfd */
+    uint32_t link_gen;           /* the last arm's generation */
+    int linked;                  /* atomic: the kernel slot armed for this run, or -1 */
+    int taken;                   /* the kernel slot taken back without adoption this run (native_finish), or -1 */
+    uint64_t link_trips;         /* user SYSCALLs answered by the kernel stub (statistics) */
+    uint64_t link_adopts;        /* ... of which the library took over (statistics) */
+};
+
+/* The VM's side (vm->bdata): its first stub until a vCPU takes it, and the link memfd. */
+struct native_vm {
+    struct nstub *early;
+    int link_fd;                 /* one NSTUB_LINK_SIZE area per vCPU id, or -1 */
 };
 
 /* The XSAVE image size this host's stubs use (from the first stub; 0 before one exists). */
@@ -119,6 +134,14 @@ static int native_vcpu_init(struct pvm_hv_vcpu *hv)
     hv->prefetch_on = nc->fast_on;
     nc->trust_exits = env_is_1("PVM_NATIVE_TRUST_EXITS");
     nc->trust_maps = env_is_1("PVM_NATIVE_TRUST_MAPS");
+    nc->linked = nc->taken = -1;
+    const struct native_vm *nv = hv->v->vm->bdata;
+    const char *lk = getenv("PVM_NATIVE_LINK");
+    if (nc->fast_on && nv && nv->link_fd >= 0 && !(lk && !strcmp(lk, "0"))) {
+        nc->link_off = (uint64_t)hv->v->id * NSTUB_LINK_SIZE;
+        void *m = mmap(NULL, NSTUB_LINK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, nv->link_fd, (off_t)nc->link_off);
+        nc->link = m == MAP_FAILED ? NULL : m;
+    }
     return 0;
 }
 
@@ -136,8 +159,13 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
              hv->v->id, (unsigned long long)nc->fast_events, (unsigned long long)nc->fast_irqs,
              (unsigned long long)hv->prefetches, (unsigned long long)hv->fetch_prefetches,
              (unsigned long long)approved);
+    if (nc->link_trips)
+        pvm__log(PVM_LOG_DEBUG, "vCPU %u: %llu user SYSCALLs handed from stub to stub (%llu taken over by the library)",
+                 hv->v->id, (unsigned long long)nc->link_trips, (unsigned long long)nc->link_adopts);
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nc->stubs[i]);
+    if (nc->link)
+        munmap((void *)nc->link, NSTUB_LINK_SIZE);
     free(nc->fpu_buf);
     free(nc);
     hv->pdata = NULL;
@@ -153,16 +181,34 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
  */
 static int native_vm_init(pvm_vm *vm)
 {
+    struct native_vm *nv = calloc(1, sizeof(*nv));
+    if (!nv)
+        return pvm__error(PVM_ENOMEM, "pvm_vm_create: out of memory");
+    /* Sparse: a vCPU's area takes memory once its stubs hand off (a page, and the FPU image's). */
+    uint32_t n = vm->opts.max_vcpus ? vm->opts.max_vcpus : PVM_MAX_VCPUS;
+    nv->link_fd = memfd_create("pvm-link", MFD_CLOEXEC);
+    if (nv->link_fd >= 0 && ftruncate(nv->link_fd, (off_t)(n * NSTUB_LINK_SIZE)) < 0) {
+        close(nv->link_fd);
+        nv->link_fd = -1;
+    }
     struct nstub_config cfg = { .memfd = vm->memfd, .kick_signal = vm->opts.kick_signal,
                                 .trust_maps = env_is_1("PVM_NATIVE_TRUST_MAPS"),
-                                .snap_memfd = vm->create_snap_fd > 0 ? vm->create_snap_fd : 0 };
-    vm->bdata = nstub_prestart(&cfg);
+                                .snap_memfd = vm->create_snap_fd > 0 ? vm->create_snap_fd : 0,
+                                .link_memfd = nv->link_fd > 0 ? nv->link_fd : 0 };
+    nv->early = nstub_prestart(&cfg);
+    vm->bdata = nv;
     return 0;
 }
 
 static void native_vm_fini(pvm_vm *vm)
 {
-    nstub_destroy(vm->bdata);   /* never needed */
+    struct native_vm *nv = vm->bdata;
+    if (!nv)
+        return;
+    nstub_destroy(nv->early);   /* never needed */
+    if (nv->link_fd >= 0)
+        close(nv->link_fd);
+    free(nv);
     vm->bdata = NULL;
 }
 
@@ -172,23 +218,25 @@ static int ensure_stub(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t 
     if (nc->stubs[slot])
         return 0;
     int snap = pvm__cow_fd(hv->v->vm);
+    struct native_vm *nv = hv->v->vm->bdata;
     /* Any vCPU's first stub may be the early one; a VM from a snapshot needs one that maps it too. */
-    struct nstub *early = __atomic_exchange_n(&hv->v->vm->bdata, NULL, __ATOMIC_SEQ_CST);
+    struct nstub *early = __atomic_exchange_n(&nv->early, NULL, __ATOMIC_SEQ_CST);
     if (early && (snap > 0) == nstub_maps_snapshot(early) && !nc->trust_maps && nstub_adopt(early, err, errlen) == 0) {
         nc->stubs[slot] = early;
-        __atomic_store_n(&host_fpu_size, nstub_fpu_size(early), __ATOMIC_RELAXED);
-        return 0;
+    } else {
+        if (early)
+            pvm__log(PVM_LOG_DEBUG, "vCPU %u: early stub not used (%s)", hv->v->id,
+                     (snap > 0) != nstub_maps_snapshot(early) || nc->trust_maps ? "the VM needs another kind" : err);
+        nstub_destroy(early);
+        struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal,
+                                    .trust_maps = nc->trust_maps, .snap_memfd = snap > 0 ? snap : 0,
+                                    .link_memfd = nv->link_fd > 0 ? nv->link_fd : 0 };
+        int rc = nstub_create(&nc->stubs[slot], &cfg, err, errlen);
+        if (rc < 0)
+            return rc;
     }
-    if (early)
-        pvm__log(PVM_LOG_DEBUG, "vCPU %u: early stub not used (%s)", hv->v->id,
-                 (snap > 0) != nstub_maps_snapshot(early) || nc->trust_maps ? "the VM needs another kind" : err);
-    nstub_destroy(early);
-    struct nstub_config cfg = { .memfd = hv->v->vm->memfd, .kick_signal = hv->v->vm->opts.kick_signal,
-                                .trust_maps = nc->trust_maps, .snap_memfd = snap > 0 ? snap : 0 };
-    int rc = nstub_create(&nc->stubs[slot], &cfg, err, errlen);
-    if (rc == 0)
-        __atomic_store_n(&host_fpu_size, nstub_fpu_size(nc->stubs[slot]), __ATOMIC_RELAXED);
-    return rc;
+    __atomic_store_n(&host_fpu_size, nstub_fpu_size(nc->stubs[slot]), __ATOMIC_RELAXED);
+    return 0;
 }
 
 /* Switch the running address space to @slot, carrying the FPU state along. */
@@ -345,6 +393,10 @@ static void native_kick(struct pvm_hv_vcpu *hv, unsigned slot)
     struct native_cpu *nc = nc_of(hv);
     if (nc->stubs[slot])
         nstub_kick(nc->stubs[slot]);
+    /* The guest may be in its kernel's stub (the hand-off): that one too. */
+    int k = __atomic_load_n(&nc->linked, __ATOMIC_SEQ_CST);
+    if (k >= 0 && (unsigned)k != slot && nc->stubs[k])
+        nstub_kick(nc->stubs[k]);
 }
 
 /* A halted vCPU's event: its stub, asleep since the halt, wakes while the vCPU thread does (one wake-up, not two in a row). */
@@ -405,6 +457,42 @@ SAME_FIELD(cs);
 SAME_FIELD(ss);
 _Static_assert(sizeof(struct nstub_regs) == sizeof(struct pvm_hv_regs), "register files");
 
+/*
+ * After the user stub's run: end the hand-off.  The kernel stub either waits
+ * again (its fast-path result, SUPERVISOR_RSP, waits for native_finish) or
+ * took a SYSCALL it has not handed back: then the vCPU is in the guest
+ * kernel, and the kernel stub's next report is this run's trap (*r, *t),
+ * with the SYSCALL event for the core to apply (one mode switch).
+ * True if so.
+ */
+static bool link_take(struct pvm_hv_vcpu *hv, unsigned slot, int k, struct nstub_regs *r, struct nstub_trap *t,
+                      struct pvm_hv_trap *trap)
+{
+    struct native_cpu *nc = nc_of(hv);
+    struct nstub_link_cfg cfg = { .link = nc->link, .gen = nc->link_gen };
+    uint64_t trips = 0;
+    __atomic_store_n(&nc->linked, -1, __ATOMIC_SEQ_CST);
+    int a = nstub_link_take(nc->stubs[slot], nc->stubs[k], &cfg, &trips);
+    nc->link_trips += trips;
+    trap->ran_slots |= 1u << k;   /* it may have run guest code: confirmed at the exit */
+    if (a <= 0) {
+        nc->taken = k;
+        if (a < 0) {
+            t->kind = NSTUB_TRAP_DIED;
+            snprintf(t->msg, sizeof(t->msg), "%s", nstub_dead_msg(nc->stubs[k]));
+        }
+        return false;
+    }
+    nc->link_trips++;
+    nc->link_adopts++;
+    nstub_link_adopt(nc->stubs[k], r, t);
+    nc->fpu_slot = k;   /* the kernel stub holds the guest's FPU state now */
+    trap->events = 1 + 2 * (uint32_t)(trips < 0x7fffffff ? trips : 0x7fffffff);
+    trap->switches = trap->events;
+    trap->supervisor_rsp = hv->cpu.msr_supervisor_rsp;   /* the kernel stub's own, in native_finish */
+    return true;
+}
+
 static int native_run(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs *regs, struct pvm_hv_trap *trap)
 {
     struct native_cpu *nc = nc_of(hv);
@@ -414,10 +502,13 @@ static int native_run(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_regs 
     int rc = nstub_run(nc->stubs[slot], &r, &t);
     if (nc->fast) /* before anything looks at the model: its pending interrupts are exact again */
         irq_take_back(hv, slot);
+    memset(trap, 0, sizeof(*trap));
+    int k = __atomic_load_n(&nc->linked, __ATOMIC_SEQ_CST);
+    if (k >= 0 && link_take(hv, slot, k, &r, &t, trap))
+        rc = 0;
     if (rc < 0)
         return rc;
     memcpy(regs, &r, sizeof(r));
-    memset(trap, 0, sizeof(*trap));
     trap->vector = t.vector;
     trap->error_code = t.error_code;
     trap->cr2 = t.cr2;
@@ -503,6 +594,8 @@ static void add_window(struct pvm_hv_vcpu *hv, struct nstub_fast_cfg *f, uint64_
     f->nr_windows++;
 }
 
+static bool fast_cfg(struct pvm_hv_vcpu *hv, unsigned slot, bool on, uint64_t rsp);
+
 /*
  * What the stub of @slot may handle itself during the next run: only smod,
  * with the PVCS mapped into the stub and nothing pending, so that the model's
@@ -511,14 +604,25 @@ static void add_window(struct pvm_hv_vcpu *hv, struct nstub_fast_cfg *f, uint64_
  */
 static bool setup_fast(struct pvm_hv_vcpu *hv, unsigned slot)
 {
+    const struct pvm_cpu *c = &hv->cpu;
+    bool on = c->mode == PVM_MODE_SUPERVISOR && c->cs == PVM_USER_CS && c->ss == PVM_USER_DS;
+    return fast_cfg(hv, slot, on, c->gpr[PVM_RSP]);
+}
+
+/*
+ * The fast-path block of the stub of @slot for smod at @rsp (@on: else
+ * disabled): the current state, or the guest kernel's entry state for the
+ * hand-off (link_arm).  False if it stays off.
+ */
+static bool fast_cfg(struct pvm_hv_vcpu *hv, unsigned slot, bool on, uint64_t rsp)
+{
     struct native_cpu *nc = nc_of(hv);
     struct pvm_cpu *c = &hv->cpu;
     struct nstub *st = nc->stubs[slot];
     struct nstub_fast_cfg f = { .enabled = false };
     struct pvm_region r;
 
-    if (!nc->fast_on || pvm_hv_debug_on(hv) || c->mode != PVM_MODE_SUPERVISOR || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS ||
-        pvm_hv_events_pending(hv) || !c->msr_vcpu_struct ||
+    if (!on || !nc->fast_on || pvm_hv_debug_on(hv) || pvm_hv_events_pending(hv) || !c->msr_vcpu_struct ||
         !pvm__gpa_lookup(hv->v->vm, c->msr_vcpu_struct, 4096, &r) || r.memfd_off == PVM_NO_MEMFD ||
         (r.flags & PVM_MEM_READONLY) || nstub_map_pvcs(st, r.memfd_off + (c->msr_vcpu_struct - r.gpa)) < 0) {
         nstub_set_fast(st, &f);
@@ -545,7 +649,7 @@ static bool setup_fast(struct pvm_hv_vcpu *hv, unsigned slot)
     f.sup_cs = (uint16_t)((c->msr_star >> 32) & 0xfffc);
     f.kvm_features = feat[0];
     /* Windows: the stack around RSP and where a §5.4 frame would go. */
-    uint64_t rsp = c->gpr[PVM_RSP], frame = ((rsp - c->msr_redzone) & ~0xfull) - PVM_FRAME_SIZE;
+    uint64_t frame = ((rsp - c->msr_redzone) & ~0xfull) - PVM_FRAME_SIZE;
     const uint64_t probes[] = { rsp, rsp + PVM_FRAME_SIZE - 1, frame, frame + PVM_FRAME_SIZE - 1,
                                 rsp - 4096, rsp - 8192, rsp + 4096 };
     for (unsigned i = 0; i < sizeof(probes) / sizeof(probes[0]); i++)
@@ -594,15 +698,54 @@ static int native_sync(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t 
     return nc->trust_exits ? 0 : nstub_sync_unmaps(nc->stubs[slot], err, errlen);
 }
 
+static bool canonical48(uint64_t v)
+{
+    return (uint64_t)((int64_t)(v << 16) >> 16) == v;
+}
+
+/*
+ * The user/kernel hand-off (stub/link.c, docs/design.md "The user stub and
+ * the kernel stub hand off"): before user code runs in @slot, let the
+ * kernel's stub take its SYSCALLs and answer their ERETUs itself, where the
+ * model would do nothing between the two but deliver them: 64-bit user
+ * code, nothing pending or held back, NMIs unmasked, no debugging or trace
+ * (fast_on), 4-level paging (§10.7's canonical form), a canonical entry
+ * state, and the kernel's address space resident (pvm_shadow_find: no
+ * eviction) with its stub waiting and nothing queued for it.
+ */
+static void link_arm(struct pvm_hv_vcpu *hv, unsigned slot)
+{
+    struct native_cpu *nc = nc_of(hv);
+    const struct pvm_cpu *c = &hv->cpu;
+    if (!nc->link || c->mode != PVM_MODE_USER || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS || c->halted ||
+        c->nmi_masked || pvm_hv_irqs_pending(c) || pvm_m_la57(c) || !canonical48(c->msr_lstar) ||
+        !canonical48(c->msr_kernel_gs_base))
+        return;
+    int k = pvm_shadow_find(hv->shadow, c->msr_switch_cr3, false);
+    if (k < 0 || (unsigned)k == slot || !nc->stubs[k])
+        return;
+    struct nstub *u = nc->stubs[slot], *ks = nc->stubs[k];
+    if (nstub_map_link(u, nc->link_off) < 0 || nstub_map_link(ks, nc->link_off) < 0 ||
+        !fast_cfg(hv, (unsigned)k, true, c->msr_supervisor_rsp))
+        return;
+    struct nstub_link_cfg cfg = { .link = nc->link, .gen = ++nc->link_gen, .lstar = c->msr_lstar,
+                                  .kernel_gs_base = c->msr_kernel_gs_base };
+    if (nstub_link_arm(u, ks, &cfg) == 0)
+        __atomic_store_n(&nc->linked, k, __ATOMIC_SEQ_CST);
+}
+
 static void native_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
 {
     struct native_cpu *nc = nc_of(hv);
     nc->fast = setup_fast(hv, slot);
     if (nc->fast)
         irq_hand_over(hv, slot);
+    else
+        link_arm(hv, slot);
 }
 
-static enum pvm_m_result native_finish(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_trap *trap)
+/* What the fast path of @slot's stub did: statistics and the model's side (NMI mask, PVM MSRs). */
+static enum pvm_m_result fast_result(struct pvm_hv_vcpu *hv, unsigned slot)
 {
     struct native_cpu *nc = nc_of(hv);
     struct nstub_fast_result fr;
@@ -612,6 +755,19 @@ static enum pvm_m_result native_finish(struct pvm_hv_vcpu *hv, unsigned slot, st
     if (fr.nmi_unmasked) /* §5.8: a fast ERETS released the NMI mask */
         hv->cpu.nmi_masked = false;
     if (fr.msr_changed && apply_fast_msrs(hv, &fr) == PVM_M_SHUTDOWN)
+        return PVM_M_SHUTDOWN;
+    return PVM_M_RESUME;
+}
+
+static enum pvm_m_result native_finish(struct pvm_hv_vcpu *hv, unsigned slot, struct pvm_hv_trap *trap)
+{
+    struct native_cpu *nc = nc_of(hv);
+    /* A kernel stub that answered user SYSCALLs and waits again: its ERETUs' SUPERVISOR_RSP, its fast WRMSRs. */
+    int k = nc->taken;
+    nc->taken = -1;
+    if (k >= 0 && (unsigned)k != slot && fast_result(hv, (unsigned)k) == PVM_M_SHUTDOWN)
+        return PVM_M_SHUTDOWN;
+    if (fast_result(hv, slot) == PVM_M_SHUTDOWN)
         return PVM_M_SHUTDOWN;
     normalize_trap(hv, trap);
     return PVM_M_RESUME;
@@ -652,6 +808,18 @@ uint64_t pvm__native_prefetches(const pvm_vcpu *v)
 uint64_t pvm__native_fetch_prefetches(const pvm_vcpu *v)
 {
     return native_of(v) ? pvm_hv_of(v)->fetch_prefetches : 0;
+}
+
+uint64_t pvm__native_link_trips(const pvm_vcpu *v)
+{
+    const struct native_cpu *nc = native_of(v);
+    return nc ? nc->link_trips : 0;
+}
+
+uint64_t pvm__native_link_adopts(const pvm_vcpu *v)
+{
+    const struct native_cpu *nc = native_of(v);
+    return nc ? nc->link_adopts : 0;
 }
 
 int pvm__native_stub_pid(const pvm_vcpu *v, unsigned slot)

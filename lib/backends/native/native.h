@@ -24,6 +24,15 @@ uint64_t pvm__native_prefetches(const pvm_vcpu *v);
 /* Shadow mappings installed ahead of the fetch at RIP (lib/hv/run.c pvm_hv_fetch_prefetch). */
 uint64_t pvm__native_fetch_prefetches(const pvm_vcpu *v);
 
+/*
+ * User SYSCALLs the kernel stub took straight from the user stub (the
+ * hand-off, stub/link.c; on with the fast path unless PVM_NATIVE_LINK is
+ * "0" when the vCPU is created), and of those, the ones whose kernel
+ * needed the library before its ERETU (the library adopted its report).
+ */
+uint64_t pvm__native_link_trips(const pvm_vcpu *v);
+uint64_t pvm__native_link_adopts(const pvm_vcpu *v);
+
 /* Host pid of the stub of address-space slot @slot (tests: /proc accounting), or -1. */
 int pvm__native_stub_pid(const pvm_vcpu *v, unsigned slot);
 

@@ -462,6 +462,7 @@ static int fd_for(const struct nspawn_fds *f, int n)
     case NSTUB_FD_RAM: return f->ram;
     case NSTUB_FD_CTL: return f->ctl;
     case NSTUB_FD_NOTIFY: return f->notify;
+    case NSTUB_FD_LINK: return f->link;
     case NSTUB_FD_SNAP: return f->snap;
     default: return -1;
     }

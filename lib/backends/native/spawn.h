@@ -31,6 +31,7 @@ struct nspawn_fds {
     int ram;      /* NSTUB_FD_RAM, the guest-RAM memfd (nspawn_request: -1, it comes later) */
     int ctl;      /* NSTUB_FD_CTL, the control memfd (mapped and filled by the caller) */
     int notify;   /* NSTUB_FD_NOTIFY, the stub's end of the mapping-approval socket, or -1 */
+    int link;     /* NSTUB_FD_LINK, the VM's link memfd (nspawn_request: -1, it comes later), or -1 */
     int snap;     /* NSTUB_FD_SNAP, a VM from a snapshot: its write-sealed RAM memfd, or -1 */
 };
 
@@ -48,7 +49,7 @@ int nspawn_stub(struct nspawn *sp, const struct nspawn_fds *fds, pid_t *pid, int
  */
 int nspawn_request(struct nspawn *sp, const struct nspawn_fds *fds, char *err, size_t errlen);
 int nspawn_collect(struct nspawn *sp, pid_t *pid, int *pidfd, char *err, size_t errlen);
-/* sendmsg of @len bytes with @nfds (1..4) fds (SCM_RIGHTS) on @sock, EINTR retried; its result. */
+/* sendmsg of @len bytes with @nfds (1..NSTUB_ZREQ_MAXFDS) fds (SCM_RIGHTS) on @sock, EINTR retried; its result. */
 ssize_t nspawn_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
 /* After @pidfd said the stub exited: how (si_code CLD_*, si_status).  Does not reap. */
 bool nspawn_exit_status(const struct nspawn *sp, int pidfd, int *code, int *status);

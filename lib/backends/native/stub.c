@@ -102,6 +102,8 @@ struct nstub {
     struct nstub_fast_result fast_res;/* what the fast path did in the last run */
     uint64_t pvcs_off;                /* memfd offset mapped (or queued) at NSTUB_PVCS_ADDR, or UINT64_MAX */
     bool has_snap;                    /* holds a snapshot memfd as NSTUB_FD_SNAP */
+    bool has_link;                    /* holds the VM's link memfd as NSTUB_FD_LINK */
+    uint64_t link_off;                /* its area mapped (or queued) at NSTUB_LINK_ADDR, or UINT64_MAX */
     uint64_t irq_posted[4];           /* vectors posted to ctl->fast.irq since the last take (caller's lock) */
 };
 
@@ -282,6 +284,9 @@ static void cmd_args(const struct nstub_cmd *c, uint64_t a[6])
     } else if (c->op == NSTUB_CMD_PVCS) {
         a[0] = NSTUB_PVCS_ADDR, a[1] = 4096, a[2] = PROT_READ | PROT_WRITE, a[3] = MAP_SHARED | MAP_FIXED;
         a[4] = NSTUB_FD_RAM, a[5] = c->off;
+    } else if (c->op == NSTUB_CMD_LINK) {
+        a[0] = NSTUB_LINK_ADDR, a[1] = NSTUB_LINK_SIZE, a[2] = PROT_READ | PROT_WRITE, a[3] = MAP_SHARED | MAP_FIXED;
+        a[4] = NSTUB_FD_LINK, a[5] = c->off;
     } else {
         a[0] = c->gva, a[1] = c->len, a[2] = c->prot, a[3] = MAP_SHARED | MAP_FIXED, a[4] = c->fd, a[5] = c->off;
     }
@@ -573,6 +578,7 @@ static struct nstub *stub_alloc(int kick_signal, bool trust_maps, char *err, siz
     s->spin_ns = DEFAULT_SPIN_NS;
     s->ctl = MAP_FAILED;
     s->pvcs_off = UINT64_MAX;
+    s->link_off = UINT64_MAX;
     s->notif_fd = -1;
     s->sock = s->peer = -1;
 
@@ -727,7 +733,7 @@ static void pool_refill(int kick_signal)
         if (!s)
             break;
         s->ctl->pooled = 1;
-        struct nspawn_fds fds = { .ram = -1, .ctl = s->ctl_fd, .notify = s->peer, .snap = -1 };
+        struct nspawn_fds fds = { .ram = -1, .ctl = s->ctl_fd, .notify = s->peer, .link = -1, .snap = -1 };
         if (nspawn_request(&s->sp, &fds, NULL, 0) < 0) {
             stub_free(s);
             pool_size = 0;   /* no zygote: no pool */
@@ -786,8 +792,8 @@ static bool snap_ok(const struct nstub_config *cfg)
     return cfg->snap_memfd <= 0 || (seals >= 0 && (seals & F_SEAL_WRITE));
 }
 
-/* A pooled stub becomes @memfd's (and @snap's, if > 0): collect its process and send the fds. */
-static int pool_send(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
+/* A pooled stub becomes @memfd's and @link's (and @snap's, if > 0): collect its process and send the fds. */
+static int pool_send(struct nstub *s, int memfd, int link, int snap, char *err, size_t errlen)
 {
     s->boot_tsc0 = __rdtsc();
     s->boot_t0 = now_ns();
@@ -799,22 +805,24 @@ static int pool_send(struct nstub *s, int memfd, int snap, char *err, size_t err
         return set_err(err, errlen, "nstub_create: pooled stub: %s", why), rc;
     stub_spawned(s, pid, pidfd);
     s->has_snap = snap > 0;
-    const int fds[2] = { memfd, snap };
-    if (nspawn_send_fds(s->sock, "M", 1, fds, snap > 0 ? 2 : 1) != 1)
+    s->has_link = true;
+    /* In this order they land on NSTUB_FD_RAM, _LINK and _SNAP (stub_main.c receive_ram). */
+    const int fds[3] = { memfd, link, snap };
+    if (nspawn_send_fds(s->sock, "M", 1, fds, snap > 0 ? 3 : 2) != 1)
         return set_err(err, errlen, "nstub_create: handing the memfd to a pooled stub: %s", strerror(errno)), PVM_EIO;
     return 0;
 }
 
 /* ... and then wait for its boot trap. */
-static int pool_finish(struct nstub *s, int memfd, int snap, char *err, size_t errlen)
+static int pool_finish(struct nstub *s, int memfd, int link, int snap, char *err, size_t errlen)
 {
-    int rc = pool_send(s, memfd, snap, err, errlen);
+    int rc = pool_send(s, memfd, link, snap, err, errlen);
     return rc < 0 ? rc : stub_boot(s, err, errlen);
 }
 
 struct nstub *nstub_prestart(const struct nstub_config *cfg)
 {
-    if (!cfg || cfg->trust_maps || cfg->memfd < 0 || !snap_ok(cfg))
+    if (!cfg || cfg->trust_maps || cfg->memfd < 0 || cfg->link_memfd <= 0 || !snap_ok(cfg))
         return NULL;
     pthread_once(&pool_once, pool_init);
     struct nstub *s = pool_take(cfg->kick_signal);
@@ -823,7 +831,7 @@ struct nstub *nstub_prestart(const struct nstub_config *cfg)
     pool_want(cfg->kick_signal);
     char err[200];
     s->has_snap = cfg->snap_memfd > 0;
-    if (pool_send(s, cfg->memfd, cfg->snap_memfd, err, sizeof(err)) < 0) {
+    if (pool_send(s, cfg->memfd, cfg->link_memfd, cfg->snap_memfd, err, sizeof(err)) < 0) {
         pvm__log(PVM_LOG_DEBUG, "%s; no early stub", err);
         stub_free(s);
         return NULL;
@@ -865,9 +873,9 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
                PVM_EBADF;
 
     pthread_once(&pool_once, pool_init);
-    struct nstub *s = cfg->trust_maps ? NULL : pool_take(cfg->kick_signal);
+    struct nstub *s = cfg->trust_maps || cfg->link_memfd <= 0 ? NULL : pool_take(cfg->kick_signal);
     if (s) {
-        int rc = pool_finish(s, cfg->memfd, cfg->snap_memfd, err, errlen);
+        int rc = pool_finish(s, cfg->memfd, cfg->link_memfd, cfg->snap_memfd, err, errlen);
         pool_want(cfg->kick_signal);
         if (rc == 0) {
             __atomic_add_fetch(&pool_hits, 1, __ATOMIC_RELAXED);
@@ -883,12 +891,14 @@ int nstub_create(struct nstub **out, const struct nstub_config *cfg, char *err, 
     if (!(s = stub_alloc(cfg->kick_signal, cfg->trust_maps, err, errlen, &rc)))
         return rc;
     s->has_snap = cfg->snap_memfd > 0;
+    s->has_link = cfg->link_memfd > 0;
     s->boot_tsc0 = __rdtsc();
     s->boot_t0 = now_ns();
     pid_t pid;
     int pidfd;
     char why[160] = "";
     struct nspawn_fds fds = { .ram = cfg->memfd, .ctl = s->ctl_fd, .notify = s->peer,
+                              .link = cfg->link_memfd > 0 ? cfg->link_memfd : -1,
                               .snap = cfg->snap_memfd > 0 ? cfg->snap_memfd : -1 };
     rc = nspawn_stub(&s->sp, &fds, &pid, &pidfd, why, sizeof(why));
     close_spawn_fds(s);
@@ -1001,25 +1011,39 @@ int nstub_unmap_all(struct nstub *s)
         return PVM_EINVAL;
     s->nr_cmds = 0;   /* everything queued is superseded */
     s->pvcs_off = UINT64_MAX;   /* a queued PVCS mapping too: map it again */
+    s->link_off = UINT64_MAX;
     if (s->dead)
         return 0;
     return queue(s, NSTUB_CMD_UNMAP, NSTUB_GUEST_LO, NSTUB_GUEST_HI - NSTUB_GUEST_LO, 0, 0, 0);
 }
 
-int nstub_map_pvcs(struct nstub *s, uint64_t off)
+/* Queue the mapping of one of the stub's fixed areas (@op at @gva) from @off; *at remembers it. */
+static int queue_fixed(struct nstub *s, uint32_t op, uint64_t gva, uint64_t len, uint64_t off, uint64_t *at)
 {
-    if (!s || (off & 4095) || off > (uint64_t)INT64_MAX - 4096)
+    if (!s || (off & 4095) || off > (uint64_t)INT64_MAX - len)
         return PVM_EINVAL;
-    if (s->dead || off == s->pvcs_off)
+    if (s->dead || off == *at)
         return 0;
     if (s->nr_cmds == NSTUB_MAX_CMDS) {
         int rc = nstub_sync(s);
         if (rc < 0)
             return rc;
     }
-    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = NSTUB_PVCS_ADDR, .len = 4096, .off = off, .op = NSTUB_CMD_PVCS };
-    s->pvcs_off = off;
+    s->cmds[s->nr_cmds++] = (struct nstub_cmd){ .gva = gva, .len = len, .off = off, .op = op };
+    *at = off;
     return 0;
+}
+
+int nstub_map_pvcs(struct nstub *s, uint64_t off)
+{
+    return s ? queue_fixed(s, NSTUB_CMD_PVCS, NSTUB_PVCS_ADDR, 4096, off, &s->pvcs_off) : PVM_EINVAL;
+}
+
+int nstub_map_link(struct nstub *s, uint64_t off)
+{
+    if (s && !s->has_link)
+        return PVM_ENOTSUP;
+    return s ? queue_fixed(s, NSTUB_CMD_LINK, NSTUB_LINK_ADDR, NSTUB_LINK_SIZE, off, &s->link_off) : PVM_EINVAL;
 }
 
 int nstub_sync(struct nstub *s)
@@ -1278,6 +1302,8 @@ static enum classify classify(struct nstub *s, struct nstub_regs *regs, struct n
     return C_REPORT;
 }
 
+static int run_until_report(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap, bool resume);
+
 int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
 {
     if (!s || !regs || !trap)
@@ -1305,13 +1331,28 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
     }
     write_regs(s, regs);
     __atomic_store_n(&s->ctl->park, 0, __ATOMIC_SEQ_CST);
-    for (;;) {
-        flush_cmds(s);
-        s->ctl->cmd_err = 0;
-        publish_fast(s);
-        s->stopped = false;
-        publish(s, NSTUB_ST_RESUME);
-        if (approve_cmds(s) < 0 || wait_trapped(s, false) < 0)
+    return run_until_report(s, regs, trap, true);
+}
+
+/*
+ * nstub_run's loop: (@resume) publish the resume, then wait for the report
+ * and turn it into *trap; a spurious one resumes the guest where it was.
+ * Without @resume the stub already runs (a kernel stub that took a linked
+ * SYSCALL: nstub_link_adopt).
+ */
+static int run_until_report(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap, bool resume)
+{
+    for (;; resume = true) {
+        if (resume) {
+            flush_cmds(s);
+            s->ctl->cmd_err = 0;
+            publish_fast(s);
+            s->stopped = false;
+            publish(s, NSTUB_ST_RESUME);
+            if (approve_cmds(s) < 0)
+                break;
+        }
+        if (wait_trapped(s, false) < 0)
             break;
         s->stopped = true;
         collect_fast(s);
@@ -1350,6 +1391,82 @@ int nstub_run(struct nstub *s, struct nstub_regs *regs, struct nstub_trap *trap)
     memset(trap, 0, sizeof(*trap));
     report_died(s, trap);
     return 0;
+}
+
+/* ---- the user/kernel hand-off (stub/link.c) ------------------------------- */
+
+int nstub_link_arm(struct nstub *u, struct nstub *k, const struct nstub_link_cfg *cfg)
+{
+    if (!u || !k || u == k || !cfg || !cfg->link)
+        return PVM_EINVAL;
+    /* The kernel stub must wait with nothing to apply (the library never talks to it while armed). */
+    if (u->dead || k->dead || !u->stopped || !k->stopped || k->nr_cmds || !k->fast.enabled ||
+        u->link_off == UINT64_MAX || u->link_off != k->link_off ||
+        __atomic_load_n(&k->ctl->state, __ATOMIC_ACQUIRE) != NSTUB_ST_TRAPPED)
+        return PVM_ESTATE;
+    volatile struct nstub_ctl *kc = k->ctl, *uc = u->ctl;
+    uint32_t gen = cfg->gen & NSTUB_LINK_GEN_MASK;
+    publish_fast(k);
+    memset(&k->fast_res, 0, sizeof(k->fast_res));
+    __atomic_store_n(&kc->fast.attention, 0, __ATOMIC_SEQ_CST);
+    kc->link_gen = gen;
+    kc->link_lstar = cfg->lstar;
+    kc->link_kgs = cfg->kernel_gs_base;
+    kc->park = 0;
+    cfg->link->k_spinning = 0;
+    cfg->link->trips = 0;
+    __atomic_store_n(&cfg->link->word, NSTUB_LINK_WORD(gen, NSTUB_LINK_ARMED), __ATOMIC_SEQ_CST);
+    /* From here the kernel stub may run guest code: kicks must reach it (nstub_kick). */
+    k->stopped = false;
+    __atomic_store_n(&k->in_guest, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&kc->link_role, NSTUB_ROLE_KERNEL, __ATOMIC_SEQ_CST);
+    uc->link_gen = gen;
+    uc->link_role = NSTUB_ROLE_USER;
+    return 0;
+}
+
+int nstub_link_take(struct nstub *u, struct nstub *k, const struct nstub_link_cfg *cfg, uint64_t *trips)
+{
+    uint32_t gen = cfg->gen & NSTUB_LINK_GEN_MASK;
+    uint32_t w = __atomic_exchange_n(&cfg->link->word, NSTUB_LINK_IDLE, __ATOMIC_SEQ_CST);
+    *trips = cfg->link->trips;   /* statistics (guest-writable) */
+    u->ctl->link_role = NSTUB_ROLE_NONE;
+    __atomic_store_n(&k->ctl->link_role, NSTUB_ROLE_NONE, __ATOMIC_SEQ_CST);
+    uint32_t st = w & 0xff;
+    /* The kernel stub took a SYSCALL and has not handed it back: its next report is the vCPU's. */
+    if (w >> 8 == gen && (st == NSTUB_LINK_RUN || st == NSTUB_LINK_REPORT || st == NSTUB_LINK_LEFT))
+        return 1;
+    /* Else it waits, or is about to (a claim the exchange made fail, a hand-back's publish). */
+    if (!k->dead && wait_trapped(k, false) < 0) {
+        __atomic_store_n(&k->in_guest, 0, __ATOMIC_SEQ_CST);
+        return -1;
+    }
+    __atomic_store_n(&k->in_guest, 0, __ATOMIC_SEQ_CST);
+    k->stopped = true;
+    collect_fast(k);
+    note_fpu(k);
+    return k->dead ? -1 : 0;
+}
+
+int nstub_link_adopt(struct nstub *k, struct nstub_regs *regs, struct nstub_trap *trap)
+{
+    memset(trap, 0, sizeof(*trap));
+    if (k->dead) {
+        __atomic_store_n(&k->in_guest, 0, __ATOMIC_SEQ_CST);
+        report_died(k, trap);
+        return 0;
+    }
+    return run_until_report(k, regs, trap, false);
+}
+
+bool nstub_dead(const struct nstub *s)
+{
+    return !s || s->dead;
+}
+
+const char *nstub_dead_msg(const struct nstub *s)
+{
+    return s ? s->dead_msg : "no stub";
 }
 
 /* The state letter of /proc/<pid>/stat ("S" sleeping, "R" running, ...), or 0. */

@@ -69,6 +69,12 @@ struct nstub_config {
      * nstub_map_fd(NSTUB_FD_SNAP) maps read-only by offset; 0: none.
      */
     int snap_memfd;
+    /*
+     * > 0: the VM's link memfd (NSTUB_FD_LINK: per vCPU a NSTUB_LINK_SIZE
+     * area for the user/kernel hand-off, nstub_map_link); 0: none (no
+     * hand-off, and no pooled stub).
+     */
+    int link_memfd;
 };
 
 /* Guest register file as the stub transfers it. */
@@ -233,6 +239,35 @@ void nstub_take_irqs(struct nstub *s, uint64_t out[4]);
 int nstub_map_pvcs(struct nstub *s, uint64_t off);
 /* Publish the effective CPUID table (n <= 264 entries); only while stopped. */
 int nstub_set_cpuid(struct nstub *s, const struct pvm_cpuid_entry *e, size_t n);
+
+/*
+ * The user/kernel hand-off (stub/link.c, docs/design.md "The user stub and
+ * the kernel stub hand off").  Both stubs map the vCPU's link area
+ * (nstub_map_link, the same offset).  nstub_link_arm(): before @u's
+ * nstub_run in user mode, let the waiting kernel stub @k take @u's SYSCALLs
+ * (k must be stopped with nothing queued and its fast path set for the
+ * entry state: nstub_set_fast); PVM_ESTATE if it cannot.  After that
+ * nstub_run returns, nstub_link_take() ends it: 1 if @k took a SYSCALL and
+ * has not handed it back (its next report is the vCPU's: nstub_link_adopt
+ * waits for it as nstub_run would, the fast-path result included); 0 if
+ * @k waits again (its fast-path result, e.g. SUPERVISOR_RSP, is in
+ * nstub_fast_result); -1 if @k died.  *trips: completed round trips
+ * (statistics).  Only the vCPU's thread; nstub_kick() reaches @k while armed.
+ */
+struct nstub_link;
+struct nstub_link_cfg {
+    volatile struct nstub_link *link;   /* the area in the library's mapping */
+    uint32_t gen;                       /* a new number per arm */
+    uint64_t lstar, kernel_gs_base;     /* the SYSCALL entry state (canonical) */
+};
+int nstub_link_arm(struct nstub *u, struct nstub *k, const struct nstub_link_cfg *cfg);
+int nstub_link_take(struct nstub *u, struct nstub *k, const struct nstub_link_cfg *cfg, uint64_t *trips);
+int nstub_link_adopt(struct nstub *k, struct nstub_regs *regs, struct nstub_trap *trap);
+/* Map the vCPU's link area (offset @off in nstub_config.link_memfd) at the stub's fixed address; queued. */
+int nstub_map_link(struct nstub *s, uint64_t off);
+/* Is @s dead, and why (NSTUB_TRAP_DIED's message). */
+bool nstub_dead(const struct nstub *s);
+const char *nstub_dead_msg(const struct nstub *s);
 
 /* Guest-RAM mmaps the library approved for this stub so far (statistics). */
 uint64_t nstub_approved(const struct nstub *s);

@@ -41,6 +41,7 @@
 #include "pvm/abi.h"
 #include "stub_abi.h"
 #include "fast.h"
+#include "link.h"
 
 #pragma GCC visibility push(hidden)
 
@@ -126,8 +127,9 @@ static void kvm_hypercall(volatile struct nstub_fast *f, struct sigcontext *sc, 
 }
 
 /* A trapped SYSCALL in smod (hypercall.c smod_syscall). */
-static int smod_syscall(volatile struct nstub_fast *f, siginfo_t *si, struct sigcontext *sc)
+static int smod_syscall(volatile struct nstub_fast *f, siginfo_t *si, struct ucontext *uc)
 {
+    struct sigcontext *sc = &uc->uc_mcontext;
     uint64_t rip = sc->rip;
     /* A real SYSCALL (not INT 0x80, not the kernel's vsyscall emulation) ... */
     if (si->si_arch != AUDIT_ARCH_X86_64 || (uint64_t)(uintptr_t)si->si_call_addr != rip)
@@ -139,9 +141,9 @@ static int smod_syscall(volatile struct nstub_fast *f, siginfo_t *si, struct sig
     if (insn[0] != 0x0f || insn[1] != 0x05)
         return 0;   /* native.c trapped_on_int80 reads these bytes too */
 
-    /* §6.3: ERETU is compared first and wins. */
+    /* §6.3: ERETU is compared first and wins.  Ours only back to a linked user stub (link.c). */
     if (rip == f->retu_plus2)
-        return 0;
+        return nstub_link_eretu(uc) ? NSTUB_FAST_LINKED : 0;
     if (rip == f->rets_plus2)
         return erets(f, sc);
 
@@ -395,8 +397,11 @@ int nstub_fast(int sig, siginfo_t *si, struct ucontext *uc)
     /* §5.10: smod runs on __USER_CS/__USER_DS; anything else is the library's to judge. */
     if (sc->cs != USER_CS || ((uc->uc_flags & UC_SIGCONTEXT_SS) && sc->ss != USER_DS))
         return 0;
-    if (sig == SIGSYS)
-        done = smod_syscall(f, si, sc);
+    if (sig == SIGSYS) {
+        done = smod_syscall(f, si, uc);
+        if (done == NSTUB_FAST_LINKED)
+            return done;   /* counted there; this context does not return to the guest */
+    }
     else if (sig == SIGILL || sig == SIGTRAP || sig == SIGFPE || sig == SIGSEGV || sig == SIGBUS)
         done = fault(f, sig, si, sc);
     else if (sig != KICK_SIGNAL)

@@ -10,8 +10,11 @@
 /*
  * Called first by the trap handler (every signal blocked).  Returns 1 if the
  * event was handled completely (the frame in @uc now holds the guest's next
- * state: the handler returns straight to it), 0 if it must be reported.
+ * state: the handler returns straight to it), NSTUB_FAST_LINKED if it was
+ * the guest kernel's ERETU handed to the user stub (link.c: the stub waits
+ * for the next request), 0 if it must be reported.
  */
+#define NSTUB_FAST_LINKED 2
 int nstub_fast(int sig, siginfo_t *si, struct ucontext *uc);
 
 #endif /* PVM_NSTUB_FAST_H */

@@ -42,7 +42,7 @@
 #include <stdint.h>
 
 #define NSTUB_ABI_MAGIC   0x42555453u   /* "STUB" */
-#define NSTUB_ABI_VERSION 7u
+#define NSTUB_ABI_VERSION 8u
 
 /* Layout of the stub region [0x7f0000000000, 0x800000000000). */
 #define NSTUB_IMAGE_BASE  0x7f0000000000ull  /* linker script: text first */
@@ -55,6 +55,10 @@
 #define NSTUB_ALTSTACK_SIZE (NSTUB_CTL_SIZE - NSTUB_ALTSTACK_OFF)
 /* The vCPU's PVCS page (guest RAM, NSTUB_CMD_PVCS), right after the control area: smod fast path. */
 #define NSTUB_PVCS_ADDR   (NSTUB_CTL_ADDR + NSTUB_CTL_SIZE)
+/* The vCPU's link area (NSTUB_CMD_LINK, struct nstub_link), after the PVCS page. */
+#define NSTUB_LINK_ADDR   (NSTUB_PVCS_ADDR + 0x1000ull)
+#define NSTUB_LINK_FPU_OFF 0x1000ull         /* the XSAVE image travels here */
+#define NSTUB_LINK_SIZE   (NSTUB_LINK_FPU_OFF + NSTUB_ALTSTACK_SIZE)
 
 /* How soon a stub notices that the library process died: idle, and running guest code. */
 #define NSTUB_ORPHAN_CPU_US   500000    /* ITIMER_PROF period: CPU time between checks */
@@ -78,12 +82,18 @@
  */
 #define NSTUB_FD_NOTIFY 6
 /*
+ * The VM's link memfd: one NSTUB_LINK_SIZE area per vCPU (by id), which a
+ * vCPU's stubs map at NSTUB_LINK_ADDR (NSTUB_CMD_LINK) for the user/kernel
+ * hand-off (struct nstub_link).
+ */
+#define NSTUB_FD_LINK 7
+/*
  * A VM created from a snapshot: the snapshot's RAM, a memfd sealed against
  * writes (F_SEAL_WRITE: no writable shared mapping of it can exist), mapped
  * read-only by offset like NSTUB_FD_RAM for pages the VM has not written.
  * Absent (closed) for other VMs.
  */
-#define NSTUB_FD_SNAP 7
+#define NSTUB_FD_SNAP 8
 
 /*
  * The zygote (stub/zygote.c): the stub image started with argv[1] =
@@ -134,9 +144,10 @@ struct nstub_zreq {
     uint32_t fds;           /* bit n: the stub's fd n comes in SCM_RIGHTS (in increasing n) */
 };
 #define NSTUB_ZOP_SPAWN 1
-/* The fds a request may carry: the control memfd always; RAM (not for a pooled stub, which gets it later), socket. */
-#define NSTUB_ZREQ_FDS ((1u << NSTUB_FD_RAM) | (1u << NSTUB_FD_CTL) | (1u << NSTUB_FD_NOTIFY) | (1u << NSTUB_FD_SNAP))
-#define NSTUB_ZREQ_MAXFDS 4
+/* The fds a request may carry: the control memfd always; RAM and link (not for a pooled stub, which gets them later), socket. */
+#define NSTUB_ZREQ_FDS ((1u << NSTUB_FD_RAM) | (1u << NSTUB_FD_CTL) | (1u << NSTUB_FD_NOTIFY) | (1u << NSTUB_FD_LINK) | \
+                        (1u << NSTUB_FD_SNAP))
+#define NSTUB_ZREQ_MAXFDS 5
 #define NSTUB_FD_LAST NSTUB_FD_SNAP    /* the stub's highest fd */
 
 enum nstub_state {
@@ -151,6 +162,7 @@ enum nstub_cmd_op {
     NSTUB_CMD_MAP = 1,      /* mmap(gva, len, prot, MAP_SHARED|MAP_FIXED, fd, off), fd NSTUB_FD_RAM or _SNAP */
     NSTUB_CMD_UNMAP = 2,    /* munmap(gva, len) */
     NSTUB_CMD_PVCS = 3,     /* mmap(NSTUB_PVCS_ADDR, 4096, RW, MAP_SHARED|MAP_FIXED, NSTUB_FD_RAM, off) */
+    NSTUB_CMD_LINK = 4,     /* mmap(NSTUB_LINK_ADDR, NSTUB_LINK_SIZE, RW, MAP_SHARED|MAP_FIXED, NSTUB_FD_LINK, off) */
 };
 
 struct nstub_cmd {
@@ -236,6 +248,54 @@ struct nstub_fast {
     struct nstub_cpuid cpuid[NSTUB_FAST_MAX_CPUID];
 };
 
+/*
+ * The user/kernel hand-off (stub/link.c, docs/design.md "The user stub and
+ * the kernel stub hand off"): a user SYSCALL goes from the user stub straight
+ * to the spinning kernel stub of the same vCPU, and the guest kernel's ERETU
+ * straight back, without the library.  word = (gen << 8) | state; every
+ * transition is a CAS, so a request and its withdrawal, or a finish and a
+ * give-up, cannot both win:
+ *   lib    IDLE -> ARMED   at a user resume (and back to IDLE by exchange when
+ *                           the user stub reports: the library takes the link back)
+ *   user   ARMED -> REQ    regs and fpu hold its SYSCALL; REQ -> ARMED withdraws
+ *   kernel REQ -> RUN      claimed: it runs the guest kernel's entry (§5.3)
+ *   kernel RUN -> DONE     its ERETU (§6.2): regs and fpu hold the user state
+ *   user   DONE -> ARMED   it returns to user code
+ *   kernel RUN -> REPORT   it reported to the library instead (any other trap)
+ *   user   RUN -> LEFT     it stopped waiting and reports; the library adopts
+ *                           the kernel stub's next report
+ * Guest-writable like everything a stub maps: the library believes only
+ * what a user SYSCALL or an ERETU could have produced (docs/design.md).
+ */
+enum nstub_link_state {
+    NSTUB_LINK_IDLE = 0,
+    NSTUB_LINK_ARMED = 1,
+    NSTUB_LINK_REQ = 2,
+    NSTUB_LINK_RUN = 3,
+    NSTUB_LINK_DONE = 4,
+    NSTUB_LINK_REPORT = 5,
+    NSTUB_LINK_LEFT = 6,
+};
+#define NSTUB_LINK_WORD(gen, st) (((gen) << 8) | (st))
+/* An armed kernel stub spins this many spin times (spin_tsc) for requests, from the arm. */
+#define NSTUB_LINK_ARMED_SPINS 4
+#define NSTUB_LINK_GEN_MASK 0xffffffu
+
+enum nstub_role {
+    NSTUB_ROLE_NONE = 0,
+    NSTUB_ROLE_USER = 1,    /* may post its SYSCALLs */
+    NSTUB_ROLE_KERNEL = 2,  /* takes them while it waits, answers the ERETU */
+};
+
+struct nstub_link {
+    uint32_t word;
+    uint32_t k_spinning;    /* the kernel stub spins for requests (a sleeper takes none) */
+    uint64_t trips;         /* round trips completed (statistics) */
+    uint32_t fpu_size, pad;
+    struct nstub_abi_regs regs;
+    /* the XSAVE image at NSTUB_LINK_FPU_OFF */
+};
+
 struct nstub_ctl {
     /* futex words and flags */
     uint32_t state;
@@ -252,6 +312,12 @@ struct nstub_ctl {
     uint64_t spin_tsc;      /* how long the stub spins (sched_yield) for RESUME, in TSC ticks */
     uint32_t park;          /* lib -> stub at a trap: stop spinning, sleep (nstub_confirm_stopped) */
     uint32_t pad_park;
+
+    /* lib -> stub while the hand-off is armed (struct nstub_link), else role NONE */
+    uint32_t link_role;     /* NSTUB_ROLE_* */
+    uint32_t link_gen;      /* the arm's generation: the link word must carry it */
+    uint64_t link_lstar;    /* kernel role: MSR_LSTAR, the SYSCALL entry (§5.3) */
+    uint64_t link_kgs;      /* kernel role: MSR_KERNEL_GS_BASE, canonical */
 
     /* trap report (stub -> library) */
     uint64_t trap_seq;
@@ -279,6 +345,8 @@ struct nstub_ctl {
 
 _Static_assert(sizeof(struct nstub_ctl) <= NSTUB_ALTSTACK_OFF, "control page overlaps the signal stack");
 _Static_assert(sizeof(struct nstub_abi_regs) == 168, "register block layout");
+_Static_assert(sizeof(struct nstub_link) <= NSTUB_LINK_FPU_OFF, "link header overlaps its XSAVE image");
+_Static_assert(NSTUB_LINK_ADDR + NSTUB_LINK_SIZE <= NSTUB_ZYG_ADDR, "link area overlaps the zygote page");
 _Static_assert(sizeof(struct nstub_zpage) <= 8192, "zygote page size");
 
 #endif /* PVM_NSTUB_ABI_H */

@@ -29,6 +29,7 @@
 
 #include "stub_abi.h"
 #include "fast.h"
+#include "link.h"
 #include "zygote.h"
 
 #define CTL ((volatile struct nstub_ctl *)NSTUB_CTL_ADDR)
@@ -109,6 +110,11 @@ static void exit_if_orphaned(void)
         die("the library process is gone");
 }
 
+void nstub_orphan_check(void)
+{
+    exit_if_orphaned();
+}
+
 /*
  * SIGPROF from ITIMER_PROF: a guest burning CPU (user or system time) comes
  * here once per NSTUB_ORPHAN_CPU_US.  Handled entirely here and invisible to
@@ -139,7 +145,10 @@ static void publish(uint32_t st)
 /*
  * Wait until ctl->state is no longer @old: spin for spin_tsc ticks, then
  * sleep; woken with the state unchanged (a pre-wake: nstub_prewake, the
- * library about to answer), spin again first.
+ * library about to answer), spin again first.  A kernel stub of an armed
+ * link takes the user stub's requests while it spins (NSTUB_ST_CLAIMED),
+ * never asleep: a stub asleep here runs no guest code until the library
+ * wakes it (nstub_confirm_stopped).
  */
 static uint32_t wait_change(uint32_t old)
 {
@@ -147,10 +156,23 @@ static uint32_t wait_change(uint32_t old)
     uint32_t st;
     for (;;) {
         uint64_t spin = c->spin_tsc, t0 = rdtsc();
+        int linked = 0;
         for (unsigned n = 1;; n++) {
             st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
             if (st != old)
-                return st;
+                break;
+            if (c->link_role == NSTUB_ROLE_KERNEL) {
+                if (!linked) {
+                    /* Armed: a user resume is under way, its first SYSCALL may take a wake-up to come. */
+                    nstub_link_spinning(linked = 1);
+                    t0 = rdtsc();
+                    spin *= NSTUB_LINK_ARMED_SPINS;
+                }
+                if (nstub_link_claim()) {
+                    st = NSTUB_ST_CLAIMED;
+                    break;
+                }
+            }
             if (rdtsc() - t0 >= spin || __atomic_load_n(&c->park, __ATOMIC_ACQUIRE))
                 break;
             /* spin_tsc sits in the guest-writable page: do not let a huge value hide a dead library. */
@@ -163,6 +185,10 @@ static uint32_t wait_change(uint32_t old)
              */
             SYS(__NR_sched_yield, 0, 0, 0, 0, 0, 0);
         }
+        if (linked)
+            nstub_link_spinning(0);
+        if (st != old)
+            return st;
         __atomic_store_n(&c->stub_sleeping, 1, __ATOMIC_SEQ_CST);
         st = __atomic_load_n(&c->state, __ATOMIC_SEQ_CST);
         if (st != old)
@@ -210,6 +236,11 @@ static int apply_cmds(void)
                     off);
             if (r >= 0 && (uint64_t)r != NSTUB_PVCS_ADDR)
                 r = -14;
+        } else if (op == NSTUB_CMD_LINK) {
+            r = SYS(__NR_mmap, NSTUB_LINK_ADDR, NSTUB_LINK_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                    NSTUB_FD_LINK, off);
+            if (r >= 0 && (uint64_t)r != NSTUB_LINK_ADDR)
+                r = -14;
         } else {
             r = -22;
         }
@@ -239,10 +270,24 @@ static void sane_return(struct ucontext *uc)
  * and a WRFSBASE'd one is lost at the next preemption.  A non-canonical base
  * is refused (the kernel would, and WRFSBASE would #GP).
  */
-static void set_base(int code, uint64_t want, uint64_t cur)
+void nstub_set_base(int code, uint64_t want, uint64_t cur)
 {
     if (want != cur && canonical(want))
         SYS(__NR_arch_prctl, code, want, 0, 0, 0, 0);
+}
+
+void nstub_note_frame(struct ucontext *uc)
+{
+    volatile struct nstub_ctl *c = CTL;
+    struct sigcontext *sc = &uc->uc_mcontext;
+    c->frame_off = (uint64_t)(uintptr_t)uc - NSTUB_CTL_ADDR;
+    c->fpstate_off = 0;
+    c->fpstate_size = 0;
+    if (sc->fpstate) {
+        const struct _fpx_sw_bytes *sw = &sc->fpstate->sw_reserved;
+        c->fpstate_off = (uint64_t)(uintptr_t)sc->fpstate - NSTUB_CTL_ADDR;
+        c->fpstate_size = sw->magic1 == FP_XSTATE_MAGIC1 ? sw->xstate_size : 512;
+    }
 }
 
 static void handler(int sig, siginfo_t *si, void *ucv)
@@ -253,17 +298,29 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     volatile struct nstub_abi_regs *r = &c->regs;
     uint64_t fs, gs;
 
+    __asm__ volatile("rdfsbase %0" : "=r"(fs));
+    __asm__ volatile("rdgsbase %0" : "=r"(gs));
     /* smod events the stub answers itself (fast.c): straight back into the guest. */
-    if (nstub_fast(sig, si, uc)) {
+    int fast = nstub_fast(sig, si, uc);
+    if (fast == 1) {
         /* A kick signal that is SIGPROF, answered in the stub (a poke): still the orphan check. */
         if (sig == SIGPROF)
             exit_if_orphaned();
         sane_return(uc);
         return;
     }
+    if (fast == NSTUB_FAST_LINKED) {
+        /* The guest kernel's ERETU went to the user stub (link.c): wait for the next request. */
+        nstub_note_frame(uc);
+        publish(NSTUB_ST_TRAPPED);
+        goto wait;
+    }
+    /* A user SYSCALL the kernel stub answered (link.c): back to user code with the result. */
+    if (nstub_link_user(sig, si, uc)) {
+        sane_return(uc);
+        return;
+    }
 
-    __asm__ volatile("rdfsbase %0" : "=r"(fs));
-    __asm__ volatile("rdgsbase %0" : "=r"(gs));
     r->gpr[0] = sc->rax;
     r->gpr[1] = sc->rcx;
     r->gpr[2] = sc->rdx;
@@ -296,21 +353,23 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     c->err = sc->err;
     c->cr2 = sc->cr2;
     c->fault_addr = (uint64_t)(uintptr_t)si->si_addr;
-    c->frame_off = (uint64_t)(uintptr_t)uc - NSTUB_CTL_ADDR;
-    c->fpstate_off = 0;
-    c->fpstate_size = 0;
-    if (sc->fpstate) {
-        const struct _fpx_sw_bytes *sw = &sc->fpstate->sw_reserved;
-        c->fpstate_off = (uint64_t)(uintptr_t)sc->fpstate - NSTUB_CTL_ADDR;
-        c->fpstate_size = sw->magic1 == FP_XSTATE_MAGIC1 ? sw->xstate_size : 512;
-    }
+    nstub_note_frame(uc);
     c->cmd_err = 0;
     c->cmd_err_idx = 0;
     c->trap_seq++;
 
     publish(NSTUB_ST_TRAPPED);
+    /* A kernel stub that took a user SYSCALL: the user stub reports too, the library adopts this report. */
+    nstub_link_reported();
+wait:
     for (;;) {
         uint32_t st = wait_change(NSTUB_ST_TRAPPED);
+        if (st == NSTUB_ST_CLAIMED) {
+            /* A user SYSCALL (link.c): into the guest kernel's entry, state RUNNING already. */
+            nstub_link_enter(uc);
+            sane_return(uc);
+            return;
+        }
         if (st == NSTUB_ST_RESUME) {
             if (apply_cmds() == 0)
                 break;
@@ -343,8 +402,8 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     sc->cs = r->cs;
     sc->ss = r->ss;
     uc->uc_flags |= UC_SIGCONTEXT_SS;
-    set_base(ARCH_SET_FS, r->fs_base, fs);
-    set_base(ARCH_SET_GS, r->gs_base, gs);
+    nstub_set_base(ARCH_SET_FS, r->fs_base, fs);
+    nstub_set_base(ARCH_SET_GS, r->gs_base, gs);
     /* Undo whatever a forged sigreturn may have set: every trap unblocks all signals again. */
     sane_return(uc);
     __atomic_store_n(&c->state, NSTUB_ST_RUNNING, __ATOMIC_RELEASE);
@@ -352,11 +411,12 @@ static void handler(int sig, siginfo_t *si, void *ucv)
 
 /* ---- the seccomp filter ---------------------------------------------------- */
 
-enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_MMAP_FD, L_SOCK, L_RANGE, L_NOCARRY, L_HI, L_COUNT };
+enum { L_NEXT, L_ALLOW, L_TRAP, L_ARCH, L_POLL, L_FUTEX, L_MMAP, L_MMAP_FD, L_MMAP_LINK, L_SOCK, L_RANGE, L_NOCARRY, L_HI,
+       L_COUNT };
 
 struct bpf {
-    struct sock_filter f[96];
-    uint8_t jt[96], jf[96], ja[96];
+    struct sock_filter f[128];
+    uint8_t jt[128], jf[128], ja[128];
     int at[L_COUNT];
     unsigned n;
 };
@@ -473,7 +533,28 @@ static void install_filter(void)
     LABEL(L_MMAP);
     LD(D_ARG_LO(4));
     JEQ(NSTUB_FD_RAM, L_MMAP_FD, L_NEXT);
-    JEQ(NSTUB_FD_SNAP, L_MMAP_FD, L_TRAP);
+    JEQ(NSTUB_FD_SNAP, L_MMAP_FD, L_NEXT);
+    JEQ(NSTUB_FD_LINK, L_MMAP_LINK, L_TRAP);
+
+    /* The link memfd: only exactly the vCPU's area (NSTUB_CMD_LINK; the approval checks the offset). */
+    LABEL(L_MMAP_LINK);
+    LD(D_ARG_LO(3));
+    JEQ(MAP_SHARED | MAP_FIXED, L_NEXT, L_TRAP);
+    LD(D_ARG_HI(3));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(2));
+    JEQ(PROT_READ | PROT_WRITE, L_NEXT, L_TRAP);
+    LD(D_ARG_HI(2));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_HI(0));
+    JEQ((uint32_t)(NSTUB_LINK_ADDR >> 32), L_NEXT, L_TRAP);
+    LD(D_ARG_LO(0));
+    JEQ((uint32_t)NSTUB_LINK_ADDR, L_NEXT, L_TRAP);
+    LD(D_ARG_HI(1));
+    JEQ(0, L_NEXT, L_TRAP);
+    LD(D_ARG_LO(1));
+    JEQ((uint32_t)NSTUB_LINK_SIZE, L_ALLOW, L_TRAP);
+
     LABEL(L_MMAP_FD);
     LD(D_ARG_LO(3));
     JEQ(MAP_SHARED | MAP_FIXED, L_NEXT, L_TRAP);
@@ -559,11 +640,12 @@ static void install_filter(void)
  * so install_filter()'s ALLOW for such an mmap still ends here.  Its
  * listener goes to the library over the socket, which is then closed.
  */
-/* One SCM_RIGHTS header with room for two fds (the approval listener out; RAM and snapshot memfds in). */
+/* One SCM_RIGHTS header with room for three fds (the approval listener out; RAM, link and snapshot memfds in). */
 struct k_cmsg_fds {
     size_t len;
     int level, type;
-    int fd[2];
+    int fd[3];
+    int pad;
 };
 
 /*
@@ -580,16 +662,17 @@ static void receive_ram(void)
 {
     char byte;
     struct k_iovec iov = { &byte, 1 };
-    struct k_cmsg_fds cm = { 0, 0, 0, { -1, -1 } };
+    struct k_cmsg_fds cm = { 0, 0, 0, { -1, -1, -1 }, 0 };
     struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
     long n;
     while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0, 0, 0, 0)) == -EINTR)
         ;
-    /* The RAM memfd, and for a VM from a snapshot its sealed memfd: on 3 and 7, the lowest free fds. */
-    const size_t one = offsetof(struct k_cmsg_fds, fd) + sizeof(int), two = sizeof(cm);
-    _Static_assert(NSTUB_FD_SNAP == NSTUB_FD_NOTIFY + 1, "the snapshot memfd lands on the next free fd");
-    if (n != 1 || cm.level != 1 || cm.type != 1 || (cm.len != one && cm.len != two) || cm.fd[0] != NSTUB_FD_RAM ||
-        (cm.len == two && cm.fd[1] != NSTUB_FD_SNAP))
+    /* The RAM and link memfds, and for a VM from a snapshot its sealed memfd: on 3, 7 and 8, the lowest free fds. */
+    const size_t two = offsetof(struct k_cmsg_fds, fd) + 2 * sizeof(int), three = two + sizeof(int);
+    _Static_assert(NSTUB_FD_LINK == NSTUB_FD_NOTIFY + 1 && NSTUB_FD_SNAP == NSTUB_FD_LINK + 1,
+                   "the link and snapshot memfds land on the next free fds");
+    if (n != 1 || cm.level != 1 || cm.type != 1 || (cm.len != two && cm.len != three) || cm.fd[0] != NSTUB_FD_RAM ||
+        cm.fd[1] != NSTUB_FD_LINK || (cm.len == three && cm.fd[2] != NSTUB_FD_SNAP))
         die("no RAM memfd for a pooled stub (the library gave it up)");
     SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
 }
@@ -605,10 +688,11 @@ static void install_map_approval(bool keep_socket)
      */
     static struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_NR),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munmap, 4, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 4),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_munmap, 5, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mmap, 0, 5),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, D_ARG_LO(4)),   /* the kernel reads the fd as 32 bits */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_RAM, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_RAM, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_LINK, 1, 0),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NSTUB_FD_SNAP, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),

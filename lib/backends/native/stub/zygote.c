@@ -290,7 +290,7 @@ void nstub_zygote_main(void)
             kill_all_and_exit();   /* the library closed its end: exec */
         if (n < 0)
             continue;
-        int nfds = 0, fds[NSTUB_ZREQ_MAXFDS] = { -1, -1, -1, -1 };
+        int nfds = 0, fds[NSTUB_ZREQ_MAXFDS] = { -1, -1, -1, -1, -1 };
         const size_t hdr = __builtin_offsetof(struct k_cmsg, fds);
         if (mh.controllen >= hdr + sizeof(int) && cm.level == SOL_SOCKET && cm.type == SCM_RIGHTS) {
             nfds = (int)((cm.len - hdr) / sizeof(int));
