@@ -1600,21 +1600,31 @@ GVM_CODE_BLOCK(g_k_forge,
     "mov $0x17088203, %eax\n syscall\n"          /* PVM_HC_TLB_FLUSH: handled by the library */
     "movabs $0x106000, %rax\n movq $1, (%rax)\n" HC(0x44) "ud2\n");
 
-static void forge_user_run(bool flush_first, struct pvm_exit *e, uint64_t *count, uint64_t *marker)
+/*
+ * Run a kernel (k, its LSTAR @lstar, 0: the default) and a forging user
+ * program (u) with forge_regs() and R9 = the user's counter; *count: how far
+ * the user program counted in the 20 ms after the exit; *marker: GVM_DATA;
+ * *seen: the qword after the counter.
+ */
+struct forge_run {
+    const uint8_t *k, *k_end, *u, *u_end;
+    uint64_t lstar;
+};
+
+static void forge_run(const struct forge_run *f, struct pvm_exit *e, uint64_t *count, uint64_t *marker,
+                      uint64_t *seen)
 {
-    _Static_assert(PVM_HC_TLB_FLUSH == 0x17088203 && GVM_DATA == 0x106000 && GVM_RETU_SITE == 0x104300,
-                   "values used by g_k_forge");
     struct gvm g;
     struct pvm_regs r;
     gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_k_forge_start, g_k_forge_end);
-    gvm_load(&g, GVM_USER_CODE, g_forge_user_start, g_forge_user_end);
+    gvm_load(&g, GVM_CODE, f->k, f->k_end);
+    gvm_load(&g, GVM_USER_CODE, f->u, f->u_end);
     user_entry(&g);
     uint64_t *counter = (uint64_t *)(g.ram + GVM_USER_STACK_TOP - 0x100);
     uint64_t *mark = (uint64_t *)(g.ram + GVM_DATA);
-    *counter = *mark = 0;
-    if (flush_first)
-        ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_k_forge_lstar - g_k_forge_start)), 0);
+    counter[0] = counter[1] = *mark = 0;
+    if (f->lstar)
+        ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, f->lstar), 0);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_regs(&g, &r);
     forge_regs(&r);
@@ -1626,7 +1636,18 @@ static void forge_user_run(bool flush_first, struct pvm_exit *e, uint64_t *count
     sleep_ms(20);
     *count = __atomic_load_n(counter, __ATOMIC_RELAXED) - c0;
     *marker = *mark;
+    if (seen)
+        *seen = counter[1];
     gvm_fini(&g);
+}
+
+static void forge_user_run(bool flush_first, struct pvm_exit *e, uint64_t *count, uint64_t *marker)
+{
+    _Static_assert(PVM_HC_TLB_FLUSH == 0x17088203 && GVM_DATA == 0x106000 && GVM_RETU_SITE == 0x104300,
+                   "values used by g_k_forge");
+    const struct forge_run f = { g_k_forge_start, g_k_forge_end, g_forge_user_start, g_forge_user_end,
+                                 flush_first ? GVM_CODE + (uint64_t)(g_k_forge_lstar - g_k_forge_start) : 0 };
+    forge_run(&f, e, count, marker, NULL);
 }
 
 START_TEST(forged_user_syscall_refused)
@@ -1645,6 +1666,65 @@ START_TEST(forged_user_syscall_refused)
     ck_assert_msg(strstr(e.u.internal.msg, "keeps running guest code (a forged report)"), "%s", e.u.internal.msg);
     ck_assert_uint_eq(marker, 0);
     ck_assert_uint_eq(moved, 0);
+}
+END_TEST
+
+/*
+ * A forged link request (stub/link.c): after one genuine SYSCALL, whose
+ * ERETU arms the hand-off for the next, the user program writes REQ into the
+ * link word itself, without a SYSCALL, and keeps counting.  A spinning
+ * kernel stub takes it: the kernel's second entry flushes (a trap, REPORT).
+ * The user program waits for that, then forges a report in its control page
+ * so that the library adopts the kernel stub.  The kernel must never get
+ * past its flush while its user program runs (the flush's resume confirms
+ * the user stub first: docs/design.md "Stops between address spaces").
+ * Without the link armed (or the kernel stub asleep) it forges the report
+ * alone, as forged_user_syscall_refused does.  RAX at the report: the link
+ * state it saw (5: REPORT).
+ */
+extern const uint8_t g_k_linkf_lstar[];
+GVM_CODE_BLOCK(g_k_linkf,
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_k_linkf_lstar\ng_k_linkf_lstar:\n"
+    "movabs $0x106000, %rax\n incq 8(%rax)\n cmpq $1, 8(%rax)\n jne 1f\n"
+    "movabs $0x104300, %rax\n jmp *%rax\n"             /* the first entry: straight back */
+    "1: mov $0x17088203, %eax\n syscall\n"             /* PVM_HC_TLB_FLUSH: handled by the library */
+    "movabs $0x106000, %rax\n movq $1, (%rax)\n" HC(0x44) "ud2\n");
+GVM_CODE_BLOCK(g_u_linkf,
+    "incq (%r9)\n xor %eax, %eax\n syscall\n"          /* a genuine #PF and SYSCALL first */
+    "movabs $0x7f0000111000, %r12\n mov $0x1000000, %r13d\n"
+    "mov (%r12), %eax\n mov %eax, %ecx\n and $0xff, %ecx\n cmp $1, %ecx\n jne 2f\n"   /* ARMED? */
+    "and $0xffffff00, %eax\n or $2, %eax\n mov %eax, (%r12)\n"                          /* REQ */
+    "1: incq (%r9)\n mov (%r12), %eax\n and $0xff, %eax\n cmp $5, %eax\n je 2f\n dec %r13\n jnz 1b\n"
+    "2: mov %rax, 8(%r9)\n"
+    FORGE_REPORT("mov $0x77, %eax\n", "4f") "movl $2, (%rdi,%rdx)\n"
+    "3: incq (%r9)\n jmp 3b\n"
+    "4: ud2\n");
+
+START_TEST(forged_link_request_contained)
+{
+    _Static_assert(NSTUB_LINK_ADDR == 0x7f0000111000ull && NSTUB_LINK_ARMED == 1 && NSTUB_LINK_REQ == 2 &&
+                   NSTUB_LINK_REPORT == 5, "values used by g_u_linkf");
+    const char *lk = getenv("PVM_NATIVE_LINK");
+    if (!fast_default() || (lk && !strcmp(lk, "0"))) {
+        printf("native: no hand-off (PVM_NATIVE_FASTPATH or PVM_NATIVE_LINK is 0): no link to forge\n");
+        return;
+    }
+    const struct forge_run f = { g_k_linkf_start, g_k_linkf_end, g_u_linkf_start, g_u_linkf_end,
+                                 GVM_CODE + (uint64_t)(g_k_linkf_lstar - g_k_linkf_start) };
+    bool taken = false;
+    for (int i = 0; i < 3 && !taken; i++) {
+        struct pvm_exit e;
+        uint64_t moved, marker, seen;
+        forge_run(&f, &e, &moved, &marker, &seen);
+        ck_assert_msg(e.reason == PVM_EXIT_INTERNAL_ERROR, "exit %u", e.reason);
+        ck_assert_msg(strstr(e.u.internal.msg, "keeps running guest code (a forged report)"), "%s", e.u.internal.msg);
+        ck_assert_uint_eq(marker, 0);
+        ck_assert_uint_eq(moved, 0);
+        taken = seen == NSTUB_LINK_REPORT;
+    }
+    printf("native: a forged link request was %s\n", taken ? "taken by the kernel stub (and contained)"
+                                                         : "never taken (the kernel stub was not spinning)");
 }
 END_TEST
 
@@ -2325,6 +2405,89 @@ START_TEST(fast_irq_stress)
 }
 END_TEST
 
+/*
+ * The same injections, kicks and NMIs into a guest whose user program makes
+ * SYSCALLs back to back (native: answered from stub to stub, stub/link.c)
+ * and whose kernel exits with a host call every 256 of them: every
+ * interrupt arrives as exactly one user event (§5.3, entry + 0; the kernel
+ * runs with IF 0), and every NMI exactly once (in either mode), whether it
+ * met the user program, the kernel stub in mid-call or the library.  The
+ * kernel finishes once the injector says it is done.
+ */
+#define UST_CALLS 0x106f80ull   /* user SYSCALLs the kernel saw */
+GVM_CODE_BLOCK(g_ust_k,
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_ust_k_lstar\ng_ust_k_lstar:\n"
+    "movabs $0x106f80, %rax\n incq (%rax)\n testq $255, (%rax)\n jnz 1f\n" HC(0x47)
+    "1: cmpq $0, 0x106ff0\n je 2f\n" HC(0x46) "ud2\n"
+    "2: movabs $0x104300, %rax\n jmp *%rax\n");
+GVM_CODE_BLOCK(g_ust_user_event,   /* at entry + 0: count by PVCS.event_vector, NMIs apart; ERETU */
+    "mov 0x10100c, %eax\n cmp $2, %eax\n jne 1f\n incq 0x106fe0\n jmp 2f\n"
+    "1: movabs $0x106000, %rcx\n incq (%rcx,%rax,8)\n"
+    "2: movabs $0x104300, %rax\n jmp *%rax\n");
+GVM_CODE_BLOCK(g_ust_u, "1: syscall\n jmp 1b\n");
+extern const uint8_t g_ust_k_lstar[];
+
+START_TEST(user_syscall_stress)
+{
+    _Static_assert(UST_CALLS == 0x106f80 && IRQ_DONE == 0x106ff0 && IRQ_NMIS == 0x106fe0 &&
+                   GVM_PVCS + offsetof(struct pvm_vcpu_struct, event_vector) == 0x10100c, "values used above");
+    struct gvm g;
+    struct pvm_exit e;
+    pthread_t t;
+    static struct stress st;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_ust_k_start, g_ust_k_end);
+    gvm_load(&g, GVM_ENTRY, g_ust_user_event_start, g_ust_user_event_end);
+    gvm_load(&g, GVM_ENTRY + 256, g_st_exc_start, g_st_exc_end);   /* an NMI in the kernel: counted, ERETS */
+    uint64_t jmp[2] = { 0, GVM_RETS_SITE };
+    memcpy(g.ram + IRQ_JMP, jmp, sizeof(jmp));
+    gvm_load(&g, GVM_USER_CODE, g_ust_u_start, g_ust_u_end);
+    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_ust_k_lstar - g_ust_k_start)), 0);
+    user_entry(&g);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
+    memset(&st, 0, sizeof(st));
+    st.g = &g;
+    st.seed = (uint64_t)time(NULL) * 2654435761u | 1;
+    pthread_create(&t, NULL, stress_injector, &st);
+    unsigned kicked = 0, hostcalls = 0;
+    for (;;) {
+        uint32_t why = gvm_run(&g, &e);
+        if (why == PVM_EXIT_KICKED) {
+            kicked++;
+            continue;
+        }
+        ck_assert_uint_eq(why, PVM_EXIT_HYPERCALL);
+        if (e.u.hypercall.nr == PVM_HOSTCALL(0x47)) {
+            hostcalls++;
+            continue;
+        }
+        gvm_expect_hc(&e, 0x46);
+        break;
+    }
+    __atomic_store_n(&st.finished, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    uint64_t total = 0;
+    for (int v = ST_VEC0; v < ST_VEC0 + ST_NVEC; v++) {
+        uint64_t c = gload(&g, GVM_DATA + 8ull * v);
+        ck_assert_msg(c == st.injected[v], "vector %#x: injected %llu, counted %llu (seed %llu)", v,
+                      (unsigned long long)st.injected[v], (unsigned long long)c, (unsigned long long)st.seed);
+        total += c;
+    }
+    ck_assert_msg(!st.fail, "%s (seed %llu)", st.fail ? st.fail : "", (unsigned long long)st.seed);
+    ck_assert_uint_eq(total, ST_N);
+    ck_assert_uint_eq(gload(&g, IRQ_NMIS), st.nmis);
+    for (int v = 0; v < 256; v++)
+        if (v < ST_VEC0 || v > ST_VEC0 + ST_NVEC)
+            ck_assert_uint_eq(gload(&g, GVM_DATA + 8ull * v), 0);
+    printf("user_syscall_stress: %llu SYSCALLs (%llu from stub to stub, %llu taken over), %llu interrupts, "
+           "%llu NMIs, %llu kicks (%u exits), %u host calls\n", (unsigned long long)gload(&g, UST_CALLS),
+           (unsigned long long)pvm__native_link_trips(g.cpu), (unsigned long long)pvm__native_link_adopts(g.cpu),
+           (unsigned long long)total, (unsigned long long)st.nmis, (unsigned long long)st.kicks, kicked, hostcalls);
+    gvm_fini(&g);
+}
+END_TEST
+
 START_TEST(create_run_destroy_cycles)
 {
     run_hc_guest_ok();
@@ -2536,6 +2699,7 @@ int main(void)
     tcase_add_test(tc, fast_block_forgery_contained);
     tcase_add_test(tc, forged_stop_refused);
     tcase_add_test(tc, forged_user_syscall_refused);
+    tcase_add_test(tc, forged_link_request_contained);
     tcase_add_test(tc, forged_sleeper_keeps_no_unmapped_page);
     tcase_add_test(tc, forged_sleeper_loses_removed_region);
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
@@ -2545,6 +2709,7 @@ int main(void)
     tcase_add_test(tc, first_stack_prefetched);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
+    tcase_add_test(tc, user_syscall_stress);
     tcase_add_test(tc, pokes_coalesced_when_blocked);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);
