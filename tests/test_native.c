@@ -2488,6 +2488,88 @@ START_TEST(user_syscall_stress)
 }
 END_TEST
 
+/*
+ * A kick while the guest kernel computes inside a user SYSCALL (native: in
+ * the kernel stub that took it from the user stub, which then stops
+ * waiting; the library adopts the kernel stub): the exit comes at once, in
+ * the kernel, and the next run goes on where it was.  The kernel's first
+ * entry returns at once (its ERETU arms the hand-off for the second); the
+ * second counts at GVM_DATA + 8 forever.
+ */
+GVM_CODE_BLOCK(g_kick_k,
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_kick_k_lstar\ng_kick_k_lstar:\n"
+    "movabs $0x106000, %rax\n incq (%rax)\n cmpq $1, (%rax)\n jne 1f\n"
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_kick_k_loop\ng_kick_k_loop:\n"
+    "1: incq 8(%rax)\n jmp 1b\n");
+GVM_CODE_BLOCK(g_kick_u, "syscall\n syscall\n ud2\n");
+extern const uint8_t g_kick_k_lstar[], g_kick_k_loop[];
+
+struct kicker {
+    struct gvm *g;
+    uint64_t from;   /* kick once the count passed this */
+    uint64_t at;     /* the count when it kicked */
+    bool ok;
+};
+
+static void *kick_when_counting(void *p)
+{
+    struct kicker *k = p;
+    /* Long enough for the user stub to stop waiting (the library then waits for the kernel stub). */
+    k->ok = wait_guest(k->g, GVM_DATA + 8, k->from + 20000000, 5000);
+    k->at = gload(k->g, GVM_DATA + 8);
+    pvm_vcpu_kick(k->g->cpu);
+    return NULL;
+}
+
+START_TEST(kick_in_linked_kernel)
+{
+    bool adopted = false;
+    for (int i = 0; i < 3 && !adopted; i++) {
+        struct gvm g;
+        struct pvm_exit e;
+        struct pvm_regs r;
+        struct pvm_sregs sr;
+        pthread_t t;
+        gvm_init(&g);
+        gvm_load(&g, GVM_CODE, g_kick_k_start, g_kick_k_end);
+        gvm_load(&g, GVM_USER_CODE, g_kick_u_start, g_kick_u_end);
+        ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, gaddr(g_kick_k_start, g_kick_k_lstar)), 0);
+        user_entry(&g);
+        gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
+        struct kicker k = { .g = &g };
+        pthread_create(&t, NULL, kick_when_counting, &k);
+        ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_KICKED);
+        pthread_join(t, NULL);
+        ck_assert(k.ok);
+        /* In the kernel's loop, both SYSCALLs taken, and stopped: it counts no further. */
+        gvm_regs(&g, &r);
+        ck_assert_int_eq(pvm_vcpu_get_sregs(g.cpu, &sr), 0);
+        ck_assert_uint_eq(sr.mode, PVM_MODE_SUPERVISOR);
+        const uint64_t loop = gaddr(g_kick_k_start, g_kick_k_loop);
+        ck_assert_msg(r.rip == loop || r.rip == loop + 4, "RIP %#llx", (unsigned long long)r.rip); /* incq; jmp */
+        ck_assert_uint_eq(gload(&g, GVM_DATA), 2);
+        uint64_t c = gload(&g, GVM_DATA + 8);
+        ck_assert_uint_ge(c, k.at);
+        sleep_ms(20);
+        ck_assert_uint_eq(gload(&g, GVM_DATA + 8), c);
+        adopted = pvm__native_link_adopts(g.cpu) > 0;
+        /* And on from there. */
+        k.ok = false;
+        k.from = c;
+        pthread_create(&t, NULL, kick_when_counting, &k);
+        ck_assert_uint_eq(gvm_run(&g, &e), PVM_EXIT_KICKED);
+        pthread_join(t, NULL);
+        ck_assert(k.ok);
+        ck_assert_uint_ge(gload(&g, GVM_DATA + 8), c + 1000);
+        gvm_fini(&g);
+    }
+    printf("native: the kicked SYSCALL was %s\n", adopted ? "in the kernel stub's hands (adopted)" :
+                                                          "relayed by the library each time");
+}
+END_TEST
+
 START_TEST(create_run_destroy_cycles)
 {
     run_hc_guest_ok();
@@ -2699,7 +2781,6 @@ int main(void)
     tcase_add_test(tc, fast_block_forgery_contained);
     tcase_add_test(tc, forged_stop_refused);
     tcase_add_test(tc, forged_user_syscall_refused);
-    tcase_add_test(tc, forged_link_request_contained);
     tcase_add_test(tc, forged_sleeper_keeps_no_unmapped_page);
     tcase_add_test(tc, forged_sleeper_loses_removed_region);
     tcase_add_test(tc, fast_wrmsr_event_entry_triple);
@@ -2709,8 +2790,14 @@ int main(void)
     tcase_add_test(tc, first_stack_prefetched);
     tcase_add_test(tc, fast_irq_matches_model);
     tcase_add_test(tc, fast_irq_stress);
-    tcase_add_test(tc, user_syscall_stress);
     tcase_add_test(tc, pokes_coalesced_when_blocked);
     suite_add_tcase(s, tc);
+    /* The user/kernel hand-off (stub/link.c); user_syscalls_in_one_run above compares it with the model. */
+    TCase *lk = tcase_create("link");
+    tcase_set_timeout(lk, 300);
+    tcase_add_test(lk, forged_link_request_contained);
+    tcase_add_test(lk, user_syscall_stress);
+    tcase_add_test(lk, kick_in_linked_kernel);
+    suite_add_tcase(s, lk);
     return pvm_test_run_suite(s);
 }

@@ -471,11 +471,11 @@ static bool link_take(struct pvm_hv_vcpu *hv, unsigned slot, int k, struct nstub
     struct native_cpu *nc = nc_of(hv);
     struct nstub_link_cfg cfg = { .link = nc->link, .gen = nc->link_gen };
     uint64_t trips = 0;
-    __atomic_store_n(&nc->linked, -1, __ATOMIC_SEQ_CST);
     int a = nstub_link_take(nc->stubs[slot], nc->stubs[k], &cfg, &trips);
     nc->link_trips += trips;
     trap->ran_slots |= 1u << k;   /* it may have run guest code: confirmed at the exit */
     if (a <= 0) {
+        __atomic_store_n(&nc->linked, -1, __ATOMIC_SEQ_CST);
         nc->taken = k;
         if (a < 0) {
             t->kind = NSTUB_TRAP_DIED;
@@ -485,7 +485,9 @@ static bool link_take(struct pvm_hv_vcpu *hv, unsigned slot, int k, struct nstub
     }
     nc->link_trips++;
     nc->link_adopts++;
+    /* Kicks still reach the kernel stub (native_kick) until its report is in. */
     nstub_link_adopt(nc->stubs[k], r, t);
+    __atomic_store_n(&nc->linked, -1, __ATOMIC_SEQ_CST);
     nc->fpu_slot = k;   /* the kernel stub holds the guest's FPU state now */
     trap->events = 1 + 2 * (uint32_t)(trips < 0x7fffffff ? trips : 0x7fffffff);
     trap->switches = trap->events;
