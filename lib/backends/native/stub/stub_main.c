@@ -48,22 +48,23 @@ extern char stub_image_end[];
 #define SYS(nr, a, b, c, d, e, f) \
     nstub_sys((nr), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 
-/* The compiler may emit calls to these for struct copies. */
+/*
+ * The compiler may emit calls to these for struct copies; link.c moves XSAVE
+ * images (kilobytes) with memcpy on every hand-off: string instructions, not
+ * a byte loop (no vector registers here: -mgeneral-regs-only).
+ */
 void *memcpy(void *dst, const void *src, size_t n);
 void *memset(void *dst, int c, size_t n);
 void *memcpy(void *dst, const void *src, size_t n)
 {
-    char *d = dst;
-    const char *s = src;
-    while (n--)
-        *d++ = *s++;
+    void *d = dst;
+    __asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
     return dst;
 }
 void *memset(void *dst, int c, size_t n)
 {
-    char *d = dst;
-    while (n--)
-        *d++ = (char)c;
+    void *d = dst;
+    __asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
     return dst;
 }
 
