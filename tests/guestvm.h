@@ -76,10 +76,11 @@ void gvm_regs(struct gvm *g, struct pvm_regs *r);
 void gvm_expect_hc(const struct pvm_exit *e, uint32_t nr);
 
 /* Declare a block of guest code assembled into the test binary. */
+/* A section of its own: a block's .org counts from the block's start (sanitizer builds fill .rodata). */
 #define GVM_CODE_BLOCK(name, body)                                                  \
     extern const uint8_t name##_start[], name##_end[];                              \
-    __asm__(".pushsection .rodata\n.globl " #name "_start\n.globl " #name "_end\n"  \
-            #name "_start:\n" body "\n" #name "_end:\n.popsection\n")
+    __asm__(".pushsection .rodata.gvm." #name ", \"a\"\n.globl " #name "_start\n"    \
+            ".globl " #name "_end\n" #name "_start:\n" body "\n" #name "_end:\n.popsection\n")
 
 /* movabs $PVM_HOSTCALL(n), %rax ; syscall */
 #define GVM_HC(n) "movabs $(0x4c50564d00000000 + " #n "), %rax\n syscall\n"

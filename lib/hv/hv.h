@@ -240,6 +240,12 @@ static inline bool pvm_hv_debug_on(const struct pvm_hv_vcpu *hv)
     return hv->dbg.step || hv->dbg.catch_mask[0] || hv->dbg.catch_mask[1];
 }
 
+/* A 4-level canonical address (then also 5-level canonical). */
+static inline bool pvm_hv_canonical48(uint64_t v)
+{
+    return (uint64_t)((int64_t)(v << 16) >> 16) == v;
+}
+
 static inline struct pvm_hv_vcpu *pvm_hv_of(const pvm_vcpu *v)
 {
     return v->bdata;

@@ -269,11 +269,6 @@ static void kmod_kick(struct pvm_hv_vcpu *hv, unsigned slot)
         ioctl(as, PVM_KMOD_AS_KICK, 0);
 }
 
-static bool canonical48(uint64_t va)
-{
-    return va < 0x0000800000000000ull || va >= 0xffff800000000000ull;
-}
-
 /*
  * May the module deliver events itself this run (PVM_KMOD_RUN_PVM)?  Only
  * when the model would do nothing between them but deliver them: nothing to
@@ -290,7 +285,7 @@ static void kmod_prepare(struct pvm_hv_vcpu *hv, unsigned slot)
     kc->run.pvm = 0;
     if (!kc->deliver_on || pvm_hv_debug_on(hv) || pvm__log_on(PVM_LOG_TRACE) || c->halted ||
         pvm_hv_events_pending(hv) || pvm_hv_irqs_pending(c) || pvm_m_la57(c) || c->ss != PVM_USER_DS ||
-        !canonical48(c->msr_lstar) || !canonical48(c->msr_kernel_gs_base))
+        !pvm_hv_canonical48(c->msr_lstar) || !pvm_hv_canonical48(c->msr_kernel_gs_base))
         return;
     /* A found PVCS stays where it is until a region goes (regions_gen; a new one cannot cover it). */
     if (!kc->memo.p || kc->memo.gpa != c->msr_vcpu_struct || kc->memo.gen != hv->regions_gen) {

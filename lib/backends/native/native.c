@@ -700,11 +700,6 @@ static int native_sync(struct pvm_hv_vcpu *hv, unsigned slot, char *err, size_t 
     return nc->trust_exits ? 0 : nstub_sync_unmaps(nc->stubs[slot], err, errlen);
 }
 
-static bool canonical48(uint64_t v)
-{
-    return (uint64_t)((int64_t)(v << 16) >> 16) == v;
-}
-
 /*
  * The user/kernel hand-off (stub/link.c, docs/design.md "The user stub and
  * the kernel stub hand off"): before user code runs in @slot, let the
@@ -720,8 +715,8 @@ static void link_arm(struct pvm_hv_vcpu *hv, unsigned slot)
     struct native_cpu *nc = nc_of(hv);
     const struct pvm_cpu *c = &hv->cpu;
     if (!nc->link || c->mode != PVM_MODE_USER || c->cs != PVM_USER_CS || c->ss != PVM_USER_DS || c->halted ||
-        c->nmi_masked || pvm_hv_irqs_pending(c) || pvm_m_la57(c) || !canonical48(c->msr_lstar) ||
-        !canonical48(c->msr_kernel_gs_base))
+        c->nmi_masked || pvm_hv_irqs_pending(c) || pvm_m_la57(c) || !pvm_hv_canonical48(c->msr_lstar) ||
+        !pvm_hv_canonical48(c->msr_kernel_gs_base))
         return;
     int k = pvm_shadow_find(hv->shadow, c->msr_switch_cr3, false);
     if (k < 0 || (unsigned)k == slot || !nc->stubs[k])
