@@ -277,8 +277,8 @@ enum nstub_link_state {
     NSTUB_LINK_LEFT = 6,
 };
 #define NSTUB_LINK_WORD(gen, st) (((gen) << 8) | (st))
-/* An armed kernel stub spins this many spin times (spin_tsc) for requests, from the arm. */
-#define NSTUB_LINK_ARMED_SPINS 4
+/* An armed kernel stub spins this many spin times (spin_tsc: 240 us by default) for requests, from the arm or its last hand-back (KVM polls a halted vCPU 200 us). */
+#define NSTUB_LINK_ARMED_SPINS 8
 #define NSTUB_LINK_GEN_MASK 0xffffffu
 
 enum nstub_role {
