@@ -2347,11 +2347,56 @@ static void *stress_injector(void *p)
     return NULL;
 }
 
+/*
+ * Run @g (set up to start) against stress_injector until its host call 0x46,
+ * counting kicked exits and host calls 0x47, and check that every injected
+ * interrupt and NMI was counted exactly once and nothing else arrived.
+ * Returns the interrupts counted.
+ */
+static uint64_t stress_run(struct gvm *g, struct stress *st, unsigned *kicked, unsigned *hostcalls)
+{
+    struct pvm_exit e;
+    pthread_t t;
+    memset(st, 0, sizeof(*st));
+    st->g = g;
+    st->seed = (uint64_t)time(NULL) * 2654435761u | 1;
+    pthread_create(&t, NULL, stress_injector, st);
+    *kicked = *hostcalls = 0;
+    for (;;) {
+        uint32_t why = gvm_run(g, &e);
+        if (why == PVM_EXIT_KICKED) {
+            ++*kicked;
+            continue;
+        }
+        ck_assert_uint_eq(why, PVM_EXIT_HYPERCALL);
+        if (e.u.hypercall.nr == PVM_HOSTCALL(0x47)) {
+            ++*hostcalls;
+            continue;
+        }
+        gvm_expect_hc(&e, 0x46);
+        break;
+    }
+    __atomic_store_n(&st->finished, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    uint64_t total = 0;
+    for (int v = ST_VEC0; v < ST_VEC0 + ST_NVEC; v++) {
+        uint64_t c = gload(g, GVM_DATA + 8ull * v);
+        ck_assert_msg(c == st->injected[v], "vector %#x: injected %llu, counted %llu (seed %llu)", v,
+                      (unsigned long long)st->injected[v], (unsigned long long)c, (unsigned long long)st->seed);
+        total += c;
+    }
+    ck_assert_msg(!st->fail, "%s (seed %llu)", st->fail ? st->fail : "", (unsigned long long)st->seed);
+    ck_assert_uint_eq(total, ST_N);
+    ck_assert_uint_eq(gload(g, IRQ_NMIS), st->nmis);
+    for (int v = 0; v < 256; v++)   /* nothing but the injected vectors ever arrived */
+        if (v < ST_VEC0 || v > ST_VEC0 + ST_NVEC)
+            ck_assert_uint_eq(gload(g, GVM_DATA + 8ull * v), 0);
+    return total;
+}
+
 START_TEST(fast_irq_stress)
 {
     struct gvm g;
-    struct pvm_exit e;
-    pthread_t t;
     static struct stress st;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_st_main_start, g_st_main_end);
@@ -2360,40 +2405,8 @@ START_TEST(fast_irq_stress)
     uint64_t jmp[2] = { 0, GVM_RETS_SITE };
     memcpy(g.ram + IRQ_JMP, jmp, sizeof(jmp));
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
-    memset(&st, 0, sizeof(st));
-    st.g = &g;
-    st.seed = (uint64_t)time(NULL) * 2654435761u | 1;
-    pthread_create(&t, NULL, stress_injector, &st);
-    unsigned kicked = 0, hostcalls = 0;
-    for (;;) {
-        uint32_t why = gvm_run(&g, &e);
-        if (why == PVM_EXIT_KICKED) {
-            kicked++;
-            continue;
-        }
-        ck_assert_uint_eq(why, PVM_EXIT_HYPERCALL);
-        if (e.u.hypercall.nr == PVM_HOSTCALL(0x47)) {
-            hostcalls++;
-            continue;
-        }
-        gvm_expect_hc(&e, 0x46);
-        break;
-    }
-    __atomic_store_n(&st.finished, 1, __ATOMIC_SEQ_CST);
-    pthread_join(t, NULL);
-    uint64_t total = 0;
-    for (int v = ST_VEC0; v < ST_VEC0 + ST_NVEC; v++) {
-        uint64_t c = gload(&g, GVM_DATA + 8ull * v);
-        ck_assert_msg(c == st.injected[v], "vector %#x: injected %llu, counted %llu (seed %llu)", v,
-                      (unsigned long long)st.injected[v], (unsigned long long)c, (unsigned long long)st.seed);
-        total += c;
-    }
-    ck_assert_msg(!st.fail, "%s (seed %llu)", st.fail ? st.fail : "", (unsigned long long)st.seed);
-    ck_assert_uint_eq(total, ST_N);
-    ck_assert_uint_eq(gload(&g, IRQ_NMIS), st.nmis);
-    for (int v = 0; v < 256; v++)   /* nothing but the injected vectors ever arrived */
-        if (v < ST_VEC0 || v > ST_VEC0 + ST_NVEC)
-            ck_assert_uint_eq(gload(&g, GVM_DATA + 8ull * v), 0);
+    unsigned kicked, hostcalls;
+    uint64_t total = stress_run(&g, &st, &kicked, &hostcalls);
     printf("fast_irq_stress: %llu interrupts (%llu in the stub), %llu NMIs, %llu kicks (%u exits), "
            "%u host calls\n", (unsigned long long)total, (unsigned long long)pvm__native_fast_irqs(g.cpu),
            (unsigned long long)st.nmis, (unsigned long long)st.kicks, kicked, hostcalls);
@@ -2433,8 +2446,6 @@ START_TEST(user_syscall_stress)
     _Static_assert(UST_CALLS == 0x106f80 && IRQ_DONE == 0x106ff0 && IRQ_NMIS == 0x106fe0 &&
                    GVM_PVCS + offsetof(struct pvm_vcpu_struct, event_vector) == 0x10100c, "values used above");
     struct gvm g;
-    struct pvm_exit e;
-    pthread_t t;
     static struct stress st;
     gvm_init(&g);
     gvm_load(&g, GVM_CODE, g_ust_k_start, g_ust_k_end);
@@ -2446,40 +2457,8 @@ START_TEST(user_syscall_stress)
     ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_ust_k_lstar - g_ust_k_start)), 0);
     user_entry(&g);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
-    memset(&st, 0, sizeof(st));
-    st.g = &g;
-    st.seed = (uint64_t)time(NULL) * 2654435761u | 1;
-    pthread_create(&t, NULL, stress_injector, &st);
-    unsigned kicked = 0, hostcalls = 0;
-    for (;;) {
-        uint32_t why = gvm_run(&g, &e);
-        if (why == PVM_EXIT_KICKED) {
-            kicked++;
-            continue;
-        }
-        ck_assert_uint_eq(why, PVM_EXIT_HYPERCALL);
-        if (e.u.hypercall.nr == PVM_HOSTCALL(0x47)) {
-            hostcalls++;
-            continue;
-        }
-        gvm_expect_hc(&e, 0x46);
-        break;
-    }
-    __atomic_store_n(&st.finished, 1, __ATOMIC_SEQ_CST);
-    pthread_join(t, NULL);
-    uint64_t total = 0;
-    for (int v = ST_VEC0; v < ST_VEC0 + ST_NVEC; v++) {
-        uint64_t c = gload(&g, GVM_DATA + 8ull * v);
-        ck_assert_msg(c == st.injected[v], "vector %#x: injected %llu, counted %llu (seed %llu)", v,
-                      (unsigned long long)st.injected[v], (unsigned long long)c, (unsigned long long)st.seed);
-        total += c;
-    }
-    ck_assert_msg(!st.fail, "%s (seed %llu)", st.fail ? st.fail : "", (unsigned long long)st.seed);
-    ck_assert_uint_eq(total, ST_N);
-    ck_assert_uint_eq(gload(&g, IRQ_NMIS), st.nmis);
-    for (int v = 0; v < 256; v++)
-        if (v < ST_VEC0 || v > ST_VEC0 + ST_NVEC)
-            ck_assert_uint_eq(gload(&g, GVM_DATA + 8ull * v), 0);
+    unsigned kicked, hostcalls;
+    uint64_t total = stress_run(&g, &st, &kicked, &hostcalls);
     printf("user_syscall_stress: %llu SYSCALLs (%llu from stub to stub, %llu taken over), %llu interrupts, "
            "%llu NMIs, %llu kicks (%u exits), %u host calls\n", (unsigned long long)gload(&g, UST_CALLS),
            (unsigned long long)pvm__native_link_trips(g.cpu), (unsigned long long)pvm__native_link_adopts(g.cpu),

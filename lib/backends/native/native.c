@@ -785,39 +785,21 @@ bool pvm__native_fastpath(const pvm_vcpu *v)
     return nc && nc->fast_on;
 }
 
-uint64_t pvm__native_fast_events(const pvm_vcpu *v)
-{
-    const struct native_cpu *nc = native_of(v);
-    return nc ? nc->fast_events : 0;
-}
-
-uint64_t pvm__native_fast_irqs(const pvm_vcpu *v)
-{
-    const struct native_cpu *nc = native_of(v);
-    return nc ? nc->fast_irqs : 0;
-}
-
-uint64_t pvm__native_prefetches(const pvm_vcpu *v)
-{
-    return native_of(v) ? pvm_hv_of(v)->prefetches : 0;
-}
-
-uint64_t pvm__native_fetch_prefetches(const pvm_vcpu *v)
-{
-    return native_of(v) ? pvm_hv_of(v)->fetch_prefetches : 0;
-}
-
-uint64_t pvm__native_link_trips(const pvm_vcpu *v)
-{
-    const struct native_cpu *nc = native_of(v);
-    return nc ? nc->link_trips : 0;
-}
-
-uint64_t pvm__native_link_adopts(const pvm_vcpu *v)
-{
-    const struct native_cpu *nc = native_of(v);
-    return nc ? nc->link_adopts : 0;
-}
+/* A counter of the vCPU's native_cpu (nc) or core (hv), 0 for other backends. */
+#define NATIVE_COUNTER(fn, expr)                                   \
+    uint64_t fn(const pvm_vcpu *v)                                 \
+    {                                                              \
+        const struct native_cpu *nc = native_of(v);                \
+        const struct pvm_hv_vcpu *hv = nc ? pvm_hv_of(v) : NULL;   \
+        (void)hv;                                                  \
+        return nc ? (expr) : 0;                                    \
+    }
+NATIVE_COUNTER(pvm__native_fast_events, nc->fast_events)
+NATIVE_COUNTER(pvm__native_fast_irqs, nc->fast_irqs)
+NATIVE_COUNTER(pvm__native_prefetches, hv->prefetches)
+NATIVE_COUNTER(pvm__native_fetch_prefetches, hv->fetch_prefetches)
+NATIVE_COUNTER(pvm__native_link_trips, nc->link_trips)
+NATIVE_COUNTER(pvm__native_link_adopts, nc->link_adopts)
 
 int pvm__native_stub_pid(const pvm_vcpu *v, unsigned slot)
 {

@@ -121,34 +121,6 @@ static void take_fpu(struct ucontext *uc)
         memcpy(img, LINK_FPU, n);
 }
 
-static void gprs_to(volatile struct nstub_abi_regs *r, const struct sigcontext *sc)
-{
-    const uint64_t g[16] = { sc->rax, sc->rcx, sc->rdx, sc->rbx, sc->rsp, sc->rbp, sc->rsi, sc->rdi,
-                             sc->r8,  sc->r9,  sc->r10, sc->r11, sc->r12, sc->r13, sc->r14, sc->r15 };
-    for (int i = 0; i < 16; i++)
-        r->gpr[i] = g[i];
-}
-
-static void gprs_from(struct sigcontext *sc, const struct nstub_abi_regs *r)
-{
-    sc->rax = r->gpr[0];
-    sc->rcx = r->gpr[1];
-    sc->rdx = r->gpr[2];
-    sc->rbx = r->gpr[3];
-    sc->rsp = r->gpr[4];
-    sc->rbp = r->gpr[5];
-    sc->rsi = r->gpr[6];
-    sc->rdi = r->gpr[7];
-    sc->r8 = r->gpr[8];
-    sc->r9 = r->gpr[9];
-    sc->r10 = r->gpr[10];
-    sc->r11 = r->gpr[11];
-    sc->r12 = r->gpr[12];
-    sc->r13 = r->gpr[13];
-    sc->r14 = r->gpr[14];
-    sc->r15 = r->gpr[15];
-}
-
 /* One copy of the link's register file: what we act on cannot change under us. */
 static void read_link_regs(struct nstub_abi_regs *r)
 {
@@ -189,7 +161,7 @@ int nstub_link_user(int sig, siginfo_t *si, struct ucontext *uc)
 
     uint64_t fs = rdfsbase(), gs = rdgsbase();
     volatile struct nstub_abi_regs *r = &l->regs;
-    gprs_to(r, sc);
+    nstub_gprs_to(r, sc);
     r->rip = rip;
     r->rflags = sc->eflags;
     r->fs_base = fs;
@@ -224,7 +196,7 @@ int nstub_link_user(int sig, siginfo_t *si, struct ucontext *uc)
     /* The guest kernel's ERETU (nstub_link_eretu): return to user code with its result. */
     struct nstub_abi_regs u;
     read_link_regs(&u);
-    gprs_from(sc, &u);
+    nstub_gprs_from(sc, &u);
     sc->rip = u.rip;
     sc->eflags = u.rflags;
     sc->cs = USER_CS;
@@ -287,7 +259,7 @@ void nstub_link_enter(struct ucontext *uc)
     p->r11 = u.gpr[11];
     /* §10.3: IF cleared on user events; §5.6 entry state at LSTAR; RSP = SUPERVISOR_RSP, no red zone. */
     *PVCS_FLAGS &= ~PVM_EVENT_FLAGS_IF;
-    gprs_from(sc, &u);
+    nstub_gprs_from(sc, &u);
     sc->rsp = c->fast.sup_rsp;
     sc->rip = c->link_lstar;
     sc->rcx = c->link_lstar;
@@ -320,7 +292,7 @@ int nstub_link_eretu(struct ucontext *uc)
     uint64_t fl = (((uint64_t)p->eflags | RF_IF) & NSTUB_RFLAGS_ALLOWED) | RF_FIXED;
     uint64_t ugs = (uint64_t)((int64_t)(p->user_gsbase << 16) >> 16);
     volatile struct nstub_abi_regs *r = &l->regs;
-    gprs_to(r, sc);
+    nstub_gprs_to(r, sc);
     r->gpr[4] = p->rsp;
     r->gpr[1] = p->rcx;
     r->gpr[11] = p->r11;

@@ -35,6 +35,11 @@ void nstub_link_spinning(int on);
 /* From stub_main.c. */
 void nstub_orphan_check(void);
 void nstub_set_base(int code, uint64_t want, uint64_t cur);
+/* The 16 GPRs between a signal frame and a register block (x86 encoding order). */
+struct nstub_abi_regs;
+struct sigcontext;
+void nstub_gprs_to(volatile struct nstub_abi_regs *r, const struct sigcontext *sc);
+void nstub_gprs_from(struct sigcontext *sc, const volatile struct nstub_abi_regs *r);
 /* Where the frame of this trap is: ctl->frame_off / fpstate_off / fpstate_size for the library. */
 void nstub_note_frame(struct ucontext *uc);
 

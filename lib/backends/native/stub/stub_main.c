@@ -277,6 +277,34 @@ void nstub_set_base(int code, uint64_t want, uint64_t cur)
         SYS(__NR_arch_prctl, code, want, 0, 0, 0, 0);
 }
 
+void nstub_gprs_to(volatile struct nstub_abi_regs *r, const struct sigcontext *sc)
+{
+    const uint64_t g[16] = { sc->rax, sc->rcx, sc->rdx, sc->rbx, sc->rsp, sc->rbp, sc->rsi, sc->rdi,
+                             sc->r8,  sc->r9,  sc->r10, sc->r11, sc->r12, sc->r13, sc->r14, sc->r15 };
+    for (int i = 0; i < 16; i++)
+        r->gpr[i] = g[i];
+}
+
+void nstub_gprs_from(struct sigcontext *sc, const volatile struct nstub_abi_regs *r)
+{
+    sc->rax = r->gpr[0];
+    sc->rcx = r->gpr[1];
+    sc->rdx = r->gpr[2];
+    sc->rbx = r->gpr[3];
+    sc->rsp = r->gpr[4];
+    sc->rbp = r->gpr[5];
+    sc->rsi = r->gpr[6];
+    sc->rdi = r->gpr[7];
+    sc->r8 = r->gpr[8];
+    sc->r9 = r->gpr[9];
+    sc->r10 = r->gpr[10];
+    sc->r11 = r->gpr[11];
+    sc->r12 = r->gpr[12];
+    sc->r13 = r->gpr[13];
+    sc->r14 = r->gpr[14];
+    sc->r15 = r->gpr[15];
+}
+
 void nstub_note_frame(struct ucontext *uc)
 {
     volatile struct nstub_ctl *c = CTL;
@@ -322,22 +350,7 @@ static void handler(int sig, siginfo_t *si, void *ucv)
         return;
     }
 
-    r->gpr[0] = sc->rax;
-    r->gpr[1] = sc->rcx;
-    r->gpr[2] = sc->rdx;
-    r->gpr[3] = sc->rbx;
-    r->gpr[4] = sc->rsp;
-    r->gpr[5] = sc->rbp;
-    r->gpr[6] = sc->rsi;
-    r->gpr[7] = sc->rdi;
-    r->gpr[8] = sc->r8;
-    r->gpr[9] = sc->r9;
-    r->gpr[10] = sc->r10;
-    r->gpr[11] = sc->r11;
-    r->gpr[12] = sc->r12;
-    r->gpr[13] = sc->r13;
-    r->gpr[14] = sc->r14;
-    r->gpr[15] = sc->r15;
+    nstub_gprs_to(r, sc);
     r->rip = sc->rip;
     r->rflags = sc->eflags;
     r->fs_base = fs;
@@ -382,22 +395,7 @@ wait:
         publish(NSTUB_ST_TRAPPED);
     }
 
-    sc->rax = r->gpr[0];
-    sc->rcx = r->gpr[1];
-    sc->rdx = r->gpr[2];
-    sc->rbx = r->gpr[3];
-    sc->rsp = r->gpr[4];
-    sc->rbp = r->gpr[5];
-    sc->rsi = r->gpr[6];
-    sc->rdi = r->gpr[7];
-    sc->r8 = r->gpr[8];
-    sc->r9 = r->gpr[9];
-    sc->r10 = r->gpr[10];
-    sc->r11 = r->gpr[11];
-    sc->r12 = r->gpr[12];
-    sc->r13 = r->gpr[13];
-    sc->r14 = r->gpr[14];
-    sc->r15 = r->gpr[15];
+    nstub_gprs_from(sc, r);
     sc->rip = r->rip;
     sc->eflags = r->rflags;
     sc->cs = r->cs;
