@@ -2468,6 +2468,76 @@ START_TEST(user_syscall_stress)
 END_TEST
 
 /*
+ * The guest's SSE state crosses user SYSCALLs both ways (native: the XSAVE
+ * image travels with each hand-off, stub/link.c): the user program puts
+ * [i, 0x1111222233334444] in XMM0 and makes SYSCALL i; the kernel logs
+ * XMM0 at GVM_DATA + 0x100 + 16 * (entry number) and returns 2 * XMM0 (both
+ * lanes) in XMM1, which the user stores at 0x109000 + 16 * i.  XMM2 holds
+ * the constant throughout.  16 entries, then a host call; byte for byte the
+ * same with PVM_NATIVE_LINK=0.
+ */
+extern const uint8_t g_fpu_k_lstar[];
+GVM_CODE_BLOCK(g_fpu_k,
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    ".globl g_fpu_k_lstar\ng_fpu_k_lstar:\n"
+    "movabs $0x106000, %rax\n incq (%rax)\n mov (%rax), %rcx\n shl $4, %rcx\n"
+    "movdqu %xmm0, 0x100(%rax,%rcx)\n movdqa %xmm0, %xmm1\n paddq %xmm1, %xmm1\n"
+    "cmpq $16, (%rax)\n jae 1f\n"
+    "movabs $0x104300, %rax\n jmp *%rax\n"
+    "1:\n" HC(0x48) "ud2\n");
+GVM_CODE_BLOCK(g_fpu_u,
+    "xor %ebx, %ebx\n movabs $0x1111222233334444, %rax\n movq %rax, %xmm2\n"
+    "1: movq %rbx, %xmm0\n punpcklqdq %xmm2, %xmm0\n syscall\n"
+    "mov %rbx, %rcx\n shl $4, %rcx\n movabs $0x109000, %rdx\n movdqu %xmm1, (%rdx,%rcx)\n"
+    "inc %rbx\n jmp 1b\n");
+
+struct fpu_run {
+    uint64_t klog[2 * 17], ulog[2 * 16];
+    uint64_t trips;
+};
+
+static void run_fpu_syscalls(bool link, struct fpu_run *out)
+{
+    setenv("PVM_NATIVE_LINK", link ? "1" : "0", 1);
+    struct gvm g;
+    struct pvm_exit e;
+    gvm_init(&g);
+    gvm_load(&g, GVM_CODE, g_fpu_k_start, g_fpu_k_end);
+    gvm_load(&g, GVM_USER_CODE, g_fpu_u_start, g_fpu_u_end);
+    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, gaddr(g_fpu_k_start, g_fpu_k_lstar)), 0);
+    user_entry(&g);
+    gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
+    gvm_run(&g, &e);
+    gvm_expect_hc(&e, 0x48);
+    memcpy(out->klog, g.ram + GVM_DATA + 0x100, sizeof(out->klog));
+    memcpy(out->ulog, g.ram + 0x109000, sizeof(out->ulog));
+    out->trips = pvm__native_link_trips(g.cpu);
+    gvm_fini(&g);
+    unsetenv("PVM_NATIVE_LINK");
+}
+
+START_TEST(sse_state_through_user_syscalls)
+{
+    static struct fpu_run a, b;
+    run_fpu_syscalls(true, &a);
+    for (unsigned n = 1; n <= 16; n++) {   /* entry n: the user's SYSCALL n - 1 */
+        ck_assert_uint_eq(a.klog[2 * n], n - 1);
+        ck_assert_uint_eq(a.klog[2 * n + 1], 0x1111222233334444ull);
+    }
+    for (unsigned i = 0; i < 15; i++) {    /* the 16th entry reports instead of returning */
+        ck_assert_uint_eq(a.ulog[2 * i], 2 * i);
+        ck_assert_uint_eq(a.ulog[2 * i + 1], 0x2222444466668888ull);
+    }
+    ck_assert_uint_eq(a.ulog[30], 0);
+    run_fpu_syscalls(false, &b);
+    ck_assert_uint_eq(b.trips, 0);
+    ck_assert_mem_eq(a.klog, b.klog, sizeof(a.klog));
+    ck_assert_mem_eq(a.ulog, b.ulog, sizeof(a.ulog));
+    printf("native: %llu of 16 SSE-carrying SYSCALLs handed from stub to stub\n", (unsigned long long)a.trips);
+}
+END_TEST
+
+/*
  * A kick while the guest kernel computes inside a user SYSCALL (native: in
  * the kernel stub that took it from the user stub, which then stops
  * waiting; the library adopts the kernel stub): the exit comes at once, in
@@ -2777,6 +2847,7 @@ int main(void)
     tcase_add_test(lk, forged_link_request_contained);
     tcase_add_test(lk, user_syscall_stress);
     tcase_add_test(lk, kick_in_linked_kernel);
+    tcase_add_test(lk, sse_state_through_user_syscalls);
     suite_add_tcase(s, lk);
     return pvm_test_run_suite(s);
 }
