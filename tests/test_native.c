@@ -42,6 +42,22 @@ static struct pvm_vcpu_struct *user_entry(struct gvm *g)
     return p;
 }
 
+/*
+ * gvm_init with kernel code [k, k_end) at GVM_CODE and a user program
+ * [u, u_end) at GVM_USER_CODE, LSTAR = @lstar (0: the entry block's stub)
+ * and the PVCS set for the kernel's first ERETU (user_entry).
+ */
+static struct pvm_vcpu_struct *user_vm(struct gvm *g, const uint8_t *k, const uint8_t *k_end, const uint8_t *u,
+                                       const uint8_t *u_end, uint64_t lstar)
+{
+    gvm_init(g);
+    gvm_load(g, GVM_CODE, k, k_end);
+    gvm_load(g, GVM_USER_CODE, u, u_end);
+    if (lstar)
+        ck_assert_int_eq(pvm_vcpu_set_msr(g->cpu, PVM_MSR_LSTAR, lstar), 0);
+    return user_entry(g);
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
@@ -99,10 +115,7 @@ START_TEST(user_syscall_and_eretu)
     struct pvm_regs r;
     struct pvm_sregs s;
     uint64_t v;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_k_eretu_start, g_k_eretu_end);
-    gvm_load(&g, GVM_USER_CODE, g_user_start, g_user_end);
-    struct pvm_vcpu_struct *p = user_entry(&g);
+    struct pvm_vcpu_struct *p = user_vm(&g, g_k_eretu_start, g_k_eretu_end, g_user_start, g_user_end, 0);
     p->user_gsbase = 0x5000;
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
 
@@ -189,12 +202,9 @@ static void run_syscall_loop(bool provider_delivers, struct loop_result *out)
     setenv("PVM_NATIVE_LINK", provider_delivers ? "1" : "0", 1);
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_loopk_start, g_loopk_end);
-    gvm_load(&g, GVM_USER_CODE, g_loopu_start, g_loopu_end);
-    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, gaddr(g_loopk_start, g_loopk_sys)), 0);
+    struct pvm_vcpu_struct *p = user_vm(&g, g_loopk_start, g_loopk_end, g_loopu_start, g_loopu_end,
+                                        gaddr(g_loopk_start, g_loopk_sys));
     ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_KERNEL_GS_BASE, LOOP_KGS), 0);
-    struct pvm_vcpu_struct *p = user_entry(&g);
     p->user_gsbase = 0x5000;
     p->eflags = 0x202 | 0x400; /* DF: kept through every round trip */
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
@@ -1616,15 +1626,10 @@ static void forge_run(const struct forge_run *f, struct pvm_exit *e, uint64_t *c
 {
     struct gvm g;
     struct pvm_regs r;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, f->k, f->k_end);
-    gvm_load(&g, GVM_USER_CODE, f->u, f->u_end);
-    user_entry(&g);
+    user_vm(&g, f->k, f->k_end, f->u, f->u_end, f->lstar);
     uint64_t *counter = (uint64_t *)(g.ram + GVM_USER_STACK_TOP - 0x100);
     uint64_t *mark = (uint64_t *)(g.ram + GVM_DATA);
     counter[0] = counter[1] = *mark = 0;
-    if (f->lstar)
-        ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, f->lstar), 0);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x100);
     gvm_regs(&g, &r);
     forge_regs(&r);
@@ -1764,10 +1769,7 @@ START_TEST(forged_sleeper_keeps_no_unmapped_page)
     struct gvm g;
     struct pvm_regs r;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_k_sleeper_start, g_k_sleeper_end);
-    gvm_load(&g, GVM_USER_CODE, g_u_sleeper_start, g_u_sleeper_end);
-    user_entry(&g);
+    user_vm(&g, g_k_sleeper_start, g_k_sleeper_end, g_u_sleeper_start, g_u_sleeper_end, 0);
     uint64_t pte_gpa = (uint64_t)((uint8_t *)gvm_pte(&g, g.uroot, P) - g.ram);
     const uint64_t PT_VA = 0x200000;   /* the page tables sit below the lowest address a stub maps */
     gvm_map(&g, g.kroot, PT_VA, pte_gpa & ~0xfffull, PVM_PTE_W | PVM_PTE_NX);
@@ -2447,15 +2449,11 @@ START_TEST(user_syscall_stress)
                    GVM_PVCS + offsetof(struct pvm_vcpu_struct, event_vector) == 0x10100c, "values used above");
     struct gvm g;
     static struct stress st;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_ust_k_start, g_ust_k_end);
+    user_vm(&g, g_ust_k_start, g_ust_k_end, g_ust_u_start, g_ust_u_end, gaddr(g_ust_k_start, g_ust_k_lstar));
     gvm_load(&g, GVM_ENTRY, g_ust_user_event_start, g_ust_user_event_end);
     gvm_load(&g, GVM_ENTRY + 256, g_st_exc_start, g_st_exc_end);   /* an NMI in the kernel: counted, ERETS */
     uint64_t jmp[2] = { 0, GVM_RETS_SITE };
     memcpy(g.ram + IRQ_JMP, jmp, sizeof(jmp));
-    gvm_load(&g, GVM_USER_CODE, g_ust_u_start, g_ust_u_end);
-    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, GVM_CODE + (uint64_t)(g_ust_k_lstar - g_ust_k_start)), 0);
-    user_entry(&g);
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
     unsigned kicked, hostcalls;
     uint64_t total = stress_run(&g, &st, &kicked, &hostcalls);
@@ -2501,11 +2499,7 @@ static void run_fpu_syscalls(bool link, struct fpu_run *out)
     setenv("PVM_NATIVE_LINK", link ? "1" : "0", 1);
     struct gvm g;
     struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_fpu_k_start, g_fpu_k_end);
-    gvm_load(&g, GVM_USER_CODE, g_fpu_u_start, g_fpu_u_end);
-    ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, gaddr(g_fpu_k_start, g_fpu_k_lstar)), 0);
-    user_entry(&g);
+    user_vm(&g, g_fpu_k_start, g_fpu_k_end, g_fpu_u_start, g_fpu_u_end, gaddr(g_fpu_k_start, g_fpu_k_lstar));
     gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
     gvm_run(&g, &e);
     gvm_expect_hc(&e, 0x48);
@@ -2581,11 +2575,7 @@ START_TEST(kick_in_linked_kernel)
         struct pvm_regs r;
         struct pvm_sregs sr;
         pthread_t t;
-        gvm_init(&g);
-        gvm_load(&g, GVM_CODE, g_kick_k_start, g_kick_k_end);
-        gvm_load(&g, GVM_USER_CODE, g_kick_u_start, g_kick_u_end);
-        ck_assert_int_eq(pvm_vcpu_set_msr(g.cpu, PVM_MSR_LSTAR, gaddr(g_kick_k_start, g_kick_k_lstar)), 0);
-        user_entry(&g);
+        user_vm(&g, g_kick_k_start, g_kick_k_end, g_kick_u_start, g_kick_u_end, gaddr(g_kick_k_start, g_kick_k_lstar));
         gvm_start(&g, GVM_CODE, GVM_STACK_TOP - 0x40);
         struct kicker k = { .g = &g };
         pthread_create(&t, NULL, kick_when_counting, &k);
