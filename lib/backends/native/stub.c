@@ -1459,11 +1459,6 @@ int nstub_link_adopt(struct nstub *k, struct nstub_regs *regs, struct nstub_trap
     return run_until_report(k, regs, trap, false);
 }
 
-bool nstub_dead(const struct nstub *s)
-{
-    return !s || s->dead;
-}
-
 const char *nstub_dead_msg(const struct nstub *s)
 {
     return s ? s->dead_msg : "no stub";

@@ -265,8 +265,7 @@ int nstub_link_take(struct nstub *u, struct nstub *k, const struct nstub_link_cf
 int nstub_link_adopt(struct nstub *k, struct nstub_regs *regs, struct nstub_trap *trap);
 /* Map the vCPU's link area (offset @off in nstub_config.link_memfd) at the stub's fixed address; queued. */
 int nstub_map_link(struct nstub *s, uint64_t off);
-/* Is @s dead, and why (NSTUB_TRAP_DIED's message). */
-bool nstub_dead(const struct nstub *s);
+/* Why @s died (NSTUB_TRAP_DIED's message). */
 const char *nstub_dead_msg(const struct nstub *s);
 
 /* Guest-RAM mmaps the library approved for this stub so far (statistics). */

@@ -102,7 +102,7 @@ static uint32_t frame_fpu(struct ucontext *uc, uint8_t **img)
     return n;
 }
 
-/* The user stub's in a moment, or the guest kernel's: both ends of the link see the same state. */
+/* This frame's XSAVE image into the link, for the other stub to take. */
 static void put_fpu(struct ucontext *uc)
 {
     uint8_t *img;
