@@ -56,27 +56,6 @@ void *memcpy(void *dst, const void *src, size_t n);
 #define USER_DS  0x2b
 #define USER_WAIT_SPINS 4   /* the user stub waits this many spin times for the guest kernel */
 
-static inline uint64_t rdtsc(void)
-{
-    uint32_t lo, hi;
-    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    return ((uint64_t)hi << 32) | lo;
-}
-
-static inline uint64_t rdfsbase(void)
-{
-    uint64_t v;
-    __asm__ volatile("rdfsbase %0" : "=r"(v));
-    return v;
-}
-
-static inline uint64_t rdgsbase(void)
-{
-    uint64_t v;
-    __asm__ volatile("rdgsbase %0" : "=r"(v));
-    return v;
-}
-
 /* The link word for state @st in this arm's generation. */
 static uint32_t word(uint32_t st)
 {

@@ -32,6 +32,28 @@ void nstub_link_reported(void);
 /* Kernel role: spinning for requests (1) or not (0), as the user stub sees it. */
 void nstub_link_spinning(int on);
 
+/* The TSC and the FS/GS bases (every stub file that reads them). */
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static inline uint64_t rdfsbase(void)
+{
+    uint64_t v;
+    __asm__ volatile("rdfsbase %0" : "=r"(v));
+    return v;
+}
+
+static inline uint64_t rdgsbase(void)
+{
+    uint64_t v;
+    __asm__ volatile("rdgsbase %0" : "=r"(v));
+    return v;
+}
+
 /* From stub_main.c. */
 void nstub_orphan_check(void);
 void nstub_set_base(int code, uint64_t want, uint64_t cur);

@@ -81,13 +81,6 @@ static __attribute__((noreturn)) void die(const char *msg)
         SYS(__NR_exit_group, 127, 0, 0, 0, 0, 0);
 }
 
-static inline uint64_t rdtsc(void)
-{
-    uint32_t lo, hi;
-    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    return ((uint64_t)hi << 32) | lo;
-}
-
 static inline int canonical(uint64_t a)
 {
     return (uint64_t)((int64_t)(a << 16) >> 16) == a;
@@ -325,10 +318,8 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     struct sigcontext *sc = &uc->uc_mcontext;
     volatile struct nstub_ctl *c = CTL;
     volatile struct nstub_abi_regs *r = &c->regs;
-    uint64_t fs, gs;
+    uint64_t fs = rdfsbase(), gs = rdgsbase();
 
-    __asm__ volatile("rdfsbase %0" : "=r"(fs));
-    __asm__ volatile("rdgsbase %0" : "=r"(gs));
     /* smod events the stub answers itself (fast.c): straight back into the guest. */
     int fast = nstub_fast(sig, si, uc);
     if (fast == 1) {
