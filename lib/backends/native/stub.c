@@ -56,12 +56,6 @@
 #define VSYSCALL_PAGE 0xffffffffff600000ull /* the one mapping a stub cannot remove */
 #define APPROVE_TIMEOUT_NS 2000000000ull   /* a stub that does not ask for its next mapping this long lied */
 #define APPROVE_SLICE_MS 10                /* how often that wait looks at the stub's state */
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
-#endif
 
 struct nstub {
     uint64_t boot_tsc0, boot_t0;      /* when its start was asked for (TSC calibration) */
@@ -663,8 +657,13 @@ static int stub_boot(struct nstub *s, char *err, size_t errlen)
         s->sock = -1;
         if (s->notif_fd < 0)
             return set_err(err, errlen, "nstub_create: the stub sent no mapping-approval listener"), PVM_EINTERNAL;
-        /* Where the kernel has it (6.6): wake the stub on this CPU, as a synchronous hand-off. */
-        ioctl(s->notif_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+        /*
+         * Not SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: it wakes the stub on this
+         * CPU, where this thread goes on spinning for its report, and a
+         * sched_yield spin does not reliably hand the CPU over (EEVDF):
+         * the first run of a VM was 40-90 us slower with it
+         * (docs/benchmarks.md, eighth session).
+         */
     }
     s->stopped = true;
     return 0;
@@ -810,6 +809,13 @@ static int pool_send(struct nstub *s, int memfd, int link, int snap, char *err, 
     const int fds[3] = { memfd, link, snap };
     if (nspawn_send_fds(s->sock, "M", 1, fds, snap > 0 ? 3 : 2) != 1)
         return set_err(err, errlen, "nstub_create: handing the memfd to a pooled stub: %s", strerror(errno)), PVM_EIO;
+    /*
+     * The stub waits on its state word, not in recvmsg: a socket wakes its
+     * reader synchronously, onto this CPU, where it would wait for the
+     * application to stop; a futex wake lets it run at once on an idle CPU.
+     */
+    __atomic_store_n(&s->ctl->state, NSTUB_ST_GO, __ATOMIC_SEQ_CST);
+    futex_op(&s->ctl->state, FUTEX_WAKE, 1, NULL);
     return 0;
 }
 

@@ -156,6 +156,7 @@ enum nstub_state {
     NSTUB_ST_TRAPPED = 2,   /* the stub waits in its handler; report valid */
     NSTUB_ST_RESUME = 3,
     NSTUB_ST_SYNC = 4,
+    NSTUB_ST_GO = 5,        /* pooled stub: its memfds wait on the socket (stub_main.c receive_ram) */
 };
 
 enum nstub_cmd_op {

@@ -312,6 +312,9 @@ void nstub_note_frame(struct ucontext *uc)
     }
 }
 
+static int ram_pending;   /* a pooled stub's boot trap: its memfds come first (receive_ram) */
+static void receive_ram(void);
+
 static void handler(int sig, siginfo_t *si, void *ucv)
 {
     struct ucontext *uc = ucv;
@@ -362,6 +365,11 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     c->cmd_err = 0;
     c->cmd_err_idx = 0;
     c->trap_seq++;
+    if (ram_pending) {
+        /* The boot trap of a pooled stub: its exception is behind it when a VM takes it. */
+        receive_ram();
+        ram_pending = 0;
+    }
 
     publish(NSTUB_ST_TRAPPED);
     /* A kernel stub that took a user SYSCALL: the user stub reports too, the library adopts this report. */
@@ -640,13 +648,17 @@ struct k_cmsg_fds {
 
 /*
  * A pooled stub (nstub_create's pool) is started, filters and all, before it
- * has a VM: it waits here, blocked and using no CPU, for its RAM memfd on the
- * socket.  Installing a seccomp filter costs tens of microseconds on these
- * hosts (a BPF JIT image, speculation controls), so a pooled stub does it
- * ahead.  recvmsg puts fds on the lowest free numbers: fds 0-2 are held
- * (copies of the control memfd), so the RAM memfd lands on NSTUB_FD_RAM (and
- * a snapshot's on NSTUB_FD_SNAP) with no dup2, which the filter would refuse.  The library gone, the socket reads 0 (and
- * the death pipe kills us anyway).
+ * has a VM: it waits here, inside its boot trap's handler, blocked and using
+ * no CPU, until the library has put its memfds on the socket and says GO on
+ * the state word (a futex wake, not the socket's: that one is synchronous and
+ * would queue us behind the application on its CPU).  Installing a seccomp
+ * filter costs tens of microseconds on these hosts (a BPF JIT image,
+ * speculation controls), and the boot trap's exception several more, so a
+ * pooled stub does both ahead.  recvmsg puts fds on the lowest free numbers:
+ * fds 0-2 are held (copies of the control memfd), so the RAM memfd lands on
+ * NSTUB_FD_RAM (and a snapshot's on NSTUB_FD_SNAP) with no dup2, which the
+ * filter would refuse.  The library gone, the death pipe's SIGKILL ends the
+ * wait (nstub_backstop).
  */
 static void receive_ram(void)
 {
@@ -655,6 +667,9 @@ static void receive_ram(void)
     struct k_cmsg_fds cm = { 0, 0, 0, { -1, -1, -1 }, 0 };
     struct k_msghdr mh = { 0, 0, &iov, 1, &cm, sizeof(cm), 0 };
     long n;
+    volatile struct nstub_ctl *c = CTL;
+    while (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) == NSTUB_ST_BOOT)
+        SYS(__NR_futex, &c->state, FUTEX_WAIT, NSTUB_ST_BOOT, 0, 0, 0);
     while ((n = SYS(__NR_recvmsg, NSTUB_FD_NOTIFY, &mh, 0, 0, 0, 0)) == -EINTR)
         ;
     /* The RAM and link memfds, and for a VM from a snapshot its sealed memfd: on 3, 7 and 8, the lowest free fds. */
@@ -812,8 +827,8 @@ void stub_main(const uint64_t *sp)
     else
         SYS(__NR_close, NSTUB_FD_NOTIFY, 0, 0, 0, 0, 0);
     install_filter();
-    if (pooled)
-        receive_ram();
+    /* A pooled stub takes the boot trap now and waits in it for its VM (handler). */
+    ram_pending = pooled;
     /* The first report: the library's first RESUME replaces this frame with the guest's registers. */
     nstub_boot_trap();
     die("boot trap returned");
