@@ -173,7 +173,9 @@ enum pvm_backend {
  * chose and why it passed over the others.  Where /dev/pvm or /dev/kvm is
  * usable, the first auto choice in a process runs a calibration for each (a
  * throw-away address space or KVM VM, a few milliseconds) that compares a
- * guest event through it with native's.
+ * guest event through it with native's.  Auto decides once per process: the
+ * first successful auto choice stands (a pvm module loaded later is used by
+ * VMs that ask for PVM_BACKEND_KMOD).
  * Thread safety: any thread.
  */
 PVM_EXPORT int pvm_backend_probe(enum pvm_backend backend);

@@ -3,6 +3,7 @@
  * option, then $PVM_BACKEND, then probing (kmod, then kvm, where a one-time
  * calibration finds its guest events cheaper than native's, else native).
  */
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,12 @@ int pvm_backend_probe(enum pvm_backend id)
     return probe_modes(id, &o);
 }
 
+static pthread_mutex_t auto_lock = PTHREAD_MUTEX_INITIALIZER;
+static const struct pvm_backend_ops *auto_ops;   /* auto's choice, once made */
+static char auto_msg[600];                       /* ... and why (pvm_last_error) */
+
+static int select_auto(const struct pvm_backend_ops **out);
+
 int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **out)
 {
     if (want == PVM_BACKEND_AUTO) {
@@ -115,10 +122,36 @@ int pvm__backend_select(enum pvm_backend want, const struct pvm_backend_ops **ou
     if (want != PVM_BACKEND_AUTO)
         return probe_modes(want, out);
     /*
-     * auto: kmod, then kvm, where each is the faster path for the guest's
-     * events (its prefer op decides), else native.  On success the thread's detail message
-     * (pvm_last_error) says what was chosen and why the others were not.
+     * auto decides once per process, as the kvm and native probes and the
+     * calibrations do: a create would otherwise pay for the kmod probe's
+     * failed open() of /dev/pvm (~10 us here) every time.
      */
+    pthread_mutex_lock(&auto_lock);
+    const struct pvm_backend_ops *chosen = auto_ops;
+    if (chosen)
+        pvm__error(0, "%s", auto_msg);
+    pthread_mutex_unlock(&auto_lock);
+    if (chosen) {
+        *out = chosen;
+        return 0;
+    }
+    int rc = select_auto(out);
+    if (rc == 0) {
+        pthread_mutex_lock(&auto_lock);
+        auto_ops = *out;
+        snprintf(auto_msg, sizeof(auto_msg), "%s", pvm_last_error());
+        pthread_mutex_unlock(&auto_lock);
+    }
+    return rc;
+}
+
+/*
+ * auto: kmod, then kvm, where each is the faster path for the guest's
+ * events (its prefer op decides), else native.  On success the thread's detail message
+ * (pvm_last_error) says what was chosen and why the others were not.
+ */
+static int select_auto(const struct pvm_backend_ops **out)
+{
     static const enum pvm_backend order[] = { PVM_BACKEND_KMOD, PVM_BACKEND_KVM, PVM_BACKEND_NATIVE };
     const size_t n = sizeof(order) / sizeof(order[0]);
     const struct pvm_backend_ops *usable[sizeof(order) / sizeof(order[0])] = { NULL };
