@@ -1,16 +1,10 @@
 /*
  * tests/test_memory.c - guest memory under concurrency: freeing memory while
- * vCPUs run, from inside a host-call handler, all-or-nothing guest reads, and
- * a destroyed VM's memory unmapped by the library's janitor thread.
+ * vCPUs run, from inside a host-call handler, and all-or-nothing guest reads.
  * Run under -DPVM_ASAN=ON to make use-after-unmap strict.
  */
-#include <dirent.h>
-#include <errno.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 
 #include "guestvm.h"
 #include "testutil.h"
@@ -115,65 +109,6 @@ START_TEST(read_guest_all_or_nothing)
 }
 END_TEST
 
-/* lib/core/janitor.c (tests link the static library). */
-void pvm__janitor_drain(void);
-
-/* The signal mask of this process's thread named @name (SigBlk of its status), or 0 if none. */
-static uint64_t blocked_of_thread(const char *name)
-{
-    DIR *d = opendir("/proc/self/task");
-    uint64_t mask = 0;
-    for (struct dirent *e; d && (e = readdir(d));) {
-        char path[300], comm[64] = "", line[256];
-        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        if (!fgets(comm, sizeof(comm), f))
-            comm[0] = 0;
-        fclose(f);
-        comm[strcspn(comm, "\n")] = 0;
-        if (strcmp(comm, name))
-            continue;
-        snprintf(path, sizeof(path), "/proc/self/task/%s/status", e->d_name);
-        if (!(f = fopen(path, "r")))
-            continue;
-        while (fgets(line, sizeof(line), f))
-            if (!strncmp(line, "SigBlk:", 7))
-                mask = strtoull(line + 7, NULL, 16);
-        fclose(f);
-    }
-    if (d)
-        closedir(d);
-    return mask;
-}
-
-START_TEST(destroy_unmaps_on_the_janitor)
-{
-    struct gvm g;
-    struct pvm_exit e;
-    gvm_init(&g);
-    gvm_load(&g, GVM_CODE, g_loop_start, g_loop_end);
-    gvm_start(&g, GVM_CODE, GVM_STACK_TOP);
-    gvm_run(&g, &e); /* a stub (native) exists and ran */
-    gvm_expect_hc(&e, 0x40);
-    unsigned char v;
-    ck_assert_int_eq(mincore(g.ram, 4096, &v), 0);
-    gvm_fini(&g);
-    pvm__janitor_drain();
-    /* The RAM from pvm_vm_alloc_memory() is gone once the queued work is done ... */
-    errno = 0;
-    ck_assert_int_eq(mincore(g.ram, 4096, &v), -1);
-    ck_assert_int_eq(errno, ENOMEM);
-    /* ... done by a thread that takes no signal a vCPU's kick or the application could send. */
-    uint64_t blk = blocked_of_thread("pvm-janitor");
-    const int sigs[] = { SIGUSR1, SIGUSR2, SIGALRM, SIGPROF, SIGCHLD, SIGTERM, SIGINT, SIGRTMIN, SIGRTMAX };
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-        ck_assert_msg(blk & (1ull << (sigs[i] - 1)), "the janitor thread (SigBlk %llx) takes signal %d",
-                      (unsigned long long)blk, sigs[i]);
-}
-END_TEST
-
 int main(void)
 {
     Suite *s = suite_create("memory");
@@ -182,7 +117,6 @@ int main(void)
     tcase_add_test(tc, free_from_handler_is_refused);
     tcase_add_test(tc, free_while_running);
     tcase_add_test(tc, read_guest_all_or_nothing);
-    tcase_add_test(tc, destroy_unmaps_on_the_janitor);
     suite_add_tcase(s, tc);
     return pvm_test_run_suite(s);
 }

@@ -7,7 +7,7 @@
 
 /* Run @s with CK_NORMAL output; returns the process exit status. */
 int pvm_test_run_suite(Suite *s);
-/* Number of open file descriptors of this process (from /proc/self/fd), once the library's deferred teardown is done. */
+/* Number of open file descriptors of this process (from /proc/self/fd). */
 int pvm_test_count_fds(void);
 /* Number of child processes of this process (from /proc). */
 int pvm_test_count_children(void);

@@ -220,10 +220,6 @@ PVM_EXPORT int pvm_vm_create(pvm_vm **out, const struct pvm_vm_options *opts);
 /**
  * Destroy @vm, its vCPUs and its memory.  NULL is ignored.  No vCPU of @vm
  * may be inside pvm_vcpu_run() (kick them and wait for their threads first).
- * When it returns no guest code of @vm runs any more and every fd of @vm is
- * closed; the unmapping of its memory (from pvm_vm_alloc_memory()) and other
- * slow teardown finish moments later on a library thread that blocks all
- * signals (PVM_JANITOR=0: all of it here, as before).
  * Thread safety: not concurrent with any other call on @vm or its vCPUs.
  */
 PVM_EXPORT void pvm_vm_destroy(pvm_vm *vm);

@@ -31,15 +31,6 @@ void pvm__log(enum pvm_log_level level, const char *fmt, ...) __attribute__((for
 /* Would a message of @level go anywhere?  Cheap: one atomic load once $PVM_LOG is read. */
 bool pvm__log_on(enum pvm_log_level level);
 
-/* ---- teardown off the caller's path (janitor.c) ------------------------------- */
-
-/* munmap(@addr, @len) soon, on the library's janitor thread (at once if it cannot start). */
-void pvm__janitor_munmap(void *addr, size_t len);
-/* @fn() soon, likewise. */
-void pvm__janitor_call(void (*fn)(void));
-/* Wait until everything queued so far is done. */
-void pvm__janitor_drain(void);
-
 /* ---- memory (memory.c) ---------------------------------------------------- */
 
 /* A chunk of the VM's memfd arena handed out by pvm_vm_alloc_memory(). */

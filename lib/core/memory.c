@@ -261,7 +261,7 @@ void pvm__memory_fini(pvm_vm *vm)
             vm->ops->region_del(vm, &vm->regions[i]);
     free(vm->regions);
     for (size_t i = 0; i < vm->nr_allocs; i++)
-        pvm__janitor_munmap(vm->allocs[i].host, vm->allocs[i].size);
+        munmap(vm->allocs[i].host, vm->allocs[i].size);
     free(vm->allocs);
     if (vm->memfd >= 0)
         close(vm->memfd);

@@ -165,7 +165,7 @@ static void native_vcpu_fini(struct pvm_hv_vcpu *hv)
     for (unsigned i = 0; i < PVM_SHADOW_MAX_ROOTS; i++)
         nstub_destroy(nc->stubs[i]);
     if (nc->link)
-        pvm__janitor_munmap((void *)nc->link, NSTUB_LINK_SIZE);
+        munmap((void *)nc->link, NSTUB_LINK_SIZE);
     free(nc->fpu_buf);
     free(nc);
     hv->pdata = NULL;

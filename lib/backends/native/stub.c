@@ -936,7 +936,7 @@ static void stub_free(struct nstub *s)
         close(s->pidfd);
     }
     if (s->ctl != MAP_FAILED)
-        pvm__janitor_munmap((void *)s->ctl, NSTUB_CTL_SIZE);
+        munmap((void *)s->ctl, NSTUB_CTL_SIZE);
     if (s->ctl_fd >= 0)
         close(s->ctl_fd);
     if (s->stat_fd >= 0)
@@ -955,8 +955,7 @@ void nstub_destroy(struct nstub *s)
     if (!s)
         return;
     stub_free(s);
-    /* After the kill; not on the caller's thread: the zygote's wake-up and fork take a while. */
-    pvm__janitor_call(pool_refill_wanted);
+    pool_refill_wanted();   /* after the kill and unmaps: the woken zygote would preempt them */
 }
 
 /* ---- mapping commands -------------------------------------------------- */
